@@ -1,0 +1,30 @@
+"""diffbir: blind image restoration with a generative diffusion prior.
+
+The public API is imported lazily so that ``import diffbir`` stays cheap
+(the CLI's ``--help`` must not pay for importing torch and diffusers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "DiffBIRError": "diffbir.errors",
+    "load_state_dict": "diffbir.checkpoint",
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffbir' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,137 @@
+"""Safe loading of weights files and strict, readable key checks.
+
+Pickled checkpoints (``.pth``, ``.ckpt``, ``.pt``, ``.bin``) load with
+``torch.load(weights_only=True)``, which refuses any pickle that would run
+code; ``.safetensors`` files load through safetensors. Released files wrap
+their tensors in different ways (``{"state_dict": ...}``, ``{"params": ...}``,
+keys prefixed ``module.``): :func:`load_state_dict` removes those wrappers so
+converters see one flat mapping of names to tensors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
+
+import torch
+
+from diffbir.errors import CheckpointError
+
+StateDict = dict[str, torch.Tensor]
+
+# Wrapper keys seen in released checkpoints, in order of preference.
+_WRAPPERS = ("state_dict", "params", "params_ema", "model", "module")
+
+
+def load_state_dict(
+    source: str | PathLike | Mapping, *, device: str | torch.device = "cpu"
+) -> StateDict:
+    """Return the flat ``name -> tensor`` mapping held by a file or a loaded object.
+
+    ``source`` is a path (safetensors or a PyTorch pickle) or an already loaded
+    mapping. Wrappers are unwrapped and a leading ``module.`` is stripped from
+    every key. Raises :class:`CheckpointError` for a missing file, a file that
+    is not a checkpoint, or a pickle that would need arbitrary code to load.
+    """
+    if isinstance(source, Mapping):
+        return _flatten(source, "<state dict>")
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty, not a checkpoint")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            raw = load_file(str(path), device=str(device))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    else:
+        raw = _torch_load(path, device)
+    return _flatten(raw, str(path))
+
+
+def _torch_load(path: Path, device: str | torch.device) -> object:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the pickle asks for code beyond plain tensors "
+            f"and containers, which could run arbitrary commands ({first})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint or truncated ({exc})") from None
+
+
+def _flatten(obj: object, origin: str) -> StateDict:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{origin}: expected a mapping of tensors, found {type(obj).__name__}"
+        )
+    # Unwrap {"state_dict": {...}, "epoch": 3}-style containers until tensors show.
+    while not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointError(f"{origin}: holds no tensors (keys: {_preview(list(obj))})")
+        obj = inner
+    out: StateDict = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = str(key)
+        if name.startswith("module."):
+            name = name[len("module.") :]
+        out[name] = value
+    return out
+
+
+def _preview(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def check_keys(
+    expected: Mapping[str, torch.Size | tuple[int, ...]],
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    what: str = "model",
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the expected keys and shapes.
+
+    The message lists missing keys, unexpected keys and shape mismatches,
+    a few of each, so a wrong architecture or config is easy to recognise.
+    """
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k])}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
+    if not (missing or unexpected or wrong):
+        return
+    lines = [f"the weights do not fit the {what}:"]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            lines.append(f"  {len(items)} {label}: {_preview(items, 6)}")
+    raise CheckpointError("\n".join(lines))
+
+
+def load_into(
+    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str | None = None
+) -> torch.nn.Module:
+    """Strictly load ``state_dict`` into ``module`` after a readable key check.
+
+    Works for modules built on the meta device too (tensors are assigned).
+    """
+    expected = {k: v.shape for k, v in module.state_dict().items()}
+    check_keys(expected, state_dict, what=what or type(module).__name__)
+    on_meta = any(p.is_meta for p in module.parameters())
+    module.load_state_dict(dict(state_dict), strict=True, assign=on_meta)
+    return module
