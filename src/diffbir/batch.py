@@ -1,0 +1,197 @@
+"""Batch restoration of files: inputs -> pipeline -> atomic outputs, resumable.
+
+:class:`RestoreJob` is what ``diffbir restore`` runs. It collects the inputs,
+skips finished outputs when resuming, reports a bad file and carries on with
+the rest, and shards the work across processes when started with
+``accelerate launch`` (one model per GPU, each output written once).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from diffbir.errors import DiffBIRError
+
+
+@dataclass
+class JobSummary:
+    """What a run did; ``failed`` lists (input, reason) pairs."""
+
+    restored: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = [f"{self.restored} restored"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (already done)")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        return "diffbir: " + ", ".join(parts)
+
+    def merge(self, other: JobSummary) -> None:
+        self.restored += other.restored
+        self.skipped += other.skipped
+        self.failed.extend(other.failed)
+        for key, value in other.timings.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+
+
+@dataclass
+class RestoreJob:
+    """A set of input images restored into an output folder."""
+
+    inputs: Sequence[str | Path]
+    output: Path
+    options: object  # diffbir.pipeline.RestoreOptions
+    recursive: bool = False
+    suffix: str = ".png"
+    quality: int = 95
+    skip_existing: bool = False
+    save_stage1: bool = False
+    compare: bool = False
+    batch_size: int = 1
+    progress: bool = True
+    verbose: bool = False
+
+    def plan(self) -> list[tuple[object, Path]]:
+        """(input item, output path) for every input, in a stable order."""
+        from diffbir.imaging.paths import collect_inputs, output_path_for
+
+        items = collect_inputs(self.inputs, recursive=self.recursive)
+        return [(item, output_path_for(item, self.output, suffix=self.suffix)) for item in items]
+
+    def run(self, loader: dict, pipeline=None) -> JobSummary:
+        """Restore every planned input. ``loader`` holds the arguments of
+        :meth:`DiffBIRPipeline.from_preset` (plus ``compile``); the pipeline is
+        only loaded when there is something to do. A ready ``pipeline`` may be
+        passed instead."""
+        from tqdm.auto import tqdm
+
+        from diffbir.distributed import Shard
+
+        shard = Shard.current()
+        work = self.plan()
+        summary = JobSummary()
+        todo = []
+        for item, out in shard.take(work):
+            if self.skip_existing and out.exists():
+                summary.skipped += 1
+            else:
+                todo.append((item, out))
+        if todo and pipeline is None:
+            pipeline = _load_pipeline(loader, shard)
+        bar = tqdm(
+            total=len(todo),
+            desc="restoring" if shard.world == 1 else f"restoring [{shard.rank}]",
+            unit="img",
+            disable=not self.progress or not todo,
+            position=shard.rank,
+        )
+        with bar:
+            for group in self._batches(todo, summary):
+                self._restore_group(pipeline, group, summary)
+                bar.update(len(group))
+        return shard.gather(summary)
+
+    # ---------------------------------------------------------------- internals
+    def _batches(self, todo: list, summary: JobSummary):
+        """Read images ahead and yield groups of equal size (at most batch_size)."""
+        from diffbir.imaging.io import read_image
+
+        group: list = []
+        for item, out in todo:
+            try:
+                image = read_image(item.path)
+            except DiffBIRError as exc:
+                _report(summary, item.path, str(exc))
+                continue
+            if group and (
+                len(group) == self.batch_size or group[0][2].rgb.shape != image.rgb.shape
+            ):
+                yield group
+                group = []
+            group.append((item, out, image))
+        if group:
+            yield group
+
+    def _restore_group(self, pipeline, group: list, summary: JobSummary) -> None:
+        from diffbir.imaging.io import write_image
+
+        batch = torch.stack([image.rgb for _, _, image in group])
+        try:
+            result = pipeline(batch, self.options)
+        except DiffBIRError as exc:
+            for item, _, _ in group:
+                _report(summary, item.path, str(exc))
+            return
+        except torch.OutOfMemoryError:
+            for item, _, _ in group:
+                _report(
+                    summary,
+                    item.path,
+                    "out of memory: lower --max-memory or set --latent-tile/--vae-tile, "
+                    "or use --dtype fp16/bf16",
+                )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return
+        for key, value in result.timings.items():
+            summary.timings[key] = summary.timings.get(key, 0.0) + value
+        for index, (item, out, image) in enumerate(group):
+            restored = result.image[index]
+            try:
+                write_image(out, restored, alpha=image.alpha, quality=self.quality)
+                if self.save_stage1:
+                    stage1_path = self.output / "stage1" / out.relative_to(self.output)
+                    write_image(stage1_path, result.stage1[index], quality=self.quality)
+                if self.compare:
+                    compare_path = self.output / "compare" / out.relative_to(self.output)
+                    write_image(
+                        compare_path, side_by_side(image.rgb, restored), quality=self.quality
+                    )
+            except DiffBIRError as exc:
+                _report(summary, item.path, str(exc))
+                continue
+            summary.restored += 1
+            if self.verbose:
+                stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+                print(f"{item.path} -> {out} ({stages})", file=sys.stderr)
+
+
+def side_by_side(lq: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+    """The input (nearest-upscaled to the result's height) left of the result."""
+    h = restored.shape[-2]
+    scale = h / lq.shape[-2]
+    width = max(1, round(lq.shape[-1] * scale))
+    left = torch.nn.functional.interpolate(lq[None].float(), size=(h, width), mode="nearest")[0]
+    return torch.cat([left, restored.float().cpu()], dim=-1)
+
+
+def _report(summary: JobSummary, path: Path, reason: str) -> None:
+    summary.failed.append((str(path), reason))
+    print(
+        f"diffbir: skipped {reason}"
+        if str(path) in reason
+        else f"diffbir: skipped {path}: {reason}",
+        file=sys.stderr,
+    )
+
+
+def _load_pipeline(loader: dict, shard):
+    from diffbir.pipeline import DiffBIRPipeline
+
+    loader = dict(loader)
+    compile_model = loader.pop("compile", False)
+    if shard.world > 1 and loader.get("device") is None:
+        loader["device"] = shard.device
+    pipeline = DiffBIRPipeline.from_preset(**loader)
+    if compile_model:
+        pipeline.compile()
+    return pipeline

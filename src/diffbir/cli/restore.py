@@ -1,0 +1,162 @@
+"""``diffbir restore``: restore photos with the released (or your own) models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffbir.presets import TASKS, VERSIONS
+
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_2m_sde")
+
+
+def _memory(text: str) -> float:
+    """'4G', '512M', '2.5GB' or a plain byte count -> bytes."""
+    units = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if value and value[-1] in units:
+            return float(value[:-1]) * units[value[-1]]
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (try 4G or 512M)") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "restore",
+        help="restore degraded photos (super-resolution, faces, denoising)",
+        description=(
+            "Restore images with DiffBIR: a stage-1 model removes degradations, then "
+            "Stable Diffusion with the DiffBIR ControlNet regenerates realistic detail. "
+            "The released weights are downloaded on first use (or read from --weights-dir)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    g = p.add_argument_group("model")
+    g.add_argument("--task", choices=TASKS, default="sr", help="what to restore")
+    g.add_argument("--version", choices=VERSIONS, default="v2.1", help="released model version")
+    g.add_argument("--sd", help="Stable Diffusion checkpoint replacing the released one")
+    g.add_argument("--controlnet", help="ControlNet weights (file or diffbir train output)")
+    g.add_argument("--cleaner", help="stage-1 weights (file or diffbir train output)")
+    g.add_argument("--weights-dir", type=Path, help="folder of weights under their released names")
+    g.add_argument("--no-download", action="store_true", help="never download; fail if missing")
+    g = p.add_argument_group("sampling (defaults: the release's)")
+    g.add_argument("--upscale", type=float, help="output scale (sr default 4, others 1)")
+    g.add_argument("--steps", type=int, help="sampling steps")
+    g.add_argument("--sampler", choices=SAMPLER_CHOICES, help="sampler")
+    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--cfg-rescale", action="store_true", help="cosine ramp of the CFG scale")
+    g.add_argument("--prompt", help="positive prompt")
+    g.add_argument("--negative-prompt", help="negative prompt")
+    g.add_argument("--strength", type=float, default=1.0, help="ControlNet control strength")
+    g.add_argument("--start-point", choices=("noise", "cond"), default="noise")
+    g.add_argument(
+        "--start-strength", type=float, default=1.0, help="< 1 starts from the noised condition"
+    )
+    g.add_argument("--seed", type=int, default=231, help="random seed (same seed, same result)")
+    g = p.add_argument_group("latent image guidance (fidelity vs. realness)")
+    g.add_argument("--guidance-scale", type=float, default=0.0, help="0 = off")
+    g.add_argument("--guidance-space", choices=("latent", "pixel"), default="latent")
+    g.add_argument("--guidance-loss", choices=("mse", "weighted_mse"), default="mse")
+    g.add_argument("--guidance-start", type=int, default=1001, help="apply while t < start")
+    g.add_argument("--guidance-stop", type=int, default=-1, help="... and t > stop")
+    g.add_argument("--guidance-repeat", type=int, default=1, help="repeats per step")
+    g = p.add_argument_group("output")
+    g.add_argument("--no-color-fix", action="store_true", help="skip the wavelet colour fix")
+    g.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
+    g.add_argument("--format", choices=("png", "jpg", "webp"), default="png")
+    g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    g.add_argument("--save-stage1", action="store_true", help="also write the stage-1 output")
+    g.add_argument("--compare", action="store_true", help="also write input|result side by side")
+    g.add_argument("--skip-existing", action="store_true", help="resume: skip finished outputs")
+    g.add_argument("-r", "--recursive", action="store_true", help="search folders recursively")
+    g = p.add_argument_group("performance")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA")
+    g.add_argument("--batch-size", type=int, default=1, help="images of equal size per batch")
+    g.add_argument("--max-memory", type=_memory, help="activation budget for tiling, e.g. 4G")
+    g.add_argument("--cleaner-tile", type=int, help="stage-1 tile size in pixels")
+    g.add_argument("--vae-tile", type=int, help="VAE tile size in pixels")
+    g.add_argument("--latent-tile", type=int, help="diffusion tile size in pixels")
+    g.add_argument("--tile-overlap", type=float, default=0.25, help="overlap fraction of a tile")
+    g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    g.add_argument("-v", "--verbose", action="store_true", help="per-stage timings")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def options_from_args(args: argparse.Namespace):
+    """The :class:`RestoreOptions` described by parsed CLI arguments."""
+    from diffbir.pipeline import RestoreOptions
+
+    return RestoreOptions(
+        upscale=args.upscale,
+        steps=args.steps,
+        sampler=args.sampler,
+        cfg_scale=args.cfg_scale,
+        cfg_rescale=args.cfg_rescale,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        control_strength=args.strength,
+        start_point=args.start_point,
+        start_strength=args.start_strength,
+        guidance_scale=args.guidance_scale,
+        guidance_space=args.guidance_space,
+        guidance_loss=args.guidance_loss,
+        guidance_start=args.guidance_start,
+        guidance_stop=args.guidance_stop,
+        guidance_repeat=args.guidance_repeat,
+        color_fix="none" if args.no_color_fix else args.color_fix,
+        seed=args.seed,
+        cleaner_tile=args.cleaner_tile,
+        vae_tile=args.vae_tile,
+        latent_tile=args.latent_tile,
+        tile_overlap=args.tile_overlap,
+        max_memory=args.max_memory,
+        progress=args.verbose and not args.quiet,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffbir.batch import RestoreJob
+
+    options = options_from_args(args)
+    options.validate()
+    if args.batch_size < 1:
+        from diffbir.errors import ConfigError
+
+        raise ConfigError("batch size must be at least 1")
+    job = RestoreJob(
+        inputs=args.inputs,
+        output=args.output,
+        options=options,
+        recursive=args.recursive,
+        suffix="." + args.format,
+        quality=args.quality,
+        skip_existing=args.skip_existing,
+        save_stage1=args.save_stage1,
+        compare=args.compare,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        verbose=args.verbose,
+    )
+    loader = dict(
+        version=args.version,
+        task=args.task,
+        weights_dir=args.weights_dir,
+        sd=args.sd,
+        controlnet=args.controlnet,
+        cleaner=args.cleaner,
+        device=args.device,
+        dtype=args.dtype,
+        download=not args.no_download,
+        progress=not args.quiet,
+        compile=args.compile,
+    )
+    summary = job.run(loader)
+    print(summary.describe(), file=sys.stderr)
+    return 0 if summary.failed == 0 else 1

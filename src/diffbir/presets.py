@@ -1,0 +1,148 @@
+"""Released configurations: which weights and settings each (version, task) uses.
+
+A :class:`Preset` is plain data. The pipeline reads it to know which stage-1
+model to build, which Stable Diffusion base and ControlNet to load, which
+noise schedule and prediction type the ControlNet was trained with, and the
+sampling defaults of that release. Every value can be overridden per call.
+
+Facts follow the published DiffBIR releases (their inference entry point and
+``pretrained_models`` table):
+
+- v1 (the paper): SwinIR + ``v1_general``/``v1_face``, SD 2.1-base with
+  eps-prediction, 50 spaced DDPM steps, empty prompt, no CFG.
+- v2: BSRNet (sr) / face SwinIR (face) / SCUNet-PSNR (denoise) + ``v2.pth``,
+  SD 2.1-base, eps-prediction.
+- v2.1: SwinIR trained on Real-ESRGAN degradations (sr, denoise) / face SwinIR
+  (face) + ``DiffBIR_v2.1.pt`` on the zero-terminal-SNR, v-prediction SD 2.1;
+  prompts and CFG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from diffbir.errors import ConfigError
+
+VERSIONS = ("v1", "v2", "v2.1")
+TASKS = ("sr", "face", "denoise")
+
+SD21_BASE = "v2-1_512-ema-pruned.ckpt"
+SD21_ZSNR = "sd2.1-base-zsnr-laionaes5.ckpt"
+
+# Prompts of the v2.1 release, which was trained with captions.
+V21_PROMPT = (
+    "Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, "
+    "hyper detailed photo - realistic maximum detail, 32k, Color Grading, ultra HD, "
+    "extreme meticulous detailing, skin pore detailing, hyper sharpness, perfect "
+    "without deformations."
+)
+V21_NEGATIVE_PROMPT = (
+    "painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, "
+    "CG Style, 3D render, unreal engine, blurring, dirty, messy, worst quality, low "
+    "quality, frames, watermark, signature, jpeg artifacts, deformed, lowres, over-smooth."
+)
+V2_NEGATIVE_PROMPT = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that differs between released models, for one (version, task)."""
+
+    version: str
+    task: str
+    cleaner: str  # registry name of the stage-1 weights
+    cleaner_arch: str  # "swinir" | "rrdbnet" | "scunet"
+    sd: str  # registry name of the Stable Diffusion checkpoint
+    controlnet: str  # registry name of the ControlNet weights
+    prediction: str  # "eps" | "v"
+    schedule: str  # "sd" | "zsnr"
+    sampler: str
+    steps: int
+    cfg_scale: float
+    prompt: str = ""
+    negative_prompt: str = ""
+    upscale: float = 4.0
+    extra: dict = field(default_factory=dict)
+
+    def with_overrides(self, **changes) -> Preset:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _v1(task: str) -> Preset:
+    face = task == "face"
+    return Preset(
+        version="v1",
+        task=task,
+        cleaner="face_swinir_v1.ckpt" if face else "general_swinir_v1.ckpt",
+        cleaner_arch="swinir",
+        sd=SD21_BASE,
+        controlnet="v1_face.pth" if face else "v1_general.pth",
+        prediction="eps",
+        schedule="sd",
+        sampler="ddpm",
+        steps=50,
+        cfg_scale=1.0,
+        upscale=4.0 if task == "sr" else 1.0,
+    )
+
+
+def _v2(task: str) -> Preset:
+    cleaner, arch = {
+        "sr": ("BSRNet.pth", "rrdbnet"),
+        "face": ("face_swinir_v1.ckpt", "swinir"),
+        "denoise": ("scunet_color_real_psnr.pth", "scunet"),
+    }[task]
+    return Preset(
+        version="v2",
+        task=task,
+        cleaner=cleaner,
+        cleaner_arch=arch,
+        sd=SD21_BASE,
+        controlnet="v2.pth",
+        prediction="eps",
+        schedule="sd",
+        sampler="ddpm",
+        steps=50,
+        cfg_scale=4.0,
+        negative_prompt=V2_NEGATIVE_PROMPT,
+        upscale=4.0 if task == "sr" else 1.0,
+    )
+
+
+def _v21(task: str) -> Preset:
+    face = task == "face"
+    return Preset(
+        version="v2.1",
+        task=task,
+        cleaner="face_swinir_v1.ckpt" if face else "realesrgan_s4_swinir_100k.pth",
+        cleaner_arch="swinir",
+        sd=SD21_ZSNR,
+        controlnet="DiffBIR_v2.1.pt",
+        prediction="v",
+        schedule="zsnr",
+        # The release defaults to 10 steps of an EDM-view SDE solver.
+        sampler="dpmpp_2m_sde",
+        steps=10,
+        cfg_scale=6.0,
+        prompt=V21_PROMPT,
+        negative_prompt=V21_NEGATIVE_PROMPT,
+        upscale=4.0 if task == "sr" else 1.0,
+    )
+
+
+_BUILDERS = {"v1": _v1, "v2": _v2, "v2.1": _v21}
+
+
+def get_preset(version: str = "v2.1", task: str = "sr") -> Preset:
+    """The released configuration of ``version`` for ``task``."""
+    if version not in _BUILDERS:
+        raise ConfigError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return _BUILDERS[version](task)
+
+
+def all_presets() -> list[Preset]:
+    """Every (version, task) combination, for listings and tests."""
+    return [get_preset(v, t) for v in VERSIONS for t in TASKS]
