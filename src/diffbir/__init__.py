@@ -19,6 +19,7 @@ _API = {
 
 __all__ = ["__version__", *sorted(_API)]
 
+
 def __getattr__(name: str) -> Any:
     module = _API.get(name)
     if module is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +242,7 @@ class DiffBIRPipeline:
         dtype: torch.dtype | str | None = None,
         download: bool = True,
         progress: bool = True,
+        model_config: Mapping | str | Path | None = None,
     ) -> DiffBIRPipeline:
         """Load the released weights of ``version`` for ``task``.
 
@@ -249,7 +250,10 @@ class DiffBIRPipeline:
         our saved folders) that replaces the released one, e.g. the output of
         ``diffbir train``. Files are found in ``weights_dir`` (or
         ``DIFFBIR_WEIGHTS_DIR``) under their released names, else in the
-        download cache, else downloaded.
+        download cache, else downloaded. ``model_config`` (a mapping or a
+        YAML/JSON file) gives non-released architectures in the published
+        constructor names: keys ``cleaner``, ``unet``, ``vae``, ``text``,
+        ``controlnet``.
         """
         from diffbir.models.cleaner import load_cleaner
         from diffbir.models.stage2 import load_stage2
@@ -267,12 +271,21 @@ class DiffBIRPipeline:
         cleaner_path = find(cleaner, preset.cleaner)
         sd_path = find(sd, preset.sd)
         control_path = find(controlnet, preset.controlnet)
+        configs = load_model_config(model_config)
         tokenizer = load_tokenizer(weights_dir=weights_dir)
-        stage1 = load_cleaner(cleaner_path, arch=None if cleaner else preset.cleaner_arch)
+        stage1 = load_cleaner(
+            cleaner_path,
+            arch=None if cleaner else preset.cleaner_arch,
+            **configs.get("cleaner", {}),
+        )
         stage2 = load_stage2(
             sd_path,
             control_path,
             prediction=preset.prediction,
+            unet_config=configs.get("unet"),
+            vae_config=configs.get("vae"),
+            text_config=configs.get("text"),
+            controlnet_config=configs.get("controlnet"),
             tokenizer=tokenizer,
         )
         return cls(stage1, stage2, preset, device=device, dtype=dtype)
@@ -522,6 +535,35 @@ class DiffBIRPipeline:
 
         fix = wavelet_color_fix if kind == "wavelet" else adain_color_fix
         return fix(image.float(), reference.float()).clamp_(0, 1)
+
+
+MODEL_CONFIG_KEYS = ("cleaner", "unet", "vae", "text", "controlnet")
+
+
+def load_model_config(source: Mapping | str | Path | None) -> dict:
+    """Architecture overrides from a mapping or a YAML/JSON file (see :meth:`from_preset`)."""
+    if source is None:
+        return {}
+    if not isinstance(source, Mapping):
+        import yaml
+
+        path = Path(source)
+        try:
+            source = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the model config ({exc})") from None
+        if not isinstance(source, Mapping):
+            raise ConfigError(f"{path}: the model config must be a mapping")
+    unknown = sorted(set(source) - set(MODEL_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown model config section(s) {', '.join(unknown)}; "
+            f"expected {', '.join(MODEL_CONFIG_KEYS)}"
+        )
+    for key, value in source.items():
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"model config section {key!r} must be a mapping")
+    return {key: dict(value) for key, value in source.items()}
 
 
 def parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:

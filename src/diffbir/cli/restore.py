@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--controlnet", help="ControlNet weights (file or diffbir train output)")
     g.add_argument("--cleaner", help="stage-1 weights (file or diffbir train output)")
     g.add_argument("--weights-dir", type=Path, help="folder of weights under their released names")
+    g.add_argument(
+        "--model-config",
+        type=Path,
+        help="YAML/JSON with non-released architectures (sections: cleaner, unet, vae, text, controlnet)",
+    )
     g.add_argument("--no-download", action="store_true", help="never download; fail if missing")
     g = p.add_argument_group("sampling (defaults: the release's)")
     g.add_argument("--upscale", type=float, help="output scale (sr default 4, others 1)")
@@ -156,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         download=not args.no_download,
         progress=not args.quiet,
         compile=args.compile,
+        model_config=args.model_config,
     )
     summary = job.run(loader)
     print(summary.describe(), file=sys.stderr)
