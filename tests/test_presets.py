@@ -1,0 +1,42 @@
+"""The release table: every (version, task) names registry files and sane defaults."""
+
+import pytest
+
+from diffbir.errors import ConfigError
+from diffbir.presets import TASKS, VERSIONS, all_presets, get_preset
+from diffbir.weights import REGISTRY
+
+
+def test_every_preset_names_registered_files():
+    for preset in all_presets():
+        for name in (preset.cleaner, preset.sd, preset.controlnet):
+            assert name in REGISTRY, f"{preset.version}/{preset.task}: {name} not in the registry"
+
+
+def test_release_facts():
+    v1 = get_preset("v1", "sr")
+    assert (v1.sampler, v1.steps, v1.cfg_scale, v1.prompt) == ("ddpm", 50, 1.0, "")
+    assert v1.controlnet == "v1_general.pth" and v1.cleaner_arch == "swinir"
+    assert get_preset("v1", "face").controlnet == "v1_face.pth"
+    assert get_preset("v2", "sr").cleaner_arch == "rrdbnet"
+    assert get_preset("v2", "denoise").cleaner_arch == "scunet"
+    v21 = get_preset("v2.1", "sr")
+    assert (v21.prediction, v21.schedule, v21.sd) == ("v", "zsnr", "sd2.1-base-zsnr-laionaes5.ckpt")
+    assert v21.prompt and v21.negative_prompt and v21.cfg_scale > 1
+    assert {p.prediction for p in all_presets() if p.version != "v2.1"} == {"eps"}
+    assert len(all_presets()) == len(VERSIONS) * len(TASKS)
+
+
+def test_upscale_defaults_and_overrides():
+    assert get_preset("v2", "sr").upscale == 4
+    assert get_preset("v2", "face").upscale == 1
+    changed = get_preset("v1", "sr").with_overrides(steps=10, sampler=None)
+    assert changed.steps == 10 and changed.sampler == "ddpm"
+
+
+@pytest.mark.parametrize(
+    ("version", "task", "word"), [("v9", "sr", "version"), ("v1", "paint", "task")]
+)
+def test_unknown_version_or_task(version, task, word):
+    with pytest.raises(ConfigError, match=word):
+        get_preset(version, task)
