@@ -1,0 +1,155 @@
+"""Overlapping-tile application of an image-to-image function, blended without seams.
+
+Large images do not fit through a network at once. :func:`tiled_apply` cuts the
+inputs into overlapping tiles, runs the function on each, and blends the
+outputs with weights that ramp smoothly across the overlaps, so no seam shows.
+The function may change the spatial size by a fixed ``scale`` (4 for an x4
+super-resolver, 8 for a VAE decoder, 1/8 for an encoder): tiles are placed at
+``scale`` times their input position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+
+def tile_spans(length: int, tile: int, overlap: int, *, align: int = 1) -> list[tuple[int, int]]:
+    """Return ``(start, stop)`` spans of at most ``tile`` covering ``[0, length)``.
+
+    Consecutive spans overlap by at least ``overlap``; the last span ends flush
+    with ``length`` (so every span is exactly ``tile`` long unless ``length <
+    tile``, in which case there is one span). Starts are multiples of
+    ``align``, which then must divide ``tile`` and ``length``.
+    """
+    if length <= 0:
+        raise ValueError(f"length must be positive, got {length}")
+    if tile <= 0 or overlap < 0:
+        raise ValueError(f"need tile > 0 and overlap >= 0, got tile={tile}, overlap={overlap}")
+    if length <= tile:
+        return [(0, length)]
+    if tile % align or length % align:
+        raise ValueError(
+            f"tile ({tile}) and length ({length}) must be multiples of align ({align})"
+        )
+    # The stride is rounded down to the alignment so the overlap never shrinks.
+    stride = (tile - overlap) // align * align
+    if stride <= 0:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return [(s, s + tile) for s in starts]
+
+
+def _ramp(n: int, ramp: int, start: bool, stop: bool) -> torch.Tensor:
+    """1-D weights: a raised-cosine rise over ``ramp`` samples at each flagged end.
+
+    Samples sit at half-integer positions on the ramp, so no weight is zero.
+    """
+    w = torch.ones(n, dtype=torch.float32)
+    ramp = min(ramp, n)
+    if ramp > 0:
+        pos = (torch.arange(ramp, dtype=torch.float64) + 0.5) / ramp
+        rise = (0.5 - 0.5 * torch.cos(math.pi * pos)).float()
+        if start:
+            w[:ramp] = torch.minimum(w[:ramp], rise)
+        if stop:
+            w[n - ramp :] = torch.minimum(w[n - ramp :], rise.flip(0))
+    return w
+
+
+def blend_weights(
+    h: int,
+    w: int,
+    ramp_h: int,
+    ramp_w: int | None = None,
+    *,
+    top: bool = True,
+    bottom: bool = True,
+    left: bool = True,
+    right: bool = True,
+) -> torch.Tensor:
+    """Return an ``(h, w)`` float32 weight map, 1 inside and ramping smoothly to the edges.
+
+    A raised-cosine ramp of ``ramp_h`` rows (``ramp_w`` columns) is applied at
+    each edge whose flag is true; edges on the image border keep weight 1 so
+    they are not needlessly down-weighted. Weights are strictly positive.
+    """
+    ramp_w = ramp_h if ramp_w is None else ramp_w
+    rows = _ramp(h, ramp_h, top, bottom)
+    cols = _ramp(w, ramp_w, left, right)
+    return rows[:, None] * cols[None, :]
+
+
+def _scaled(n: int, scale: float) -> int:
+    out = n * scale
+    if abs(out - round(out)) > 1e-6:
+        raise ValueError(f"size {n} times scale {scale} is not an integer")
+    return int(round(out))
+
+
+def tiled_apply(
+    fn: Callable[..., torch.Tensor],
+    *inputs: torch.Tensor,
+    tile: int,
+    overlap: int,
+    scale: float = 1.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Apply ``fn`` to overlapping tiles of ``inputs`` and blend the results.
+
+    All inputs are NCHW with the same H and W and are sliced into the same
+    tiles; ``fn(*tiles)`` must return an NCHW tensor whose spatial size is
+    ``scale`` times the tile's. Outputs are accumulated in float32 with
+    :func:`blend_weights` over the overlaps and normalised by the summed
+    weights; the result has ``fn``'s output dtype. If the inputs fit in one
+    tile, ``fn(*inputs)`` is returned unchanged.
+    """
+    if not inputs:
+        raise ValueError("tiled_apply needs at least one input tensor")
+    height, width = inputs[0].shape[-2:]
+    for t in inputs[1:]:
+        if t.shape[-2:] != (height, width):
+            raise ValueError(
+                f"all inputs must share H and W: {tuple(inputs[0].shape)} vs {tuple(t.shape)}"
+            )
+    if height <= tile and width <= tile:
+        return fn(*inputs)
+
+    # A downscaling fn (an encoder) needs tile starts on its stride.
+    align = max(1, int(round(1 / scale))) if scale < 1 else 1
+    rows = tile_spans(height, tile, overlap, align=align)
+    cols = tile_spans(width, tile, overlap, align=align)
+    ramp = _scaled(overlap // align * align, scale) if overlap else 0
+
+    jobs = [(r, c) for r in rows for c in cols]
+    if progress:
+        from tqdm.auto import tqdm
+
+        jobs = tqdm(jobs, desc="tiles", leave=False)
+
+    acc: torch.Tensor | None = None
+    weight_sum: torch.Tensor | None = None
+    out_dtype = inputs[0].dtype
+    for (r0, r1), (c0, c1) in jobs:
+        out = fn(*(t[..., r0:r1, c0:c1] for t in inputs))
+        oh, ow = _scaled(r1 - r0, scale), _scaled(c1 - c0, scale)
+        if out.shape[-2:] != (oh, ow):
+            raise ValueError(
+                f"fn returned spatial size {tuple(out.shape[-2:])} for a tile of "
+                f"{(r1 - r0, c1 - c0)}; expected {(oh, ow)} (scale={scale})"
+            )
+        if acc is None:
+            out_dtype = out.dtype
+            full = (*out.shape[:-2], _scaled(height, scale), _scaled(width, scale))
+            acc = torch.zeros(full, dtype=torch.float32, device=out.device)
+            weight_sum = torch.zeros(full[-2:], dtype=torch.float32, device=out.device)
+        wmap = blend_weights(
+            oh, ow, ramp, top=r0 > 0, bottom=r1 < height, left=c0 > 0, right=c1 < width
+        ).to(out.device)
+        y0, x0 = _scaled(r0, scale), _scaled(c0, scale)
+        acc[..., y0 : y0 + oh, x0 : x0 + ow] += out.float() * wmap
+        weight_sum[y0 : y0 + oh, x0 : x0 + ow] += wmap
+    return (acc / weight_sum).to(out_dtype)
