@@ -1,0 +1,466 @@
+"""Stage 2: frozen Stable Diffusion (UNet, VAE, text encoder) + LAControlNet.
+
+:func:`load_stage2` accepts the released files (an SD 2.x LDM checkpoint, a
+bare DiffBIR ControlNet, a 2023 full checkpoint) or a folder written by
+:meth:`Stage2Model.save_pretrained` (safetensors + JSON configs, one sub-folder
+per model, loadable without conversion).
+
+Full-size models are built without weights (parameters on the meta device)
+and the checkpoint's tensors are assigned to them, so loading costs one copy
+of the weights and no random initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffbir.checkpoint import load_into, load_state_dict
+from diffbir.convert import (
+    STAGE2_MARKER,
+    is_controlnet_state_dict,
+    is_diffusers_folder,
+    is_ldm_checkpoint,
+    is_stage2_folder,
+    split_ldm_checkpoint,
+)
+from diffbir.errors import CheckpointError, ConfigError, DiffBIRError
+from diffbir.models.controlnet import (
+    LAControlNet,
+    build_controlnet,
+    controlnet_config_from_ldm,
+    convert_controlnet_state_dict,
+    init_from_unet,
+)
+from diffbir.models.sd_unet import (
+    build_unet,
+    convert_unet_state_dict,
+    unet_config_from_ldm,
+    unet_forward,
+)
+
+PREDICTIONS = ("eps", "v")
+FORMAT_VERSION = 1
+
+
+class Stage2Model(nn.Module):
+    """The generative module: UNet + LAControlNet (+ VAE, text encoder, tokenizer).
+
+    ``prediction`` says what the UNet predicts: ``"eps"`` (SD 2.1-base) or
+    ``"v"`` (the zero-terminal-SNR base of DiffBIR v2.1).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        controlnet: LAControlNet,
+        text_encoder: nn.Module | None = None,
+        tokenizer=None,
+        prediction: str = "eps",
+    ):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ConfigError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
+        self.unet = unet
+        self.vae = vae
+        self.controlnet = controlnet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.prediction = prediction
+
+    # ----------------------------------------------------------------- text
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, 77]`` -> context ``[B, 77, D]`` (penultimate layer + final LayerNorm)."""
+        from diffbir.models.text_encoder import encode_tokens
+
+        if self.text_encoder is None:
+            raise DiffBIRError(
+                "the text encoder was dropped (or not loaded); encode prompts before "
+                "drop_text_encoder(), or load with load_text_encoder=True"
+            )
+        return encode_tokens(self.text_encoder, tokens)
+
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> context ``[B, 77, D]``; the tokenizer comes from the registry if none was given."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if self.tokenizer is None:
+            from diffbir.models.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer()
+        return self.encode_text(self.tokenizer(list(prompts)))
+
+    def drop_text_encoder(self) -> None:
+        """Free the text encoder (about 1.3 GB at fp32) once the prompts are encoded."""
+        self.text_encoder = None
+
+    # ---------------------------------------------------------------- image
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Image in [0,1] NCHW -> condition latent (posterior mode x 0.18215)."""
+        from diffbir.models.vae import encode_to_latent
+
+        return encode_to_latent(self.vae, x)
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image in [0,1] NCHW."""
+        from diffbir.models.vae import decode_from_latent
+
+        return decode_from_latent(self.vae, z)
+
+    # ------------------------------------------------------------ denoising
+    @property
+    def num_control_residuals(self) -> int:
+        """Number of control residuals (13 at SD size): the length of a per-residual scale."""
+        return self.controlnet.num_residuals
+
+    def denoise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        cond_latent: torch.Tensor,
+        text: torch.Tensor,
+        control_scale: float | Sequence[float] = 1.0,
+    ) -> torch.Tensor:
+        """The UNet's output (eps or v, see ``prediction``) with the ControlNet's residuals.
+
+        ``t`` holds original timesteps (0..999), one per sample or one for
+        all. ``cond_latent`` and ``text`` may have batch 1 and are then shared
+        by every sample of ``x_t`` (as with classifier-free guidance).
+        ``control_scale`` is one float or one per residual.
+        """
+        batch = x_t.shape[0]
+        dtype = self.unet.dtype
+        x_t = x_t.to(dtype)
+        cond_latent = _broadcast(cond_latent.to(dtype), batch, "cond_latent")
+        text = _broadcast(text.to(dtype), batch, "text")
+        t = torch.as_tensor(t, device=x_t.device)
+        t = t.reshape(1).expand(batch) if t.numel() == 1 else t.reshape(batch)
+        scales = self._control_scales(control_scale)
+        if all(s == 0 for s in scales):
+            return unet_forward(self.unet, x_t, t, text)
+        residuals = self.controlnet(x_t, cond_latent, t, text)
+        residuals = [r * s for r, s in zip(residuals, scales, strict=True)]
+        return unet_forward(self.unet, x_t, t, text, residuals)
+
+    def _control_scales(self, control_scale: float | Sequence[float]) -> list[float]:
+        n = self.num_control_residuals
+        if isinstance(control_scale, torch.Tensor):
+            control_scale = control_scale.tolist()
+        if isinstance(control_scale, (int, float)):
+            return [float(control_scale)] * n
+        scales = [float(s) for s in control_scale]
+        if len(scales) != n:
+            raise ConfigError(f"control_scale: expected one float or {n} floats, got {len(scales)}")
+        return scales
+
+    @torch.no_grad()
+    def init_controlnet_from_unet(self) -> None:
+        """Copy the UNet's encoder + middle into the ControlNet, zero the new input channels.
+
+        Afterwards every residual is zero and :meth:`denoise` equals the UNet
+        alone: where stage-2 training starts.
+        """
+        init_from_unet(self.controlnet, self.unet)
+
+    # -------------------------------------------------------------- save/load
+    def save_pretrained(self, folder: str | PathLike) -> Path:
+        """Write ``unet/``, ``vae/``, ``controlnet/`` (and ``text_encoder/``) + ``diffbir_stage2.json``.
+
+        Each sub-folder is a diffusers/transformers ``save_pretrained`` folder
+        (safetensors weights + config.json).
+        """
+        import diffusers
+        import transformers
+
+        from diffbir import __version__
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(folder / "unet")
+        self.vae.save_pretrained(folder / "vae")
+        self.controlnet.save_pretrained(folder / "controlnet")
+        if self.text_encoder is not None:
+            self.text_encoder.save_pretrained(folder / "text_encoder")
+        meta = {
+            "format": "diffbir-stage2",
+            "format_version": FORMAT_VERSION,
+            "prediction": self.prediction,
+            "diffbir_version": __version__,
+            "diffusers_version": diffusers.__version__,
+            "transformers_version": transformers.__version__,
+            "torch_version": torch.__version__,
+        }
+        (folder / STAGE2_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | PathLike,
+        *,
+        tokenizer=None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        load_text_encoder: bool = True,
+        prediction: str | None = None,
+    ) -> Stage2Model:
+        """Load a folder written by :meth:`save_pretrained` (no conversion)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        folder = Path(folder)
+        if not is_stage2_folder(folder):
+            raise CheckpointError(f"{folder}: not a saved stage-2 model (no {STAGE2_MARKER})")
+        meta = json.loads((folder / STAGE2_MARKER).read_text())
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{folder}: saved by a newer diffbir (format {meta['format_version']})"
+            )
+        dtype = dtype or torch.float32
+        try:
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
+            controlnet = load_controlnet_folder(folder / "controlnet", dtype=dtype)
+            text_encoder = None
+            if load_text_encoder:
+                text_encoder = _load_text_folder(folder / "text_encoder", dtype)
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise CheckpointError(
+                f"{folder}: incomplete or unreadable stage-2 folder ({exc})"
+            ) from None
+        model = cls(
+            unet,
+            vae,
+            controlnet,
+            text_encoder,
+            tokenizer,
+            prediction=prediction or meta.get("prediction", "eps"),
+        )
+        return model.eval().to(device or "cpu")
+
+
+def _broadcast(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(batch, *x.shape[1:])
+    raise ConfigError(f"{name} has batch {x.shape[0]}, expected 1 or {batch}")
+
+
+def _load_text_folder(folder: Path, dtype: torch.dtype):
+    from transformers import CLIPTextModel
+
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: the saved model has no text encoder")
+    return CLIPTextModel.from_pretrained(folder, dtype=dtype)
+
+
+def load_controlnet_folder(
+    folder: str | PathLike, *, dtype: torch.dtype | None = None
+) -> LAControlNet:
+    """Load an :class:`LAControlNet` saved with ``save_pretrained``."""
+    return LAControlNet.from_pretrained(Path(folder), torch_dtype=dtype or torch.float32)
+
+
+def _empty(build):
+    """Build a model with parameters on the meta device and real buffers.
+
+    Non-persistent buffers (such as CLIP's ``position_ids``) are not in a
+    state dict, so they must be materialised at build time.
+    """
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return build()
+
+
+def _unet_ldm_config(unet_config: Mapping | None) -> dict:
+    return dict(unet_config or {})
+
+
+def _vae_config(vae_config: Mapping | None) -> dict:
+    from diffbir.models.vae import vae_config_from_ldm
+
+    cfg = dict(vae_config or {})
+    if "ddconfig" in cfg:
+        return vae_config_from_ldm(cfg["ddconfig"], cfg.get("embed_dim", 4))
+    embed_dim = cfg.pop("embed_dim", 4)
+    return vae_config_from_ldm(cfg or None, embed_dim)
+
+
+def _text_config(text_config: Mapping | None) -> dict:
+    from diffbir.models.text_encoder import text_config_from_open_clip
+
+    cfg = dict(text_config or {})
+    if "text_cfg" in cfg:
+        return text_config_from_open_clip(
+            cfg["text_cfg"], cfg.get("embed_dim", 1024), cfg.get("layer", "penultimate")
+        )
+    return text_config_from_open_clip(cfg or None)
+
+
+def _controlnet_config(controlnet_config: Mapping | None, unet_config: Mapping | None) -> dict:
+    # The ControlNet mirrors the UNet unless told otherwise.
+    if controlnet_config is None:
+        base = {k: v for k, v in (unet_config or {}).items() if k != "out_channels"}
+        return controlnet_config_from_ldm(base)
+    return controlnet_config_from_ldm(
+        {k: v for k, v in controlnet_config.items() if k != "out_channels"}
+    )
+
+
+def _load_part(what: str, build, convert, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+    model = _empty(build)
+    return load_into(model, convert(weights), what=what)
+
+
+def _controlnet_from_source(source, config: dict, what: str = "ControlNet") -> LAControlNet:
+    if isinstance(source, LAControlNet):
+        return source
+    if not isinstance(source, Mapping) and is_diffusers_folder(source):
+        return load_controlnet_folder(source)
+    if not isinstance(source, Mapping) and Path(source).is_dir():
+        raise CheckpointError(f"{source}: not a ControlNet folder (no config.json)")
+    sd = load_state_dict(source)
+    if not is_controlnet_state_dict(sd):
+        parts = split_ldm_checkpoint(sd)
+        if "controlnet" not in parts:
+            raise CheckpointError(
+                f"{_name(source)}: holds no DiffBIR ControlNet (no zero_convs.*/middle_block_out.* "
+                "keys, no control_model.* part)"
+            )
+        sd = parts["controlnet"]
+    return _load_part(
+        what,
+        lambda: build_controlnet(config),
+        lambda w: convert_controlnet_state_dict(w, config),
+        sd,
+    )
+
+
+def _name(source) -> str:
+    return "<state dict>" if isinstance(source, Mapping) else str(source)
+
+
+def load_stage2(
+    sd_checkpoint,
+    controlnet=None,
+    *,
+    prediction: str | None = None,
+    unet_config: Mapping | None = None,
+    vae_config: Mapping | None = None,
+    text_config: Mapping | None = None,
+    controlnet_config: Mapping | None = None,
+    tokenizer=None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    load_text_encoder: bool = True,
+) -> Stage2Model:
+    """Build the stage-2 model from released checkpoints or a saved folder.
+
+    ``sd_checkpoint``: an SD 2.x LDM checkpoint (path or state dict), a 2023
+    full DiffBIR checkpoint (its ``control_model.`` is used when
+    ``controlnet`` is None), or a folder written by
+    :meth:`Stage2Model.save_pretrained`. ``controlnet``: a released bare
+    ControlNet (path or state dict), a saved ControlNet folder, or None (then
+    taken from a full checkpoint, or initialised from the UNet).
+    ``*_config`` take the published constructor names (default: SD 2.1-base);
+    ``vae_config`` as ``{"embed_dim", "ddconfig"}`` or a bare ddconfig,
+    ``text_config`` as ``{"embed_dim", "text_cfg", "layer"}`` or a bare text_cfg.
+    ``prediction`` is "eps" or "v" (default: "eps", or the saved value for a
+    folder). ``dtype`` defaults to float32. Raises :class:`CheckpointError`
+    with a readable key diff when the weights do not fit.
+    """
+    dtype = dtype or torch.float32
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise ConfigError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
+    cn_config = _controlnet_config(controlnet_config, unet_config)
+
+    if not isinstance(sd_checkpoint, Mapping) and Path(sd_checkpoint).is_dir():
+        model = Stage2Model.from_pretrained(
+            sd_checkpoint,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            load_text_encoder=load_text_encoder,
+            prediction=prediction,
+        )
+        if controlnet is not None:
+            model.controlnet = _controlnet_from_source(controlnet, cn_config).to(dtype)
+        return model.eval().to(device or "cpu")
+
+    sd = load_state_dict(sd_checkpoint)
+    if is_controlnet_state_dict(sd):
+        raise CheckpointError(
+            f"{_name(sd_checkpoint)} is a bare ControlNet, not a Stable Diffusion checkpoint; "
+            "pass it as the controlnet"
+        )
+    if not is_ldm_checkpoint(sd):
+        raise CheckpointError(
+            f"{_name(sd_checkpoint)}: not an LDM checkpoint (no model.diffusion_model.* keys)"
+        )
+    parts = split_ldm_checkpoint(sd)
+    del sd
+    model = _assemble(
+        parts,
+        controlnet,
+        unet_config=unet_config,
+        vae_config=vae_config,
+        text_config=text_config,
+        cn_config=cn_config,
+        load_text_encoder=load_text_encoder,
+    )
+    model.tokenizer = tokenizer
+    model.prediction = prediction or "eps"
+    return model.eval().to(device=device or "cpu", dtype=dtype)
+
+
+def _assemble(
+    parts: dict[str, dict[str, torch.Tensor]],
+    controlnet,
+    *,
+    unet_config,
+    vae_config,
+    text_config,
+    cn_config,
+    load_text_encoder: bool,
+) -> Stage2Model:
+    from diffbir.models.text_encoder import build_text_encoder, convert_text_state_dict
+    from diffbir.models.vae import build_vae, convert_vae_state_dict
+
+    for needed in ("vae",) + (("text",) if load_text_encoder else ()):
+        if needed not in parts:
+            raise CheckpointError(f"the Stable Diffusion checkpoint has no {needed} weights")
+    u_cfg = unet_config_from_ldm(_unet_ldm_config(unet_config))
+    unet = _load_part(
+        "UNet",
+        lambda: build_unet(u_cfg),
+        lambda w: convert_unet_state_dict(w, u_cfg),
+        parts["unet"],
+    )
+    v_cfg = _vae_config(vae_config)
+    vae = _load_part("VAE", lambda: build_vae(v_cfg), convert_vae_state_dict, parts["vae"])
+    text = None
+    if load_text_encoder:
+        t_cfg = _text_config(text_config)
+        text = _empty(lambda: build_text_encoder(t_cfg))
+        expected = text.state_dict().keys()
+        weights = convert_text_state_dict(parts["text"], t_cfg, target_keys=expected)
+        text = load_into(text, weights, what="text encoder")
+
+    if controlnet is not None:
+        control = _controlnet_from_source(controlnet, cn_config)
+    elif "controlnet" in parts:
+        control = _controlnet_from_source(parts["controlnet"], cn_config)
+    else:
+        control = None
+    if control is None:
+        # Stage-2 training starts from a copy of the UNet.
+        control = _empty(lambda: build_controlnet(cn_config))
+        control = control.to_empty(device="cpu")
+        init_from_unet(control, unet)  # copy_ casts to the ControlNet's dtype
+    return Stage2Model(unet, vae, control, text)
