@@ -164,8 +164,9 @@ def convert_text_state_dict(
                     raise CheckpointError(
                         f"{key}: first dimension {tensor.shape[0]} is not 3 x width"
                     )
-                # OpenCLIP fuses the projections in q, k, v order.
-                q, k, v = tensor.chunk(3, dim=0)
+                # OpenCLIP fuses the projections in q, k, v order. Clones, so the three
+                # do not share storage (safetensors refuses to save shared tensors).
+                q, k, v = (t.clone() for t in tensor.chunk(3, dim=0))
                 p = pm.group(1)
                 for name, part in (("q", q), ("k", k), ("v", v)):
                     out[f"{base}self_attn.{name}_proj.{p}"] = part
@@ -230,7 +231,7 @@ def text_state_dict_to_open_clip(ours: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def encode_tokens(text_encoder, tokens: torch.Tensor) -> torch.Tensor:
-    """Embed token ids ``[B, 77]`` to ``[B, 77, width]`` (OpenCLIP's causal attention, no padding mask).
+    """Embed token ids ``[B, 77]`` to ``[B, 77, width]`` (causal attention, no padding mask).
 
     Ids are moved to the encoder's device; the output has its dtype.
     """

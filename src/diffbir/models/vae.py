@@ -50,7 +50,7 @@ _ATTN_PROJ_LDM = {"q", "k", "v", "proj_out"}
 
 
 def vae_config_from_ldm(ddconfig: dict | None = None, embed_dim: int = 4) -> dict:
-    """Return ``AutoencoderKL`` constructor kwargs for the LDM ``AutoencoderKL(ddconfig, embed_dim)``.
+    """Return diffusers ``AutoencoderKL`` kwargs for LDM's ``AutoencoderKL(ddconfig, embed_dim)``.
 
     ``ddconfig`` uses the published names (``ch``, ``ch_mult``, ``num_res_blocks``,
     ``z_channels``, ...); missing entries take SD 2.1-base's values, so ``None``
