@@ -11,7 +11,6 @@ converters see one flat mapping of names to tensors.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -60,13 +59,38 @@ def _torch_load(path: Path, device: str | torch.device) -> object:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        detail = _unpickler_detail(str(exc))
+        # The weights-only unpickler names a GLOBAL when the pickle wants to import
+        # something (a function, a class); anything else is bytes it cannot parse.
+        if "GLOBAL" in detail:
+            raise CheckpointError(
+                f"{path}: refused to load: the pickle asks for code beyond plain tensors "
+                f"and containers, which could run arbitrary commands ({detail})"
+            ) from None
         raise CheckpointError(
-            f"{path}: refused to load: the pickle asks for code beyond plain tensors "
-            f"and containers, which could run arbitrary commands ({first})"
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({detail})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint or truncated ({exc})") from None
+    except Exception as exc:
+        # A damaged or foreign file can make the unpickler raise nearly anything
+        # (KeyError, IndexError, struct.error, RuntimeError from the zip reader...).
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint or truncated ({_first_line(exc)})"
+        ) from None
+
+
+def _unpickler_detail(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for key in ("GLOBAL", "Unsupported"):
+        found = next((line for line in lines if key in line), None)
+        if found:
+            return found[:200]
+    useful = [line for line in lines if not line.startswith("Check the documentation")]
+    return (useful[-1] if useful else "unreadable pickle")[:200]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _flatten(obj: object, origin: str) -> StateDict:
