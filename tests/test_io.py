@@ -30,6 +30,16 @@ def _rgb_array(h: int = 12, w: int = 16, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
+def _png(ihdr: bytes, idat: bytes) -> bytes:
+    """A minimal PNG file from a raw IHDR body and compressed pixel rows."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def _chw(array: np.ndarray, top: float = 255.0) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32).transpose(2, 0, 1) / top)
 
@@ -97,6 +107,23 @@ def test_16bit_rgba_png_keeps_alpha(tmp_path):
     assert img.alpha[0, 0, 0].item() == 0.0 and img.alpha[0, 1, 1].item() == 1.0
     assert abs(img.rgb[0, 1, 1].item() - 20000 / 65535) < 1e-6
     assert img.rgb[:, 0, 0].tolist() == [1.0, 1.0, 1.0]  # transparent -> white
+
+
+def test_16bit_gray_alpha_png(tmp_path):
+    # Neither Pillow nor OpenCV writes 16-bit gray+alpha PNG: build one by hand.
+    h, w = 3, 4
+    la = np.zeros((h, w, 2), ">u2")
+    la[..., 0] = 1000
+    la[..., 1] = 65535
+    la[0, 0, 1] = 0
+    rows = b"".join(b"\x00" + la[y].tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
+    (tmp_path / "la16.png").write_bytes(_png(header, zlib.compress(rows)))
+    img = read_image(tmp_path / "la16.png")
+    assert img.bit_depth == 16 and img.rgb.shape == (3, h, w)
+    assert (img.rgb[:, 1:] - 1000 / 65535).abs().max() < 1e-6
+    assert img.alpha[0, 0, 0].item() == 0.0 and img.alpha[0, 1, 1].item() == 1.0
+    assert img.rgb[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("mode", ["L", "1"])
@@ -244,14 +271,8 @@ def test_truncated_file(tmp_path, fmt):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares a size but carries a broken, tiny pixel stream."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return _png(ihdr, zlib.compress(b"\x00" * 64))
 
 
 def test_too_many_pixels_refused_from_header(tmp_path):
