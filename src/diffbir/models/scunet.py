@@ -162,6 +162,9 @@ class SCUNet(nn.Module):
         if len(config) != 7:
             raise ConfigError(f"SCUNet: config needs 7 stage depths, got {list(config)}")
         head_dim, ws = 32, 8
+        if dim % (2 * head_dim):
+            # The narrowest stage has dim // 2 channels split into heads of 32.
+            raise ConfigError(f"SCUNet: dim must be a multiple of 64, got {dim}")
         self.pad_multiple = 64
         self.gradient_checkpointing = False
         self.masks = ShiftMaskCache()
