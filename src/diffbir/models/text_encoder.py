@@ -164,9 +164,8 @@ def convert_text_state_dict(
                     raise CheckpointError(
                         f"{key}: first dimension {tensor.shape[0]} is not 3 x width"
                     )
-                # OpenCLIP fuses the projections in q, k, v order. Clones, so the three
-                # do not share storage (safetensors refuses to save shared tensors).
-                q, k, v = (t.clone() for t in tensor.chunk(3, dim=0))
+                # OpenCLIP fuses the projections in q, k, v order.
+                q, k, v = tensor.chunk(3, dim=0)
                 p = pm.group(1)
                 for name, part in (("q", q), ("k", k), ("v", v)):
                     out[f"{base}self_attn.{name}_proj.{p}"] = part
