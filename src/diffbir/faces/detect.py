@@ -206,7 +206,13 @@ class YuNetDetector:
             bgr = cv2.resize(bgr, (run_w, run_h), interpolation=cv2.INTER_AREA)
         # YuNet's input size must match each image exactly.
         self._backend.setInputSize((run_w, run_h))
-        _, rows = self._backend.detect(bgr)
+        try:
+            _, rows = self._backend.detect(bgr)
+        except cv2.error as exc:
+            # A valid ONNX file that is not YuNet loads fine and fails here.
+            raise CheckpointError(
+                f"face detector model does not behave like YuNet ({_first_line(exc)})"
+            ) from None
         return parse_yunet_rows(rows, width / run_w, height / run_h)
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -220,8 +226,10 @@ class YuNetDetector:
 
 
 def _first_line(error: Exception) -> str:
+    """The informative part of an OpenCV error, without its source-file prefix."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    text = lines[-1] if lines else type(error).__name__
+    return text.split("error: ", 1)[-1]
 
 
 def select_faces(

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from diffbir.faces.warp import (
-    inside_source,
     compose_affine,
+    inside_source,
     invert_affine,
     resize_affine,
     warp_affine,

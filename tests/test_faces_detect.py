@@ -1,0 +1,141 @@
+"""Face detector loading, YuNet output parsing (through a stand-in backend), face selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffbir.errors import CheckpointError
+from diffbir.faces import FFHQ_TEMPLATE_512, Face, YuNetDetector, align_face, select_faces
+from diffbir.faces.warp import map_points
+
+
+def test_missing_model_file_is_a_checkpoint_error(tmp_path):
+    missing = tmp_path / "face_detection_yunet_2023mar.onnx"
+    with pytest.raises(CheckpointError, match="not found") as info:
+        YuNetDetector(missing)
+    assert str(missing) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx model" * 100, bytes(range(256)) * 20])
+def test_garbage_model_file_is_a_checkpoint_error(tmp_path, content):
+    path = tmp_path / "yunet.onnx"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="cannot load face detector model") as info:
+        YuNetDetector(path)
+    assert "\n" not in str(info.value)
+
+
+class StubYuNet:
+    """Stands in for cv2.FaceDetectorYN: returns fixed rows per input size, records calls."""
+
+    def __init__(self, rows_by_size):
+        self.rows_by_size = rows_by_size
+        self.input_size = None
+        self.calls = []
+
+    def setInputSize(self, input_size):  # noqa: N802 (OpenCV's name)
+        self.input_size = tuple(input_size)
+
+    def detect(self, image):
+        assert image.dtype == np.uint8 and image.ndim == 3
+        assert (image.shape[1], image.shape[0]) == self.input_size
+        self.calls.append((self.input_size, image))
+        rows = self.rows_by_size.get(self.input_size)
+        return (1, None if rows is None else np.asarray(rows, np.float32))
+
+
+def yunet_row(box, landmarks, score):
+    x0, y0, x1, y1 = box
+    return [x0, y0, x1 - x0, y1 - y0, *np.asarray(landmarks).ravel(), score]
+
+
+def test_rows_are_scaled_back_to_the_input_image():
+    # A 2560x1280 image runs at 1280x640 (half size) and at 320x160.
+    points = np.array([[100.0, 80.0], [140.0, 80.0], [120.0, 100.0], [105.0, 120.0], [135, 120]])
+    stub = StubYuNet({(1280, 640): [yunet_row((90, 60, 150, 135), points, 0.93)]})
+    detector = YuNetDetector.from_backend(stub)
+    image = np.zeros((1280, 2560, 3), np.float32)
+    image[..., 0] = 1.0  # pure red in RGB
+    faces = detector.detect(image)
+
+    assert [size for size, _ in stub.calls] == [(1280, 640), (320, 160)]
+    seen = stub.calls[0][1]
+    assert seen[..., 2].min() == 255 and seen[..., :2].max() == 0  # OpenCV gets BGR uint8
+    assert len(faces) == 1
+    face = faces[0]
+    np.testing.assert_allclose(face.landmarks, (points + 0.5) * 2.0 - 0.5, atol=1e-4)
+    np.testing.assert_allclose(face.box, [180.5, 120.5, 300.5, 270.5], atol=1e-4)
+    assert face.score == pytest.approx(0.93)
+    # Template order is kept: the first eye is the one on the left of the image.
+    assert face.landmarks[0, 0] < face.landmarks[1, 0]
+
+
+def test_small_images_run_once_at_their_own_size():
+    stub = StubYuNet({})
+    detector = YuNetDetector.from_backend(stub, coarse_side=None)
+    assert detector.detect(np.zeros((50, 70, 3), np.float32)) == []
+    assert [size for size, _ in stub.calls] == [(70, 50)]
+
+
+def test_passes_are_merged_by_non_maximum_suppression():
+    big = yunet_row((40, 40, 240, 240), np.full((5, 2), 140.0), 0.80)
+    other = yunet_row((400, 40, 440, 80), np.full((5, 2), 420.0), 0.95)
+    # The coarse pass (a quarter of the size) sees the same big face again, more confidently.
+    same_big = yunet_row((10, 10, 60, 60), np.full((5, 2), 35.0), 0.90)
+    stub = StubYuNet({(640, 320): [big, other], (160, 80): [same_big]})
+    faces = YuNetDetector.from_backend(stub, max_side=640, coarse_side=160).detect(
+        np.zeros((320, 640, 3), np.float32)
+    )
+    assert [f.score for f in faces] == pytest.approx([0.95, 0.90])
+    assert faces[1].size == pytest.approx(200.0, abs=3.0)
+
+
+def test_detected_face_aligns_to_the_template():
+    # End to end through the stub: a face whose landmarks are the template at
+    # half size lands back on the template.
+    points = FFHQ_TEMPLATE_512 * 0.5 + np.array([20.0, 10.0])
+    stub = StubYuNet({(320, 300): [yunet_row((20, 10, 276, 266), points, 0.9)]})
+    faces = YuNetDetector.from_backend(stub, coarse_side=None).detect(
+        np.zeros((300, 320, 3), np.float32)
+    )
+    crop, affine = align_face(np.zeros((300, 320, 3), np.float32), faces[0].landmarks)
+    assert crop.shape == (512, 512, 3)
+    assert np.abs(map_points(affine, faces[0].landmarks) - FFHQ_TEMPLATE_512).max() < 1e-3
+
+
+def make_face(x0, y0, side, score=0.9):
+    return Face(
+        box=(x0, y0, x0 + side, y0 + side),
+        landmarks=np.zeros((5, 2), np.float32),
+        score=score,
+    )
+
+
+def test_select_faces_largest_first_with_limits():
+    faces = [make_face(0, 0, 20), make_face(50, 50, 80), make_face(200, 0, 40)]
+    assert [f.size for f in select_faces(faces)] == [80, 40, 20]
+    assert [f.size for f in select_faces(faces, min_size=30)] == [80, 40]
+    assert [f.size for f in select_faces(faces, max_faces=1)] == [80]
+    assert select_faces(faces, max_faces=0) == []
+    assert select_faces(faces, min_size=100) == []
+    with pytest.raises(ValueError):
+        select_faces(faces, max_faces=-1)
+
+
+def test_select_only_center_face():
+    # Image 400 wide, 200 high: centre (199.5, 99.5).
+    faces = [make_face(0, 0, 100), make_face(170, 70, 60), make_face(300, 100, 90)]
+    chosen = select_faces(faces, only_center=True, image_size=(200, 400))
+    assert len(chosen) == 1 and chosen[0].box[0] == 170
+    # The size limit applies before the choice.
+    chosen = select_faces(faces, only_center=True, image_size=(200, 400), min_size=70)
+    assert chosen[0].box[0] == 300
+    with pytest.raises(ValueError, match="image_size"):
+        select_faces(faces, only_center=True)
+
+
+def test_face_size_and_center():
+    face = Face(box=(10.0, 20.0, 50.0, 120.0), landmarks=np.zeros((5, 2)), score=0.5)
+    assert face.size == pytest.approx(np.sqrt(40.0 * 100.0))
+    assert face.center == (30.0, 70.0)
