@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -94,8 +96,9 @@ class FileServer:
         return self.url(name)
 
 
-@pytest.fixture
-def server():
+@contextlib.contextmanager
+def running_server() -> Iterator[FileServer]:
+    """Serve ``ServerState.files`` on 127.0.0.1 (a free port) for the duration of the block."""
     state = ServerState()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
@@ -108,6 +111,12 @@ def server():
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server():
+    with running_server() as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
