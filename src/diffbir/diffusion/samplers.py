@@ -113,12 +113,11 @@ def default_spacing(sampler: str, schedule: NoiseSchedule) -> str:
     """The timestep spacing a sampler uses when none is given.
 
     Spaced DDPM and DDIM: IDDPM respacing (the paper). The EDM-family solvers
-    (Euler, Heun, DPM++): Karras rho=7 on a finite schedule, ``"trailing"`` on a
-    zero-terminal-SNR one (Karras crowds the steps near the infinite end there).
+    (Euler, Heun, DPM++): Karras rho=7 (see ``NoiseSchedule.timesteps_for`` for the
+    zero-SNR case). ``schedule`` is accepted so a schedule-dependent choice can be made.
     """
-    if sampler in _DEFAULT_SPACING:
-        return _DEFAULT_SPACING[sampler]
-    return "karras" if math.isfinite(float(schedule.sigmas[-1])) else "trailing"
+    del schedule
+    return _DEFAULT_SPACING.get(sampler, "karras")
 
 
 class _Run:

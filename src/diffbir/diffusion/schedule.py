@@ -36,6 +36,8 @@ from ..errors import ConfigError
 
 PREDICTIONS = ("eps", "v")
 SPACINGS = ("iddpm", "karras", "trailing", "leading")
+# Karras spacing on a zero-terminal-SNR schedule stops at SD 2.1's largest sigma
+ZSNR_KARRAS_SIGMA_MAX = 14.6146
 
 
 def scaled_linear_betas(n: int = 1000, start: float = 0.00085, end: float = 0.012) -> torch.Tensor:
@@ -240,13 +242,15 @@ class NoiseSchedule:
 
         * ``"iddpm"``: IDDPM ``space_timesteps`` (includes T-1 and 0; the paper's 50 steps).
         * ``"karras"``: Karras et al. 2022 rho=7 spacing of sigma between ``sigma_min`` and
-          ``sigma_max`` (the largest finite sigma), each snapped to the nearest discrete sigma
-          in log space; on a zero-SNR schedule the first step is forced to T-1 (infinite
-          sigma), where pure noise is the exact marginal.
+          ``sigma_max``, each snapped to the nearest discrete sigma in log space. On a
+          zero-SNR schedule the first step is T-1 (infinite sigma, where pure noise is the
+          exact marginal) and the other steps-1 are Karras-spaced below
+          ``ZSNR_KARRAS_SIGMA_MAX`` (SD's 14.61; the largest finite zero-SNR sigma, ~2254,
+          would put most steps where the sample is still pure noise).
         * ``"trailing"``: ``round(T - k*T/steps) - 1`` (T-1 first; Lin et al. 2023 Table 2).
         * ``"leading"``: ``int(linspace(T-1, 0, steps, endpoint=False))`` (the DiffBIR
           release's EDM samplers).
-        Collisions are resolved so the list stays strictly decreasing.
+        Collisions are resolved (shifted by one) so the list stays strictly decreasing.
         """
         steps = int(steps)
         n = self.num_timesteps
@@ -264,22 +268,26 @@ class NoiseSchedule:
             raise ConfigError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
         # keep strictly decreasing and inside [0, n-1]
         ts = [min(max(int(t), 0), n - 1) for t in ts]
-        for i in range(len(ts) - 2, -1, -1):
-            if ts[i] <= ts[i + 1]:
-                ts[i] = ts[i + 1] + 1
-        if ts[0] > n - 1:
-            raise ConfigError(f"cannot fit {steps} distinct timesteps with {spacing!r} spacing")
+        for i in range(1, len(ts)):  # push collisions down...
+            ts[i] = min(ts[i], ts[i - 1] - 1)
+        for i in range(len(ts) - 1, -1, -1):  # ...and back up where they fell below 0
+            ts[i] = max(ts[i], len(ts) - 1 - i)
         return ts
 
     def _karras_timesteps(self, steps: int, rho: float = 7.0) -> list[int]:
-        lo, hi = self.sigma_min, self.sigma_max
-        ramp = np.linspace(0.0, 1.0, steps)
-        inv_lo, inv_hi = lo ** (1.0 / rho), hi ** (1.0 / rho)
-        wanted = (inv_hi + ramp * (inv_lo - inv_hi)) ** rho
-        log_sig = self.sigmas.clamp_max(1e300).log().numpy()
-        ts = [int(np.abs(log_sig - math.log(s)).argmin()) for s in wanted]
-        if not math.isfinite(float(self.sigmas[-1])):
-            ts[0] = self.num_timesteps - 1
+        lo = self.sigma_min
+        zero_snr = not math.isfinite(float(self.sigmas[-1]))
+        # zero SNR: T-1 first (pure noise is exact there), Karras over the rest, capped at
+        # SD's sigma_max (the largest finite sigma, ~2254, would spend most steps near T)
+        count = steps - 1 if zero_snr else steps
+        hi = min(self.sigma_max, ZSNR_KARRAS_SIGMA_MAX) if zero_snr else self.sigma_max
+        ts = [self.num_timesteps - 1] if zero_snr else []
+        if count > 0:
+            ramp = np.linspace(0.0, 1.0, count)
+            inv_lo, inv_hi = lo ** (1.0 / rho), hi ** (1.0 / rho)
+            wanted = (inv_hi + ramp * (inv_lo - inv_hi)) ** rho
+            log_sig = self.sigmas.clamp_max(1e300).log().numpy()
+            ts += [int(np.abs(log_sig - math.log(s)).argmin()) for s in wanted]
         return ts
 
     # -- conversions (t are ORIGINAL timesteps: an int or a LongTensor [B]) ------------
