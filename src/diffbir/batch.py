@@ -62,10 +62,11 @@ class RestoreJob:
 
     def plan(self) -> list[tuple[object, Path]]:
         """(input item, output path) for every input, in a stable order."""
-        from diffbir.imaging.paths import collect_inputs, output_path_for
+        from diffbir.imaging.paths import collect_inputs, output_paths_for
 
         items = collect_inputs(self.inputs, recursive=self.recursive)
-        return [(item, output_path_for(item, self.output, suffix=self.suffix)) for item in items]
+        # output_paths_for also refuses two inputs that would write one file.
+        return list(zip(items, output_paths_for(items, self.output, suffix=self.suffix)))
 
     def run(self, loader: dict, pipeline=None) -> JobSummary:
         """Restore every planned input. ``loader`` holds the arguments of
