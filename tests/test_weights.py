@@ -290,6 +290,24 @@ def test_unreachable_server_names_the_url_and_keeps_the_part(tmp_path):
     assert (tmp_path / "model.pth.part").read_bytes() == b"abc"
 
 
+def test_concurrent_caller_waits_for_the_lock_then_reuses_the_file(server, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    data = payload()
+    file = entry(server.add("model.pth", data), data)
+    done: list[Path] = []
+    with open(tmp_path / "model.pth.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # stands for another process mid-download
+        worker = threading.Thread(target=lambda: done.append(download(file, tmp_path)))
+        worker.start()
+        worker.join(timeout=0.3)
+        assert worker.is_alive() and server.state.requests == []  # blocked on the lock
+        (tmp_path / "model.pth").write_bytes(data)  # the "other process" finishes
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(timeout=10)
+    assert done == [tmp_path / "model.pth"]
+    assert server.state.requests == []
+
+
 # ---------------------------------------------------------------- resolve()
 
 

@@ -19,13 +19,14 @@ Environment variables, all read when a function is called, never at import:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from http.client import HTTPException
 from os import PathLike
@@ -341,15 +342,48 @@ def _download(
         raise DownloadError(f"cannot create the folder {dest} for {file.name}: {exc}") from None
     final = dest / file.name
     part = dest / (file.name + ".part")
-    offset = part.stat().st_size if part.is_file() else 0
-    if file.size is not None and offset > file.size:
-        part.unlink()  # longer than the real file: not a prefix of it
-        offset = 0
-    if file.size is None or offset < file.size:
-        _fetch(file, part, offset, progress=progress, chunk_size=chunk_size, timeout=timeout)
-    _verify(file, part)
-    os.replace(part, final)
+    with _download_lock(dest / (file.name + ".lock")) as waited:
+        if waited and final.is_file():
+            return final  # another process fetched it while this one waited
+        offset = part.stat().st_size if part.is_file() else 0
+        if file.size is not None and offset > file.size:
+            part.unlink()  # longer than the real file: not a prefix of it
+            offset = 0
+        if file.size is None or offset < file.size:
+            _fetch(file, part, offset, progress=progress, chunk_size=chunk_size, timeout=timeout)
+        _verify(file, part)
+        os.replace(part, final)
     return final
+
+
+@contextlib.contextmanager
+def _download_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path``; yield whether another holder had to be waited for.
+
+    Several processes (one per GPU, say) may ask for the same file at once;
+    without the lock they would all append to one ``.part``. The lock is
+    advisory (``flock``), dies with its process, and is skipped where the
+    platform has no ``fcntl``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield False
+        return
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:
+            # A waiter still holding the old file re-checks for the final file first.
+            with contextlib.suppress(OSError):
+                path.unlink()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fetch(
