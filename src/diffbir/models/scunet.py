@@ -19,6 +19,7 @@ from diffbir.errors import ConfigError
 from diffbir.models.swinir import (
     DropPath,
     ShiftMaskCache,
+    drop_path_rates,
     relative_position_index,
     window_merge,
     window_partition,
@@ -168,7 +169,7 @@ class SCUNet(nn.Module):
         self.pad_multiple = 64
         self.gradient_checkpointing = False
         self.masks = ShiftMaskCache()
-        rates = torch.linspace(0, drop_path_rate, sum(config)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(config))
         offsets = [sum(config[:i]) for i in range(7)]
 
         def stage(i: int, width: int, res: int) -> list[nn.Module]:

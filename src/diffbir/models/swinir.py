@@ -145,6 +145,14 @@ class DropPath(nn.Module):
         return x * x.new_empty(shape).bernoulli_(keep) / keep
 
 
+def drop_path_rates(top: float, n: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 to ``top`` over ``n`` blocks.
+
+    Plain Python so that building a model on the meta device works.
+    """
+    return [top * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
 class Mlp(nn.Module):
     """Two linear layers with a GELU between (``fc1``/``fc2`` as published)."""
 
@@ -450,7 +458,7 @@ class SwinIR(nn.Module):
         )
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
         resolution = _as_pair(img_size)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             first = sum(depths[:i])
