@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,27 @@ def test_face_size_and_center():
     face = Face(box=(10.0, 20.0, 50.0, 120.0), landmarks=np.zeros((5, 2)), score=0.5)
     assert face.size == pytest.approx(np.sqrt(40.0 * 100.0))
     assert face.center == (30.0, 70.0)
+
+
+TINY_YUNET = Path(__file__).parent / "fixtures" / "faces" / "tiny_yunet.onnx"
+
+
+def test_real_opencv_detector_with_a_tiny_yunet_model():
+    # tiny_yunet.onnx (see make_tiny_yunet.py) fires one stride-8 anchor per
+    # white 8x8 cell. Here the image is twice the 1280 detection side, so the
+    # 16x16 block at x 48..64, y 32..48 is seen as the cell at column 3, row 2.
+    image = np.zeros((1280, 2560, 3), np.float32)
+    image[32:48, 48:64] = 1.0
+    detector = YuNetDetector(TINY_YUNET, score_threshold=0.7)
+    faces = detector.detect(image)
+    assert len(faces) == 1
+    # In detection pixels: box centre (3.5, 2.5) * 8, size 16 x 24;
+    # landmarks (column + offset) * 8.
+    offsets = np.array([[0.2, 0.3], [0.8, 0.3], [0.5, 0.5], [0.25, 0.7], [0.75, 0.7]])
+    points = (np.array([3.0, 2.0]) + offsets) * 8.0
+    np.testing.assert_allclose(faces[0].landmarks, (points + 0.5) * 2.0 - 0.5, atol=1e-3)
+    np.testing.assert_allclose(
+        faces[0].box, (np.array([20.0, 8.0, 36.0, 32.0]) + 0.5) * 2.0 - 0.5, atol=1e-3
+    )
+    assert faces[0].score == pytest.approx(1.0)
+    assert detector.detect(np.zeros((100, 70, 3), np.float32)) == []
