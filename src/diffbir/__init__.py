@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _API = {
     "DiffBIRError": "diffbir.errors",
     "load_state_dict": "diffbir.checkpoint",
+    "load_cleaner": "diffbir.models.cleaner",
+    "apply_cleaner": "diffbir.models.cleaner",
 }
 
 __all__ = ["__version__", *sorted(_API)]
