@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from diffbir.errors import CheckpointError
-from diffbir.faces import FFHQ_TEMPLATE_512, Face, YuNetDetector, align_face, select_faces
+from diffbir.faces import (
+    FFHQ_TEMPLATE_512,
+    Face,
+    YuNetDetector,
+    align_face,
+    face_alpha,
+    restore_faces_in_photo,
+    select_faces,
+)
 from diffbir.faces.warp import map_points
 
 
@@ -165,3 +174,59 @@ def test_real_opencv_detector_with_a_tiny_yunet_model():
     )
     assert faces[0].score == pytest.approx(1.0)
     assert detector.detect(np.zeros((100, 70, 3), np.float32)) == []
+
+
+class FixedDetector:
+    """A FaceDetector that returns given faces."""
+
+    def __init__(self, faces):
+        self.faces = faces
+
+    def detect(self, image):
+        return list(self.faces)
+
+
+def template_face(scale, centre):
+    points = (FFHQ_TEMPLATE_512 - 255.5) * scale + np.array(centre)
+    half = 256 * scale
+    box = (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
+    return Face(box=box, landmarks=points.astype(np.float32), score=0.9)
+
+
+def test_restore_faces_in_photo_pastes_each_restored_face():
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.random((120, 200, 3)).astype(np.float32), (0, 0), 3)
+    background = cv2.resize(image, (400, 240), interpolation=cv2.INTER_LINEAR)
+    faces = [template_face(0.15, (60.0, 60.0)), template_face(0.02, (160.0, 60.0))]
+    seen = []
+
+    def restore(crop):
+        seen.append(crop.shape)
+        return 1.0 - crop
+
+    result = restore_faces_in_photo(
+        image, background, restore, detector=FixedDetector(faces), min_size=20
+    )
+    assert seen == [(512, 512, 3)]  # the 10-px face was left alone
+    assert len(result.faces) == 1 and result.faces[0].face is faces[0]
+    alpha = face_alpha((240, 400), (512, 512), result.faces[0].affine, upscale=2.0)
+    np.testing.assert_allclose(result.image[alpha == 1], 1.0 - background[alpha == 1], atol=0.02)
+    np.testing.assert_array_equal(result.image[alpha == 0], background[alpha == 0])
+    assert (alpha == 1).sum() > 1000
+
+
+def test_restore_faces_in_photo_without_faces_returns_the_background():
+    image = np.zeros((50, 60, 3), np.float32)
+    background = np.full((100, 120, 3), 0.3, np.float32)
+    result = restore_faces_in_photo(image, background, lambda c: c, detector=FixedDetector([]))
+    assert result.faces == []
+    np.testing.assert_array_equal(result.image, background)
+    with pytest.raises(ValueError, match="uniform resize"):
+        restore_faces_in_photo(image, background[:, :100], lambda c: c, detector=FixedDetector([]))
+    with pytest.raises(ValueError, match="restore_face returned"):
+        restore_faces_in_photo(
+            image,
+            background,
+            lambda c: c[:10],
+            detector=FixedDetector([template_face(0.05, (30.0, 25.0))]),
+        )

@@ -16,11 +16,14 @@ from diffbir.faces.arrays import image_to_tensor, tensor_to_image
 from diffbir.faces.detect import Face, FaceDetector, YuNetDetector, select_faces
 from diffbir.faces.paste import face_alpha, paste_face, upscale_affine
 from diffbir.faces.warp import invert_affine
+from diffbir.faces.whole import RestoredFace, WholePhotoResult, restore_faces_in_photo
 
 __all__ = [
     "FFHQ_TEMPLATE_512",
     "Face",
     "FaceDetector",
+    "RestoredFace",
+    "WholePhotoResult",
     "YuNetDetector",
     "align_face",
     "estimate_similarity",
@@ -29,6 +32,7 @@ __all__ = [
     "image_to_tensor",
     "invert_affine",
     "paste_face",
+    "restore_faces_in_photo",
     "select_faces",
     "tensor_to_image",
     "upscale_affine",
