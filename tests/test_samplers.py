@@ -1,0 +1,409 @@
+"""Samplers: recorded trajectories, an analytic Gaussian problem, noise sources, start points.
+
+The analytic problem: data x0 ~ N(MU, S^2) per dimension. Then
+x_t ~ N(sqrt(a) MU, a S^2 + 1 - a) and the exact denoiser is
+E[x0 | x_t] = MU + sqrt(a) S^2 / (a S^2 + 1 - a) (x_t - sqrt(a) MU), from which the
+exact eps and v follow. The probability-flow ODE preserves z-scores, so a
+deterministic sampler started at x_T = m_T + sd_T z must end near MU + S z.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffbir.diffusion.samplers import (
+    SAMPLERS,
+    GeneratorNoise,
+    RecordedNoise,
+    default_spacing,
+    prepare_start,
+    sample,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_euler,
+)
+from diffbir.diffusion.schedule import NoiseSchedule
+from diffbir.errors import ConfigError
+
+MU, S = 1.5, 0.5
+SD = NoiseSchedule.from_name("sd")
+ZSNR = NoiseSchedule.from_name("zsnr")
+FIXTURE = Path(__file__).parent / "fixtures" / "diffusion" / "io.safetensors"
+
+
+def gaussian_model(schedule: NoiseSchedule, prediction: str):
+    """The exact eps/v denoiser of N(MU, S^2) data on ``schedule``."""
+    a_all = schedule.alphas_cumprod
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        assert t.dtype == torch.long and t.shape == (x.shape[0],)
+        a = a_all[t].to(torch.float64).view(-1, 1, 1, 1)
+        xd = x.to(torch.float64)
+        x0 = MU + a.sqrt() * S**2 / (a * S**2 + 1 - a) * (xd - a.sqrt() * MU)
+        eps = (xd - a.sqrt() * x0) / (1 - a).sqrt()
+        out = eps if prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+        return out.to(x.dtype)
+
+    return model_fn
+
+
+def exact_start(schedule: NoiseSchedule, n: int, seed: int = 0):
+    """x at t = T-1 drawn from the exact marginal, and its z-scores."""
+    a = float(schedule.alphas_cumprod[-1])
+    z = torch.randn(n, 4, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return math.sqrt(a) * MU + math.sqrt(a * S * S + 1 - a) * z, z
+
+
+def ode_error(name, schedule, prediction, steps, n=64):
+    x, z = exact_start(schedule, n)
+    out = SAMPLERS[name](
+        gaussian_model(schedule, prediction), x, schedule, steps, prediction=prediction
+    )
+    return (out - (MU + S * z)).pow(2).mean().sqrt().item()
+
+
+# -- golden trajectories ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "schedule", "prediction"), [("eps", SD, "eps"), ("v", ZSNR, "v")])
+def test_spaced_ddpm_reproduces_recorded_trajectory(kind, schedule, prediction):
+    io = load_file(FIXTURE)
+    c_img = io[f"traj_{kind}_c_img"]
+
+    def toy(x, t):  # the recording's model: tanh(0.5 x + 0.1 c) * t / 1000, t original
+        return torch.tanh(0.5 * x + 0.1 * c_img) * (t.float() / 1000).view(-1, 1, 1, 1)
+
+    recorded = RecordedNoise(io[f"traj_{kind}_noise"])
+    out = sample_ddpm(
+        toy, io[f"traj_{kind}_xT"], schedule, 10, prediction=prediction, noise=recorded
+    )
+    ref = io[f"traj_{kind}_x0"]
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+    assert recorded.used == 10  # one draw per step, the last one unused
+
+
+def test_trajectory_depends_on_the_noise():
+    io = load_file(FIXTURE)
+    c_img = io["traj_eps_c_img"]
+
+    def toy(x, t):
+        return torch.tanh(0.5 * x + 0.1 * c_img) * (t.float() / 1000).view(-1, 1, 1, 1)
+
+    draws = io["traj_eps_noise"].clone()
+    draws[3] = -draws[3]
+    out = sample_ddpm(toy, io["traj_eps_xT"], SD, 10, noise=RecordedNoise(draws))
+    ref = io["traj_eps_x0"]
+    assert ((out - ref).norm() / ref.norm()).item() > 1e-3
+
+
+# -- analytic Gaussian problem ------------------------------------------------------------
+
+ODE_CASES = [  # sampler, steps it is meant for, RMS tolerance against the exact ODE map
+    ("ddim", 50, 0.04),
+    ("euler", 30, 0.05),
+    ("heun", 15, 0.02),
+    ("dpmpp_2m", 15, 0.02),
+]
+
+
+@pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
+@pytest.mark.parametrize(("name", "steps", "tol"), ODE_CASES)
+def test_deterministic_samplers_follow_the_exact_ode(schedule, prediction, name, steps, tol):
+    x, z = exact_start(schedule, 256)
+    out = SAMPLERS[name](
+        gaussian_model(schedule, prediction), x, schedule, steps, prediction=prediction
+    )
+    target = MU + S * z
+    assert (out - target).pow(2).mean().sqrt().item() < tol
+    assert abs(out.mean().item() - MU) < 0.03
+    assert abs(out.std().item() / S - 1) < 0.08
+
+
+def test_second_order_solvers_need_fewer_steps():
+    for schedule, prediction in [(SD, "eps"), (ZSNR, "v")]:
+        euler10 = ode_error("euler", schedule, prediction, 10)
+        euler50 = ode_error("euler", schedule, prediction, 50)
+        dpm10 = ode_error("dpmpp_2m", schedule, prediction, 10)
+        dpm20 = ode_error("dpmpp_2m", schedule, prediction, 20)
+        heun20 = ode_error("heun", schedule, prediction, 20)
+        assert dpm10 < euler10 / 2
+        assert dpm20 < euler50 and heun20 < euler50
+        # and the first-order ones converge: 5x the steps, several times less error
+        assert euler50 < euler10 / 3
+
+
+def _ddpm_exact_moments(schedule: NoiseSchedule, steps: int) -> tuple[float, float]:
+    """Mean and std of spaced DDPM's output with the exact denoiser (the chain is linear-Gaussian)."""
+    chain = schedule.spaced(schedule.timesteps_for(steps, "iddpm"))
+    a_all = schedule.alphas_cumprod
+    a_T = float(a_all[-1])
+    mean, var = math.sqrt(a_T) * MU, a_T * S * S + 1 - a_T
+    for index in range(len(chain) - 1, -1, -1):
+        a = float(a_all[int(chain.timesteps[index])])
+        gain = math.sqrt(a) * S * S / (a * S * S + 1 - a)
+        c1, c2 = float(chain.posterior_mean_coef1[index]), float(chain.posterior_mean_coef2[index])
+        mean = c1 * (MU + gain * (mean - math.sqrt(a) * MU)) + c2 * mean
+        var = (c1 * gain + c2) ** 2 * var + (
+            float(chain.posterior_variance[index]) if index else 0.0
+        )
+    return mean, math.sqrt(var)
+
+
+@pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
+def test_spaced_ddpm_matches_its_exact_output_distribution(schedule, prediction):
+    x, _ = exact_start(schedule, 512)
+    out = sample_ddpm(
+        gaussian_model(schedule, prediction),
+        x,
+        schedule,
+        50,
+        prediction=prediction,
+        generator=torch.Generator().manual_seed(1),
+    )
+    mean, std = _ddpm_exact_moments(schedule, 50)
+    assert abs(out.mean().item() - mean) < 0.01
+    assert abs(out.std().item() / std - 1) < 0.02
+    # 50 "fixed small" steps under-disperse a little; the full 1000-step chain does not
+    assert 0.85 * S < std < S
+    assert _ddpm_exact_moments(schedule, 1000)[1] == pytest.approx(S, rel=0.02)
+
+
+@pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
+def test_dpmpp_2m_sde_matches_the_target(schedule, prediction):
+    x, z = exact_start(schedule, 512)
+    out = SAMPLERS["dpmpp_2m_sde"](
+        gaussian_model(schedule, prediction),
+        x,
+        schedule,
+        20,
+        prediction=prediction,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert abs(out.mean().item() - MU) < 0.02
+    assert abs(out.std().item() / S - 1) < 0.06
+    # genuinely stochastic: not the deterministic ODE map of the start
+    assert (out - (MU + S * z)).pow(2).mean().sqrt().item() > 0.1
+
+
+@pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
+def test_ddim_eta_one_is_ancestral_ddpm(schedule, prediction):
+    # Song et al.: eta = 1 gives DDPM's posterior; the draws line up (DDPM's last is unused)
+    x, _ = exact_start(schedule, 8)
+    model = gaussian_model(schedule, prediction)
+    ddpm = sample_ddpm(
+        model, x, schedule, 20, prediction=prediction, generator=torch.Generator().manual_seed(4)
+    )
+    ddim = SAMPLERS["ddim"](
+        model,
+        x,
+        schedule,
+        20,
+        prediction=prediction,
+        eta=1.0,
+        generator=torch.Generator().manual_seed(4),
+    )
+    assert torch.allclose(ddim, ddpm, atol=1e-6)
+    ddim0 = SAMPLERS["ddim"](model, x, schedule, 20, prediction=prediction)
+    assert not torch.allclose(ddim0, ddpm, atol=1e-2)
+
+
+# -- noise sources, determinism, dtypes, callbacks ----------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_seeded_runs_are_reproducible_and_inputs_untouched(name):
+    model = gaussian_model(SD, "eps")
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    x_copy = x.clone()
+    a = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(7))
+    b = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    assert torch.equal(x, x_copy)
+    assert a.shape == x.shape and a.dtype == x.dtype and torch.isfinite(a).all()
+
+
+def test_different_seeds_differ_for_stochastic_samplers():
+    model = gaussian_model(SD, "eps")
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    for name in ("ddpm", "dpmpp_2m_sde"):
+        a = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(1))
+        b = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(2))
+        assert not torch.allclose(a, b)
+
+
+def test_default_noise_is_seeded():
+    model = gaussian_model(SD, "eps")
+    x = torch.zeros(1, 4, 4, 4)
+    assert torch.equal(sample_ddpm(model, x, SD, 5), sample_ddpm(model, x, SD, 5))
+
+
+def test_noise_sources():
+    like = torch.empty(2, 3, dtype=torch.bfloat16)
+    g1 = GeneratorNoise(torch.Generator().manual_seed(5))
+    g2 = GeneratorNoise(torch.Generator().manual_seed(5))
+    a, b = g1(like), g2(like.float())
+    assert a.dtype == torch.bfloat16 and b.dtype == torch.float32
+    assert torch.equal(a, b.to(torch.bfloat16))  # same draws whatever the dtype
+    rec = RecordedNoise([torch.ones(2, 3)])
+    assert torch.equal(rec(like.float()), torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match="exhausted"):
+        rec(like)
+    with pytest.raises(RuntimeError, match="shape"):
+        RecordedNoise([torch.ones(3)])(like)
+
+
+def test_a_plain_callable_is_a_noise_source():
+    calls = []
+
+    def zeros(like):
+        calls.append(like.shape)
+        return torch.zeros_like(like)
+
+    model = gaussian_model(SD, "eps")
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = sample_ddpm(model, x, SD, 5, noise=zeros)
+    assert len(calls) == 5
+    # zero draws make DDPM the posterior-mean chain: deterministic and finite
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_low_precision_inputs(name):
+    seen = []
+    base = gaussian_model(SD, "eps")
+
+    def model(x, t):
+        seen.append(x.dtype)
+        return base(x, t)
+
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    out = SAMPLERS[name](model, x, SD, 8)
+    ref = SAMPLERS[name](base, x.float(), SD, 8)
+    assert out.dtype == torch.bfloat16 and set(seen) == {torch.bfloat16}
+    assert (out.float() - ref).abs().max().item() < 0.1
+
+
+def test_float64_stays_float64():
+    x, _ = exact_start(SD, 1)
+    out = sample_dpmpp_2m(gaussian_model(SD, "eps"), x, SD, 10)
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_callback_sees_every_step(name):
+    events = []
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    SAMPLERS[name](
+        gaussian_model(SD, "eps"),
+        x,
+        SD,
+        7,
+        callback=lambda i, total, xt, x0: events.append((i, total, xt.shape, x0.shape)),
+    )
+    assert [e[0] for e in events] == list(range(7))
+    assert all(e[1] == 7 and e[2] == x.shape and e[3] == x.shape for e in events)
+
+
+def test_model_call_counts():
+    for name, steps, expected in [("ddpm", 10, 10), ("euler", 10, 10), ("heun", 10, 19)]:
+        calls = []
+        base = gaussian_model(SD, "eps")
+
+        def model(x, t, base=base, calls=calls):
+            calls.append(int(t[0]))
+            return base(x, t)
+
+        SAMPLERS[name](model, torch.zeros(1, 4, 2, 2), SD, steps)
+        assert len(calls) == expected, name
+        assert calls[0] == 999
+
+
+def test_zero_snr_start_is_finite_for_every_sampler():
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    for name in SAMPLERS:
+        out = SAMPLERS[name](gaussian_model(ZSNR, "v"), x, ZSNR, 10, prediction="v")
+        assert torch.isfinite(out).all(), name
+
+
+def test_sampler_leaves_a_module_untouched():
+    net = torch.nn.Conv2d(4, 4, 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.eval()
+
+    def model(x, t):
+        return net(x) * 0.1
+
+    sample_euler(model, torch.randn(1, 4, 4, 4), SD, 4)
+    assert not net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+
+
+# -- start point and dispatcher -----------------------------------------------------------
+
+
+def test_prepare_start_pure_noise():
+    x, start = prepare_start(None, (2, 4, 8, 8), SD, 10, generator=torch.Generator().manual_seed(0))
+    assert start == 0 and x.shape == (2, 4, 8, 8) and x.dtype == torch.float32
+    ref = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, ref)
+    with pytest.raises(ConfigError, match="strength"):
+        prepare_start(None, (1, 4, 8, 8), SD, 10, strength=0.5)
+    with pytest.raises(ConfigError, match="strength"):
+        prepare_start(torch.zeros(1, 4, 8, 8), None, SD, 10, strength=0.0)
+
+
+@pytest.mark.parametrize(("strength", "expected_start"), [(1.0, 0), (0.5, 5), (0.3, 7), (0.01, 9)])
+def test_prepare_start_from_the_condition(strength, expected_start):
+    cond = torch.full((1, 4, 8, 8), 0.7)
+    x, start = prepare_start(
+        cond, None, SD, 10, strength=strength, generator=torch.Generator().manual_seed(0)
+    )
+    assert start == expected_start
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = SD.timesteps_for(10, "iddpm")[start]
+    assert torch.allclose(x, SD.add_noise(cond, z, t))
+
+
+def test_start_step_skips_the_first_steps():
+    calls = []
+    base = gaussian_model(SD, "eps")
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return base(x, t)
+
+    spacing = default_spacing("dpmpp_2m", SD)
+    assert spacing == "karras" and default_spacing("ddpm", SD) == "iddpm"
+    cond = torch.full((1, 4, 4, 4), MU)
+    x, start = prepare_start(cond, None, SD, 10, strength=0.4, spacing=spacing)
+    out = sample_dpmpp_2m(model, x, SD, 10, start_step=start)
+    assert calls == SD.timesteps_for(10, spacing)[start:]
+    assert len(calls) == 4
+    assert abs(out.mean().item() - MU) < 0.2
+    with pytest.raises(ConfigError, match="start_step"):
+        sample_ddpm(model, x, SD, 10, start_step=10)
+
+
+def test_dispatcher():
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    model = gaussian_model(SD, "eps")
+    assert torch.equal(sample("euler", model, x, SD, 5), sample_euler(model, x, SD, 5))
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        sample("plms", model, x, SD, 5)
+    with pytest.raises(ConfigError, match="prediction"):
+        sample("ddim", model, x, SD, 5, prediction="x0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_generator_and_tensors():
+    model = gaussian_model(SD, "eps")
+    x = torch.randn(1, 4, 8, 8, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    out = sample_ddpm(model, x, SD, 5, generator=gen)
+    assert out.device.type == "cuda" and torch.isfinite(out).all()
