@@ -34,6 +34,7 @@ from diffbir.models.controlnet import (
     LAControlNet,
     build_controlnet,
     controlnet_config_from_ldm,
+    controlnet_config_from_unet,
     convert_controlnet_state_dict,
     init_from_unet,
 )
@@ -229,7 +230,7 @@ class Stage2Model(nn.Module):
             text_encoder = None
             if load_text_encoder:
                 text_encoder = _load_text_folder(folder / "text_encoder", dtype)
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"{folder}: incomplete or unreadable stage-2 folder ({exc})"
             ) from None
@@ -304,11 +305,10 @@ def _text_config(text_config: Mapping | None) -> dict:
     return text_config_from_open_clip(cfg or None)
 
 
-def _controlnet_config(controlnet_config: Mapping | None, unet_config: Mapping | None) -> dict:
+def _controlnet_config(controlnet_config: Mapping | None, unet) -> dict:
     # The ControlNet mirrors the UNet unless told otherwise.
     if controlnet_config is None:
-        base = {k: v for k, v in (unet_config or {}).items() if k != "out_channels"}
-        return controlnet_config_from_ldm(base)
+        return controlnet_config_from_unet(unet.config)
     return controlnet_config_from_ldm(
         {k: v for k, v in controlnet_config.items() if k != "out_channels"}
     )
@@ -373,14 +373,13 @@ def load_stage2(
     ``vae_config`` as ``{"embed_dim", "ddconfig"}`` or a bare ddconfig,
     ``text_config`` as ``{"embed_dim", "text_cfg", "layer"}`` or a bare text_cfg.
     ``prediction`` is "eps" or "v" (default: "eps", or the saved value for a
-    folder). ``dtype`` defaults to float32. Raises :class:`CheckpointError`
+    folder). ``dtype`` defaults to float32. Tensors of a given state dict are
+    used in place when their dtype already fits (no copy). Raises :class:`CheckpointError`
     with a readable key diff when the weights do not fit.
     """
     dtype = dtype or torch.float32
     if prediction is not None and prediction not in PREDICTIONS:
         raise ConfigError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
-    cn_config = _controlnet_config(controlnet_config, unet_config)
-
     if not isinstance(sd_checkpoint, Mapping) and Path(sd_checkpoint).is_dir():
         model = Stage2Model.from_pretrained(
             sd_checkpoint,
@@ -390,6 +389,7 @@ def load_stage2(
             prediction=prediction,
         )
         if controlnet is not None:
+            cn_config = _controlnet_config(controlnet_config, model.unet)
             model.controlnet = _controlnet_from_source(controlnet, cn_config).to(dtype)
         return model.eval().to(device or "cpu")
 
@@ -411,7 +411,7 @@ def load_stage2(
         unet_config=unet_config,
         vae_config=vae_config,
         text_config=text_config,
-        cn_config=cn_config,
+        controlnet_config=controlnet_config,
         load_text_encoder=load_text_encoder,
     )
     model.tokenizer = tokenizer
@@ -426,7 +426,7 @@ def _assemble(
     unet_config,
     vae_config,
     text_config,
-    cn_config,
+    controlnet_config,
     load_text_encoder: bool,
 ) -> Stage2Model:
     from diffbir.models.text_encoder import build_text_encoder, convert_text_state_dict
@@ -452,6 +452,7 @@ def _assemble(
         weights = convert_text_state_dict(parts["text"], t_cfg, target_keys=expected)
         text = load_into(text, weights, what="text encoder")
 
+    cn_config = _controlnet_config(controlnet_config, unet)
     if controlnet is not None:
         control = _controlnet_from_source(controlnet, cn_config)
     elif "controlnet" in parts:
