@@ -1,0 +1,224 @@
+"""Latent image guidance: exactness at scale 0, monotone fidelity, range, repeat, pixel space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffbir.diffusion.guidance import LatentGuidance, edge_weight_map
+from diffbir.diffusion.samplers import SAMPLERS, sample_ddpm
+from diffbir.diffusion.schedule import NoiseSchedule
+from diffbir.errors import ConfigError
+
+SD = NoiseSchedule.from_name("sd")
+MU, S = 0.0, 1.0
+
+
+def gaussian_eps_model(x, t):
+    """Exact eps denoiser for N(MU, S^2) data on the SD schedule."""
+    a = SD.alphas_cumprod[t].to(x.dtype).view(-1, 1, 1, 1)
+    x0 = MU + a.sqrt() * S**2 / (a * S**2 + 1 - a) * (x - a.sqrt() * MU)
+    return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def _target():
+    g = torch.Generator().manual_seed(11)
+    return torch.randn(1, 4, 8, 8, generator=g) * 0.5 + 1.0
+
+
+def _start():
+    return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+class CountingGuidance(LatentGuidance):
+    """Records the timestep of every loss evaluation (one per gradient step)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[int] = []
+        self._t = None
+
+    def __call__(self, x0, t):
+        self._t = int(t)
+        return super().__call__(x0, t)
+
+    def distance(self, x0):
+        self.seen.append(self._t)
+        return super().distance(x0)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_scale_zero_is_exactly_no_guidance(name):
+    target = _target()
+    kwargs = {"generator": torch.Generator().manual_seed(1)}
+    plain = SAMPLERS[name](gaussian_eps_model, _start(), SD, 8, **kwargs)
+    kwargs = {"generator": torch.Generator().manual_seed(1)}
+    guided = SAMPLERS[name](
+        gaussian_eps_model, _start(), SD, 8, guidance=LatentGuidance(target, 0.0), **kwargs
+    )
+    assert torch.equal(plain, guided)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_distance_to_target_falls_as_scale_rises(name):
+    target = _target()
+    distances = []
+    for scale in (0.0, 5.0, 20.0, 50.0, 100.0):
+        out = SAMPLERS[name](
+            gaussian_eps_model,
+            _start(),
+            SD,
+            10,
+            guidance=LatentGuidance(target, scale),
+            generator=torch.Generator().manual_seed(2),
+        )
+        distances.append((out - target).pow(2).mean().item())
+    assert all(a > b for a, b in zip(distances, distances[1:])), distances
+    assert distances[-1] < 0.5 * distances[0]
+
+
+def test_timestep_range_is_respected():
+    # ddpm 10 steps visits 999, 888, ..., 111, 0; the release's rule: stop < t + 1 < start
+    guidance = CountingGuidance(_target(), 10.0, start=500, stop=200, repeat=1)
+    sample_ddpm(gaussian_eps_model, _start(), SD, 10, guidance=guidance)
+    assert guidance.seen == [444, 333, 222]
+    assert guidance.active(499) is False and guidance.active(498) is True
+    assert guidance.active(199) is False and guidance.active(200) is True
+    full = CountingGuidance(_target(), 10.0)
+    sample_ddpm(gaussian_eps_model, _start(), SD, 10, guidance=full)
+    assert full.seen == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+
+
+def test_repeat_count_is_respected():
+    guidance = CountingGuidance(_target(), 10.0, start=500, stop=200, repeat=3)
+    sample_ddpm(gaussian_eps_model, _start(), SD, 10, guidance=guidance)
+    assert guidance.seen == [444] * 3 + [333] * 3 + [222] * 3
+
+
+@pytest.mark.parametrize("repeat", [1, 2, 5])
+def test_latent_step_is_the_papers_gradient_step(repeat):
+    # D = ||z - y||^2 / n  =>  z - s grad D = y + (1 - 2 s / n)(z - y), k times
+    target = _target()
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    n = 4 * 8 * 8
+    scale = 20.0
+    out = LatentGuidance(target, scale, repeat=repeat)(z, 500)
+    expected = target + (1 - 2 * scale / n) ** repeat * (z - target)
+    assert torch.allclose(out, expected, atol=1e-5)
+    # per-sample loss: one sample's step does not depend on the other
+    alone = LatentGuidance(target, scale, repeat=repeat)(z[:1], 500)
+    assert torch.allclose(out[:1], alone, atol=1e-6)
+
+
+def test_guidance_works_under_no_grad_and_refuses_inference_mode():
+    target = _target()
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        out = LatentGuidance(target, 5.0)(z, 10)
+    assert not out.requires_grad and not torch.equal(out, z)
+    with torch.inference_mode():
+        zi = torch.randn(1, 4, 8, 8)
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            LatentGuidance(target, 5.0)(zi, 10)
+
+
+class TinyDecoder(torch.nn.Module):
+    """latent [B,4,h,w] -> image [B,3,2h,2w] in [0, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, z):
+        return torch.sigmoid(self.conv(torch.nn.functional.interpolate(z, scale_factor=2)))
+
+
+def test_pixel_space_backpropagates_through_the_decoder():
+    decoder = TinyDecoder()
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    guidance = LatentGuidance(None, 2.0, space="pixel", decode=decoder, pixel_target=image)
+    with torch.no_grad():
+        out = guidance(z, 300)
+    # the same step by hand: the loss on the [-1, 1] scale, gradient w.r.t. the latent
+    zz = z.clone().requires_grad_(True)
+    loss = ((decoder(zz) * 2 - 1) - (image * 2 - 1)).pow(2).mean()
+    (grad,) = torch.autograd.grad(loss, zz)
+    assert grad.abs().sum() > 0
+    assert torch.allclose(out, z - 2.0 * grad, atol=1e-6)
+    assert all(p.grad is None for p in decoder.parameters())  # the decoder is left untouched
+    before = guidance.distance(z).item()
+    assert guidance.distance(out).item() < before
+
+
+def test_pixel_guidance_in_a_sampler_moves_toward_the_image():
+    decoder = TinyDecoder()
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+
+    def pixel_error(latent):
+        with torch.no_grad():
+            return (decoder(latent) - image).pow(2).mean().item()
+
+    errors = []
+    for loss in ("mse", "weighted_mse"):
+        plain = SAMPLERS["dpmpp_2m"](gaussian_eps_model, _start(), SD, 10)
+        guided = SAMPLERS["dpmpp_2m"](
+            gaussian_eps_model,
+            _start(),
+            SD,
+            10,
+            guidance=LatentGuidance(
+                None, 50.0, space="pixel", loss=loss, decode=decoder, pixel_target=image
+            ),
+        )
+        errors.append((pixel_error(plain), pixel_error(guided)))
+    assert all(g < p for p, g in errors), errors
+
+
+def test_edge_weights():
+    flat = torch.full((1, 3, 8, 8), 0.4)
+    assert torch.allclose(edge_weight_map(flat), torch.ones(1, 1, 8, 8))
+    edge = torch.zeros(1, 3, 8, 9)  # odd width: padded then cropped back
+    edge[..., 5:] = 1.0
+    w = edge_weight_map(edge)
+    assert w.shape == (1, 1, 8, 9)
+    assert w[..., 0].min() == 1.0  # far from the edge: follow I_reg fully
+    assert w[..., 4:6].max() < 0.01  # on the edge: left free (1 - tanh(large))
+    assert (w >= 0).all() and (w <= 1).all()
+    # constant over 2x2 blocks, as the release computes it
+    assert torch.equal(w[..., 0::2, 0:8:2], w[..., 1::2, 1:8:2])
+    with pytest.raises(ConfigError, match="RGB"):
+        edge_weight_map(torch.zeros(1, 4, 8, 8))
+
+
+def test_weighted_loss_ignores_errors_on_edges():
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 1.0
+    ident = torch.nn.Identity()
+    g = LatentGuidance(
+        None, 1.0, space="pixel", loss="weighted_mse", decode=ident, pixel_target=edge
+    )
+    off_edge = edge.clone()
+    off_edge[..., 3:5] += 0.3  # errors only on the edge columns
+    off_flat = edge.clone()
+    off_flat[..., 0:2] += 0.3  # the same error in a flat region
+    assert g.distance(off_edge).item() < 0.05 * g.distance(off_flat).item()
+
+
+def test_configuration_errors():
+    t = _target()
+    with pytest.raises(ConfigError, match="pixel space only"):
+        LatentGuidance(t, 1.0, loss="weighted_mse")
+    with pytest.raises(ConfigError, match="decode"):
+        LatentGuidance(None, 1.0, space="pixel", pixel_target=torch.rand(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match="pixel_target"):
+        LatentGuidance(None, 1.0, space="pixel", decode=torch.nn.Identity())
+    with pytest.raises(ConfigError, match="target latent"):
+        LatentGuidance(None, 1.0)
+    with pytest.raises(ConfigError, match="space"):
+        LatentGuidance(t, 1.0, space="rgb")
+    with pytest.raises(ConfigError, match="scale"):
+        LatentGuidance(t, -1.0)
+    with pytest.raises(ConfigError, match="repeat"):
+        LatentGuidance(t, 1.0, repeat=0)
