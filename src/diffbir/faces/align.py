@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffbir.faces.warp import BORDERS, invert_affine, warp_affine
+from diffbir.faces.warp import invert_affine, warp_affine
 
 __all__ = ["FFHQ_TEMPLATE_512", "align_face", "estimate_similarity", "invert_affine"]
 
@@ -106,8 +106,8 @@ def align_face(
         2x3 matrix mapping photo coordinates to crop coordinates. Pass it to
         :func:`diffbir.faces.paste.paste_face` to put a restored crop back.
     """
-    if border not in BORDERS:
-        raise ValueError(f"border must be one of {sorted(BORDERS)}, got {border!r}")
+    if border not in ("constant", "reflect"):
+        raise ValueError(f"border must be 'constant' or 'reflect', got {border!r}")
     points = np.asarray(landmarks, dtype=np.float64)
     if points.shape != (5, 2):
         raise ValueError(f"landmarks must have shape (5, 2), got {points.shape}")

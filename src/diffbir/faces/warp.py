@@ -21,7 +21,12 @@ import math
 import cv2
 import numpy as np
 
-BORDERS = {"constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
+BORDERS = {
+    "constant": cv2.BORDER_CONSTANT,
+    "reflect": cv2.BORDER_REFLECT_101,
+    # Internal: for warps whose outside pixels get zero weight anyway.
+    "replicate": cv2.BORDER_REPLICATE,
+}
 
 # Below this output/source scale the source is pre-shrunk with INTER_AREA.
 _ANTIALIAS_BELOW = 0.67
@@ -83,9 +88,9 @@ def _corner_box(matrix: np.ndarray, width: int, height: int) -> tuple[float, flo
 
 def inside_source(matrix: np.ndarray, src_w: int, src_h: int, out_w: int, out_h: int):
     """Boolean (out_h, out_w) map: output pixels whose centre comes from inside the source."""
-    inv = invert_affine(matrix)
-    us = np.arange(out_w, dtype=np.float64)
-    vs = np.arange(out_h, dtype=np.float64)[:, None]
+    inv = invert_affine(matrix).astype(np.float32)
+    us = np.arange(out_w, dtype=np.float32)
+    vs = np.arange(out_h, dtype=np.float32)[:, None]
     sx = inv[0, 0] * us + inv[0, 1] * vs + inv[0, 2]
     sy = inv[1, 0] * us + inv[1, 1] * vs + inv[1, 2]
     return (sx >= -0.5) & (sx < src_w - 0.5) & (sy >= -0.5) & (sy < src_h - 0.5)
