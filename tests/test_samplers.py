@@ -330,6 +330,17 @@ def test_zero_snr_start_is_finite_for_every_sampler():
         assert torch.isfinite(out).all(), name
 
 
+def test_eps_prediction_is_refused_at_zero_snr():
+    with pytest.raises(ConfigError, match="prediction='v'"):
+        sample_euler(gaussian_model(ZSNR, "eps"), torch.zeros(1, 4, 2, 2), ZSNR, 5)
+
+
+def test_progress_bar_does_not_change_the_result():
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    model = gaussian_model(SD, "eps")
+    assert torch.equal(sample_euler(model, x, SD, 3, progress=True), sample_euler(model, x, SD, 3))
+
+
 def test_sampler_leaves_a_module_untouched():
     net = torch.nn.Conv2d(4, 4, 1)
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -144,6 +144,11 @@ class _Run:
         self.in_dtype = x.dtype
         self.work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.a = schedule.alphas_cumprod.tolist()
+        if prediction == "eps" and self.a[self.timesteps[0]] == 0.0:
+            raise ConfigError(
+                "an eps-prediction model cannot start at zero SNR (x0 is undefined there); "
+                "zero-terminal-SNR schedules need prediction='v'"
+            )
 
     def alpha_sigma(self, t: int) -> tuple[float, float]:
         """VP (sqrt(a_t), sqrt(1 - a_t)); t = -1 is the clean end (1, 0)."""
