@@ -38,9 +38,10 @@ class CountingGuidance(LatentGuidance):
         self.seen: list[int] = []
         self._t = None
 
-    def __call__(self, x0, t):
+    def __call__(self, x0, t, step_scale=1.0):
         self._t = int(t)
-        return super().__call__(x0, t)
+        self.step_scales = [*getattr(self, "step_scales", []), step_scale]
+        return super().__call__(x0, t, step_scale)
 
     def distance(self, x0):
         self.seen.append(self._t)
@@ -108,6 +109,17 @@ def test_latent_step_is_the_papers_gradient_step(repeat):
     # per-sample loss: one sample's step does not depend on the other
     alone = LatentGuidance(target, scale, repeat=repeat)(z[:1], 500)
     assert torch.allclose(out[:1], alone, atol=1e-6)
+
+
+def test_release_v2_posterior_rescale_in_spaced_ddpm():
+    target = _target()
+    guidance = CountingGuidance(target, 10.0, rescale_by_posterior=True)
+    sample_ddpm(gaussian_eps_model, _start(), SD, 10, guidance=guidance)
+    coef1 = SD.respace(10).posterior_mean_coef1.flip(0)
+    assert guidance.step_scales == pytest.approx((1.0 / coef1).tolist())
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    plain = LatentGuidance(target, 10.0)
+    assert torch.allclose(plain(z, 5, step_scale=2.0), LatentGuidance(target, 20.0)(z, 5))
 
 
 def test_guidance_works_under_no_grad_and_refuses_inference_mode():

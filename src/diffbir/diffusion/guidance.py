@@ -29,7 +29,11 @@ does this class.
 Scale: ``scale`` is the paper's s exactly as written above. The releases
 differ by constants: v1 adds ``0.5 * delta`` to the posterior mean instead of
 ``coef1 * delta``; v2 multiplies the user's scale by 3000 and divides the step
-by ``coef1`` of the spaced chain.
+by ``posterior_mean_coef1`` of the spaced chain (so the posterior mean moves by
+the full step). ``rescale_by_posterior=True`` asks spaced DDPM for that
+division, so ``LatentGuidance(..., scale=3000 * g, rescale_by_posterior=True)``
+with ``sample_ddpm`` is the v2 release's ``--g_scale g``; the other samplers
+have no posterior coefficient and ignore the flag.
 
 The gradient is taken under ``torch.enable_grad()`` on a detached copy, so the
 sampler can run under ``torch.no_grad()``. ``torch.inference_mode`` is NOT
@@ -98,6 +102,7 @@ class LatentGuidance:
         loss: str = "mse",
         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
         pixel_target: torch.Tensor | None = None,
+        rescale_by_posterior: bool = False,
     ) -> None:
         if space not in SPACES:
             raise ConfigError(f"unknown guidance space {space!r}; expected one of {SPACES}")
@@ -126,6 +131,7 @@ class LatentGuidance:
         self.loss = loss
         self.decode = decode
         self.pixel_target = None if pixel_target is None else pixel_target.detach()
+        self.rescale_by_posterior = bool(rescale_by_posterior)
         self.weight = None
         if loss == "weighted_mse":
             self.weight = edge_weight_map(self.pixel_target.float())
@@ -146,7 +152,8 @@ class LatentGuidance:
             err = err * self.weight.to(device=err.device, dtype=err.dtype)
         return err.flatten(1).mean(dim=1)
 
-    def __call__(self, x0: torch.Tensor, t: int) -> torch.Tensor:
+    def __call__(self, x0: torch.Tensor, t: int, step_scale: float = 1.0) -> torch.Tensor:
+        """``x0`` after ``repeat`` steps ``x0 -= scale * step_scale * grad D`` (or ``x0`` itself)."""
         if not self.active(t):
             return x0
         if torch.is_inference_mode_enabled():
@@ -160,5 +167,5 @@ class LatentGuidance:
                 z.requires_grad_(True)
                 loss = self.distance(z).sum()
                 (grad,) = torch.autograd.grad(loss, z)
-            z = (z - self.scale * grad).detach()
+            z = (z - (self.scale * step_scale) * grad).detach()
         return z

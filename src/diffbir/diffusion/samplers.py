@@ -156,13 +156,15 @@ class _Run:
             return 1.0, 0.0
         return math.sqrt(self.a[t]), math.sqrt(1.0 - self.a[t])
 
-    def denoise(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def denoise(
+        self, x: torch.Tensor, t: int, step_scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) at original timestep t, guidance applied to x0_hat."""
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = self.model_fn(x.to(self.in_dtype), t_batch).to(self.work_dtype)
         x0 = self.schedule.to_x0(x, out, t, self.prediction)
         if self.guidance is not None:
-            guided = self.guidance(x0, t)
+            guided = self.guidance(x0, t, step_scale) if step_scale != 1.0 else self.guidance(x0, t)
             if guided is not x0:
                 return guided, self.schedule.eps_from_x0(x, guided, t)
         return x0, self.schedule.to_eps(x, out, t, self.prediction)
@@ -223,10 +225,13 @@ def sample_ddpm(
     total = len(run.timesteps)
     std = chain.posterior_log_variance_clipped.mul(0.5).exp()
     first_index = len(chain) - 1 - run.start_step
+    # the v2 release divides the guidance step by coef1 (see LatentGuidance)
+    rescale = guidance is not None and getattr(guidance, "rescale_by_posterior", False)
     for i in run.iterate(progress):
         index = first_index - i
         t = run.timesteps[i]
-        x0, _ = run.denoise(xt, t)
+        step_scale = 1.0 / float(chain.posterior_mean_coef1[index]) if rescale else 1.0
+        x0, _ = run.denoise(xt, t, step_scale)
         mean = chain.posterior_mean(x0, xt, index)
         z = draw(xt)
         xt = mean + float(std[index]) * z if index > 0 else mean
