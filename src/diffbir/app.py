@@ -1,0 +1,341 @@
+"""The web UI: ``diffbir serve`` (needs the ``ui`` extra: ``pip install "diffbir[ui]"``).
+
+The page lays out the knobs of ``diffbir restore`` and shows the result beside
+the input. The work itself is in :mod:`diffbir.app_core`; this module only
+builds the gradio page and starts the server. gradio is imported inside the
+functions, so ``import diffbir.app`` works without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from diffbir.app_core import (
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    OOM_MESSAGE,
+    FormValues,
+    PipelineCache,
+    PipelineFactory,
+    release_defaults,
+    released_pipeline_factory,
+    restore_uploads,
+)
+from diffbir.errors import DiffBIRError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'the web UI needs gradio: pip install "diffbir[ui]"'
+
+# Keeps the two result images the same height and the page compact.
+_CSS = """
+.gradio-container { max-width: 1400px !important; }
+#status { min-height: 1.5em; }
+"""
+
+
+def require_gradio():
+    """Import gradio, or raise a one-line :class:`DiffBIRError` saying how to install it."""
+    try:
+        import gradio
+    except ImportError:
+        raise DiffBIRError(INSTALL_HINT) from None
+    return gradio
+
+
+def build_app(
+    *,
+    weights_dir: str | Path | None = None,
+    model_config: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    download: bool = True,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_files: int = DEFAULT_MAX_FILES,
+    output_dir: str | Path | None = None,
+    pipeline_factory: PipelineFactory | None = None,
+):
+    """Build the page (a ``gradio.Blocks``, queued so that runs never overlap).
+
+    Models are loaded on the first run and shared by all later ones.
+    ``pipeline_factory(version, task)`` replaces the released-weights loader
+    (``weights_dir``, ``model_config``, ``device``, ``dtype``, ``download`` are
+    then unused). Result files go to ``output_dir`` (default: a folder in the
+    system temp directory, which gradio serves). Start it with :func:`launch`.
+    """
+    gr = require_gradio()
+    from diffbir.cli.restore import SAMPLER_CHOICES
+    from diffbir.presets import TASKS, VERSIONS
+
+    factory = pipeline_factory or released_pipeline_factory(
+        weights_dir=weights_dir,
+        model_config=model_config,
+        device=device,
+        dtype=dtype,
+        download=download,
+    )
+    cache = PipelineCache(factory)
+    out_root = Path(output_dir or Path(tempfile.gettempdir()) / "diffbir-ui")
+    defaults = FormValues(**release_defaults(FormValues.version, FormValues.task))
+
+    with gr.Blocks(title="DiffBIR", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "## DiffBIR: blind image restoration\n"
+            "Upload degraded photos (blurred, noisy, compressed, low resolution, old "
+            "scans, faces), pick a task and press **Restore**. The first run loads the "
+            f"models. Limits: {max_upload_mb:g} MB per file, "
+            f"{max_pixels / 1e6:.1f} megapixels per image, {max_files} images per run."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                files = gr.File(
+                    label="Images",
+                    file_count="multiple",
+                    file_types=["image"],
+                    elem_id="inputs",
+                )
+                with gr.Row():
+                    version = gr.Dropdown(
+                        list(VERSIONS), value=defaults.version, label="Release", elem_id="version"
+                    )
+                    task = gr.Dropdown(
+                        list(TASKS), value=defaults.task, label="Task", elem_id="task"
+                    )
+                upscale = gr.Slider(
+                    1, 8, value=defaults.upscale, step=0.5, label="Upscale", elem_id="upscale"
+                )
+                run_button = gr.Button("Restore", variant="primary", elem_id="run")
+                with gr.Accordion("Sampling", open=False, elem_id="sampling"):
+                    with gr.Row():
+                        steps = gr.Slider(
+                            1, 200, value=defaults.steps, step=1, label="Steps", elem_id="steps"
+                        )
+                        sampler = gr.Dropdown(
+                            list(SAMPLER_CHOICES),
+                            value=defaults.sampler,
+                            label="Sampler",
+                            elem_id="sampler",
+                        )
+                    with gr.Row():
+                        cfg_scale = gr.Slider(
+                            0, 15, value=defaults.cfg_scale, step=0.5, label="CFG scale (1 = off)"
+                        )
+                        strength = gr.Slider(
+                            0,
+                            2,
+                            value=defaults.control_strength,
+                            step=0.05,
+                            label="Control strength",
+                        )
+                    prompt = gr.Textbox(value=defaults.prompt, label="Prompt", lines=2)
+                    negative = gr.Textbox(
+                        value=defaults.negative_prompt, label="Negative prompt", lines=2
+                    )
+                    with gr.Row():
+                        seed = gr.Number(
+                            value=defaults.seed, precision=0, label="Seed (-1 = random)"
+                        )
+                        color_fix = gr.Dropdown(
+                            ["wavelet", "adain", "none"],
+                            value=defaults.color_fix,
+                            label="Colour fix",
+                        )
+                with gr.Accordion("Fidelity guidance", open=False):
+                    gr.Markdown(
+                        "Pulls the result toward the stage-1 output: more fidelity, less invention."
+                    )
+                    with gr.Row():
+                        g_scale = gr.Slider(0, 2000, value=0, step=10, label="Scale (0 = off)")
+                        g_space = gr.Dropdown(["latent", "pixel"], value="latent", label="Space")
+                    with gr.Row():
+                        g_start = gr.Number(value=1001, precision=0, label="Apply while t <")
+                        g_stop = gr.Number(value=-1, precision=0, label="... and t >")
+                with gr.Accordion("Tiling (large images)", open=False):
+                    with gr.Row():
+                        cleaner_tile = gr.Number(
+                            value=0, precision=0, label="Stage-1 tile (0 = auto)"
+                        )
+                        vae_tile = gr.Number(value=0, precision=0, label="VAE tile (0 = auto)")
+                        latent_tile = gr.Number(
+                            value=0, precision=0, label="Diffusion tile (0 = auto)"
+                        )
+                    overlap = gr.Slider(0, 0.75, value=0.25, step=0.05, label="Tile overlap")
+            with gr.Column(scale=3, min_width=400):
+                compare = gr.ImageSlider(
+                    label="Before / after (drag the handle)",
+                    type="filepath",
+                    format="png",
+                    elem_id="compare",
+                    interactive=False,
+                )
+                with gr.Row():
+                    stage1 = gr.Image(
+                        label="Stage-1 output (the diffusion condition)",
+                        type="filepath",
+                        format="png",
+                        interactive=False,
+                        elem_id="stage1",
+                        height=260,
+                    )
+                    gallery = gr.Gallery(
+                        label="All results (click to compare)",
+                        columns=3,
+                        height=260,
+                        elem_id="gallery",
+                        interactive=False,
+                    )
+                download = gr.File(
+                    label="Download (full-size PNG)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="download",
+                )
+                status = gr.Markdown(elem_id="status")
+        results = gr.State([])
+
+        def on_release_change(version_value: str, task_value: str):
+            values = release_defaults(version_value, task_value)
+            return [
+                values[name]
+                for name in (
+                    "upscale",
+                    "steps",
+                    "sampler",
+                    "cfg_scale",
+                    "prompt",
+                    "negative_prompt",
+                )
+            ]
+
+        for control in (version, task):
+            control.change(
+                on_release_change,
+                [version, task],
+                [upscale, steps, sampler, cfg_scale, prompt, negative],
+                queue=False,
+            )
+
+        # Control -> FormValues field; the handler receives a dict keyed by control.
+        form_fields = {
+            version: "version", task: "task", upscale: "upscale", steps: "steps",
+            sampler: "sampler", cfg_scale: "cfg_scale", prompt: "prompt",
+            negative: "negative_prompt", strength: "control_strength",
+            g_scale: "guidance_scale", g_space: "guidance_space",
+            g_start: "guidance_start", g_stop: "guidance_stop", color_fix: "color_fix",
+            seed: "seed", cleaner_tile: "cleaner_tile", vae_tile: "vae_tile",
+            latent_tile: "latent_tile", overlap: "tile_overlap",
+        }  # fmt: skip
+
+        def on_run(data: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            form = FormValues(**{name: data[control] for control, name in form_fields.items()})
+            try:
+                run = restore_uploads(
+                    [_upload_path(u) for u in data[files] or []],
+                    form,
+                    cache,
+                    out_root,
+                    max_pixels=max_pixels,
+                    max_files=max_files,
+                    report=lambda fraction, text: progress(fraction, desc=text),
+                )
+            except DiffBIRError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            except _out_of_memory():
+                raise gr.Error(OOM_MESSAGE, print_exception=False) from None
+            except Exception as exc:  # noqa: BLE001 - a bug must not kill the page either
+                log.exception("restoration failed")
+                raise gr.Error(f"internal error: {type(exc).__name__}: {exc}") from None
+            for failure in run.failures:
+                gr.Warning(failure)
+            first = run.images[0]
+            lines = [f"**{run.summary()}**; result {first.size[1]}x{first.size[0]} px."]
+            lines += [f"- {failure}" for failure in run.failures]
+            table = [
+                {"before": str(i.before), "result": str(i.result), "stage1": str(i.stage1)}
+                for i in run.images
+            ]
+            return {
+                compare: (str(first.before), str(first.result)),
+                stage1: str(first.stage1),
+                gallery: [(str(i.result), i.name) for i in run.images],
+                download: [str(i.result) for i in run.images],
+                status: "\n".join(lines),
+                results: table,
+            }
+
+        run_button.click(
+            on_run,
+            {files, *form_fields},
+            [compare, stage1, gallery, download, status, results],
+            concurrency_limit=1,
+            concurrency_id="gpu",
+        )
+
+        def on_select(table: list[dict[str, Any]], event: gr.SelectData):
+            if not table or event.index is None or event.index >= len(table):
+                return gr.skip(), gr.skip()
+            row = table[event.index]
+            return (row["before"], row["result"]), row["stage1"]
+
+        gallery.select(on_select, [results], [compare, stage1], queue=False)
+
+    # One run at a time: two restorations on one GPU would only fight for memory.
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    return demo
+
+
+def launch(
+    demo,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    share: bool = False,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    block: bool = True,
+    quiet: bool = False,
+):
+    """Serve ``demo`` on ``host:port`` (loopback unless told otherwise).
+
+    ``block=False`` returns at once with the server running in the background
+    (close it with ``demo.close()``). Returns the local URL.
+    """
+    gr = require_gradio()
+    _, local_url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=not block,
+        max_file_size=int(max_upload_mb * 1024 * 1024),
+        quiet=quiet,
+        show_error=True,
+        ssr_mode=False,
+        mcp_server=False,
+        inbrowser=False,
+        theme=_theme(gr),
+        css=_CSS,
+    )
+    return local_url
+
+
+def _theme(gr):
+    # System fonts: the default theme fetches Google Fonts, which offline or
+    # privacy-minded installs cannot (or should not) reach.
+    sans = [gr.themes.Font("ui-sans-serif"), gr.themes.Font("system-ui"), "sans-serif"]
+    mono = [gr.themes.Font("ui-monospace"), "monospace"]
+    return gr.themes.Soft(primary_hue="indigo", font=sans, font_mono=mono)
+
+
+def _upload_path(upload: Any) -> str:
+    """gradio hands files as paths (or objects with ``.name`` in older versions)."""
+    return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+
+
+def _out_of_memory() -> type[BaseException]:
+    import torch
+
+    return torch.OutOfMemoryError

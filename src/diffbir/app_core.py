@@ -1,0 +1,306 @@
+"""The web UI's work, without the web: form values -> options, a shared model, a run.
+
+Nothing here imports gradio, so it is tested (and usable) without the ``ui``
+extra. :mod:`diffbir.app` lays out the page and calls :func:`restore_uploads`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffbir.errors import DiffBIRError, ImageReadError
+
+#: Inputs larger than this many pixels are refused (2048 x 2048); the x4 result
+#: of such an image is already 67 megapixels.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+#: Largest accepted upload, in megabytes.
+DEFAULT_MAX_UPLOAD_MB = 50
+#: Most images restored by one click.
+DEFAULT_MAX_FILES = 16
+#: Finished runs whose files are kept on disk for download; older ones are removed.
+KEEP_RUNS = 8
+
+OOM_MESSAGE = (
+    "out of memory: use smaller tiles (Tiling), a smaller upscale, or fewer images at once"
+)
+
+#: ``(fraction in [0, 1], description)`` -> None; the page's progress bar.
+ProgressReport = Callable[[float, str], None]
+#: ``(version, task) -> pipeline``: loads the models of one release.
+PipelineFactory = Callable[[str, str], Any]
+
+
+@dataclass
+class FormValues:
+    """What the page's controls hold. Zero tiles mean automatic; seed -1 means random."""
+
+    version: str = "v2.1"
+    task: str = "sr"
+    upscale: float = 4.0
+    steps: int = 10
+    sampler: str = "dpmpp_2m_sde"
+    cfg_scale: float = 6.0
+    prompt: str = ""
+    negative_prompt: str = ""
+    control_strength: float = 1.0
+    guidance_scale: float = 0.0
+    guidance_space: str = "latent"
+    guidance_start: int = 1001
+    guidance_stop: int = -1
+    color_fix: str = "wavelet"
+    seed: int = 231
+    cleaner_tile: int = 0
+    vae_tile: int = 0
+    latent_tile: int = 0
+    tile_overlap: float = 0.25
+
+    def to_options(self):
+        """The :class:`~diffbir.pipeline.RestoreOptions` these values describe (validated)."""
+        from diffbir.pipeline import RestoreOptions
+
+        def tile(value: float | None) -> int | None:
+            return int(value) if value else None
+
+        options = RestoreOptions(
+            upscale=float(self.upscale),
+            steps=int(self.steps),
+            sampler=self.sampler,
+            cfg_scale=float(self.cfg_scale),
+            prompt=self.prompt or "",
+            negative_prompt=self.negative_prompt or "",
+            control_strength=float(self.control_strength),
+            guidance_scale=float(self.guidance_scale),
+            guidance_space=self.guidance_space,
+            guidance_start=int(self.guidance_start),
+            guidance_stop=int(self.guidance_stop),
+            color_fix=self.color_fix,
+            seed=None if self.seed is None or int(self.seed) < 0 else int(self.seed),
+            cleaner_tile=tile(self.cleaner_tile),
+            vae_tile=tile(self.vae_tile),
+            latent_tile=tile(self.latent_tile),
+            tile_overlap=float(self.tile_overlap),
+            # The sampler's tqdm bar is what the page's progress bar follows.
+            progress=True,
+        )
+        options.validate()
+        return options
+
+
+def release_defaults(version: str, task: str) -> dict[str, Any]:
+    """The form values a release uses by default (shown when version or task changes)."""
+    from diffbir.presets import get_preset
+
+    preset = get_preset(version, task)
+    return {
+        "upscale": preset.upscale,
+        "steps": preset.steps,
+        "sampler": preset.sampler,
+        "cfg_scale": preset.cfg_scale,
+        "prompt": preset.prompt,
+        "negative_prompt": preset.negative_prompt,
+    }
+
+
+def released_pipeline_factory(
+    *,
+    weights_dir: str | Path | None = None,
+    model_config: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    download: bool = True,
+) -> PipelineFactory:
+    """A factory loading released weights as ``diffbir restore`` does."""
+
+    def load(version: str, task: str):
+        from diffbir.pipeline import DiffBIRPipeline
+
+        return DiffBIRPipeline.from_preset(
+            version,
+            task,
+            weights_dir=weights_dir,
+            model_config=model_config,
+            device=device,
+            dtype=dtype,
+            download=download,
+            progress=True,
+        )
+
+    return load
+
+
+class PipelineCache:
+    """One loaded pipeline shared by every request, loaded on first use.
+
+    Holding a single pipeline bounds memory: asking for another release frees
+    the current one first. A lock makes concurrent callers load it once.
+    """
+
+    def __init__(self, factory: PipelineFactory) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._key: tuple[str, str] | None = None
+        self._pipeline: Any = None
+
+    @property
+    def loaded(self) -> tuple[str, str] | None:
+        """``(version, task)`` of the pipeline in memory, or ``None``."""
+        return self._key
+
+    def get(self, version: str, task: str, on_load: Callable[[str], None] | None = None):
+        """The pipeline for ``(version, task)``; ``on_load(message)`` is called before a load."""
+        key = (version, task)
+        with self._lock:
+            if self._key == key:
+                return self._pipeline
+            self._release()
+            if on_load is not None:
+                on_load(f"loading the {version} {task} models (first use)")
+            self._pipeline = self._factory(version, task)
+            self._key = key
+            return self._pipeline
+
+    def clear(self) -> None:
+        """Free the loaded pipeline (the next request loads again)."""
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        self._pipeline = None
+        self._key = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@dataclass
+class RestoredImage:
+    """One finished image: files written for display and download."""
+
+    name: str  # the uploaded file's name
+    result: Path  # full-size PNG
+    stage1: Path  # the cleaner's output (the diffusion condition)
+    before: Path  # the input resized to the result's size, for the before/after slider
+    size: tuple[int, int]  # (height, width) of the result
+
+
+@dataclass
+class RunReport:
+    """What a click produced: finished images and one line per image that failed."""
+
+    images: list[RestoredImage] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """A one-line account for the page."""
+        parts = [f"{len(self.images)} restored in {self.seconds:.1f} s"]
+        if self.failures:
+            parts.append(f"{len(self.failures)} failed")
+        return ", ".join(parts)
+
+
+def restore_uploads(
+    paths: Sequence[str | Path],
+    form: FormValues,
+    cache: PipelineCache,
+    out_root: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_files: int = DEFAULT_MAX_FILES,
+    report: ProgressReport | None = None,
+) -> RunReport:
+    """Restore uploaded image files into a new folder under ``out_root``.
+
+    Bad files are listed in ``failures`` and the others still run. Raises a
+    :class:`DiffBIRError` (message for the page) when the options are invalid,
+    nothing was uploaded, no file is readable, the models cannot be loaded, or
+    every image failed.
+    """
+    from diffbir.imaging.io import read_image, write_image
+
+    report = report or (lambda fraction, text: None)
+    started = time.perf_counter()
+    options = form.to_options()
+    paths = [Path(p) for p in paths if p]
+    if not paths:
+        raise DiffBIRError("upload at least one image")
+    if len(paths) > max_files:
+        raise DiffBIRError(f"{len(paths)} images uploaded; at most {max_files} per run")
+
+    run = RunReport()
+    loaded = []
+    # Read everything first: a bad file is reported before minutes of model loading.
+    for path in paths:
+        try:
+            loaded.append(read_image(path, max_pixels=max_pixels))
+        except ImageReadError as exc:
+            run.failures.append(str(exc))
+    if not loaded:
+        raise ImageReadError("; ".join(run.failures))
+
+    report(0.0, "loading models")
+    pipeline = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
+    folder = new_run_folder(out_root)
+    for index, image in enumerate(loaded):
+        name = image.path.name
+        report(index / len(loaded), f"restoring {name} ({index + 1}/{len(loaded)})")
+        try:
+            result = pipeline(image.rgb.unsqueeze(0), options)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            run.failures.append(f"{name}: {OOM_MESSAGE}")
+            continue
+        except DiffBIRError as exc:
+            run.failures.append(f"{name}: {exc}")
+            continue
+        stem = f"{index + 1:02d}_{safe_stem(name)}"
+        restored = result.image[0].float().cpu()
+        size = (int(restored.shape[-2]), int(restored.shape[-1]))
+        run.images.append(
+            RestoredImage(
+                name=name,
+                result=write_image(folder / f"{stem}_diffbir.png", restored, alpha=image.alpha),
+                stage1=write_image(folder / f"{stem}_stage1.png", result.stage1[0].float().cpu()),
+                before=write_image(folder / f"{stem}_input.png", resized_like(image.rgb, size)),
+                size=size,
+            )
+        )
+    report(1.0, "done")
+    if not run.images:
+        raise DiffBIRError("; ".join(run.failures))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def resized_like(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``rgb`` [3,h,w] resized (bicubic) to ``size``, so that it lines up with the result."""
+    from diffbir.pipeline import resize
+
+    return resize(rgb.unsqueeze(0).float(), size)[0]
+
+
+def safe_stem(name: str) -> str:
+    """A file-name stem made of safe characters (uploads may be named anything)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._")
+    return stem[:64] or "image"
+
+
+def new_run_folder(out_root: str | Path, keep: int = KEEP_RUNS) -> Path:
+    """A fresh folder for one run's files; only the newest ``keep`` runs are kept."""
+    root = Path(out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"run-{time.time_ns()}-", dir=root))
+    runs = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("run-"))
+    for old in runs[: max(0, len(runs) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
