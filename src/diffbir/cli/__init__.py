@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from diffbir import __version__
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS: tuple[str, ...] = ("download", "degrade", "serve")
+COMMANDS: tuple[str, ...] = ("download", "degrade", "serve", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,374 @@
+"""The training loop shared by both stages, on ``accelerate``.
+
+One process or many (``accelerate launch``: DDP, FSDP, DeepSpeed), mixed precision,
+gradient accumulation, EMA, periodic logging / validation / checkpoints, and a resume that
+continues bit-for-bit: the data order is a pure function of ``(seed, epoch)``, the
+position in it a pure function of the step, and every random state is checkpointed.
+
+A stage is a :class:`Task`; :func:`train` drives it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from diffbir.errors import ConfigError
+from diffbir.training.config import TrainConfig
+
+
+class Task(Protocol):
+    """What a training stage provides to the loop."""
+
+    trainable: nn.Module  # the module whose parameters train (prepared/wrapped by the loop)
+
+    def train_dataset(self) -> Dataset: ...
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """The scalar loss of a batch already on the device; draws randomness from ``generator``."""
+
+    def validate(self, step: int, module: nn.Module) -> dict[str, float]:
+        """Validation with the (unwrapped, possibly EMA) trainable module; metrics to log."""
+
+    def export(self, output_dir: Path, module: nn.Module) -> list[Path]:
+        """Write the trained model where ``diffbir restore`` can load it."""
+
+
+# ---------------------------------------------------------------------- data order
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of one process, fixed by ``(seed, epoch)``, resumable mid-epoch.
+
+    Every epoch is a permutation of the dataset cut into global batches of
+    ``batch_size * world_size`` (the ragged end is dropped; a dataset smaller than one
+    global batch is repeated to fill it); process ``rank`` takes its slice of each.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
+        if n < 1:
+            raise ConfigError("the dataset is empty")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        return max(1, self.n // (self.batch_size * self.world_size))
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its batch ``start``."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        global_batch = self.batch_size * self.world_size
+        order = np.resize(perm, len(self) * global_batch)  # repeats cyclically when short
+        for b in range(self.start, len(self)):
+            first = b * global_batch + self.rank * self.batch_size
+            yield order[first : first + self.batch_size].tolist()
+
+
+def endless_batches(
+    loader: DataLoader, sampler: ResumableBatchSampler, dataset: Dataset, start: int
+) -> Iterator[Any]:
+    """Batches from micro-batch number ``start`` on, epoch after epoch."""
+    epoch, skip = divmod(start, len(sampler))
+    while True:
+        sampler.set_epoch(epoch, skip)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)  # before iter(): workers copy the dataset then
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) batch moved to ``device``; other values untouched."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+# ---------------------------------------------------------------------- optimizer
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, Adam or 8-bit AdamW (bitsandbytes) over ``params``."""
+    o = cfg.optim
+    kwargs = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if o.name == "adam":
+        return torch.optim.Adam(params, **kwargs)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError(
+            "optim.name: adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
+            "use adamw"
+        ) from None
+    return bnb.optim.AdamW8bit(params, **kwargs)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then constant (as the released trainings)."""
+    warmup = cfg.optim.warmup_steps
+    if warmup and step < warmup:
+        return cfg.optim.lr * (step + 1) / warmup
+    return cfg.optim.lr
+
+
+def step_generator(seed: int, step: int, rank: int, micro: int, device: torch.device):
+    """The generator of one micro-batch's draws: a pure function of where it is in the run."""
+    g = torch.Generator(device if device.type == "cuda" else "cpu")
+    mixed = np.random.default_rng([seed, step, rank, micro]).integers(2**62)
+    return g.manual_seed(int(mixed))
+
+
+# ---------------------------------------------------------------------- logging
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`train` did."""
+
+    step: int  # the last completed step
+    losses: list[float]  # the mean loss of every step this call ran
+    exported: list[Path]
+    checkpoints: list[Path]
+    metrics: dict[str, float]
+
+
+def _make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    log_with = None
+    if cfg.run.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+
+            log_with = "tensorboard"
+        except ImportError:
+            print("diffbir: tensorboard not installed: console logs only", file=sys.stderr)
+    project = ProjectConfiguration(
+        project_dir=cfg.run.output_dir, logging_dir=f"{cfg.run.output_dir}/logs"
+    )
+    return Accelerator(
+        mixed_precision=cfg.run.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accumulation,
+        log_with=log_with,
+        project_config=project,
+    )
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: TrainConfig,
+    make_task: Callable[[TrainConfig, torch.device], Task],
+    *,
+    resume: str | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    accelerator=None,
+) -> TrainResult:
+    """Train ``make_task(cfg, device)`` for ``cfg.run.max_steps`` optimizer steps.
+
+    ``resume``: ``"latest"`` or a checkpoint folder. ``stop_after``: return after this
+    many steps of this call (an interruption, for tests and time-boxed jobs). The trained
+    model is exported to ``cfg.run.output_dir`` when ``max_steps`` is reached.
+    """
+    from diffbir.training.checkpointing import (
+        find_checkpoint,
+        load_checkpoint,
+        prune_checkpoints,
+        save_checkpoint,
+    )
+    from diffbir.training.ema import EMA
+
+    acc = accelerator or _make_accelerator(cfg)
+    run = cfg.run
+    out = Path(run.output_dir)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(cfg, out / "config.yaml")
+
+    # Same initial weights on every process; then the task's own randomness.
+    torch.manual_seed(run.seed)
+    np.random.seed(run.seed % 2**32)
+    task = make_task(cfg, acc.device)
+    dataset = task.train_dataset()
+    sampler = ResumableBatchSampler(
+        len(dataset),
+        cfg.data.batch_size,
+        seed=run.seed,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=acc.device.type == "cuda",
+    )
+    params = [p for p in task.trainable.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    task.trainable, optimizer = acc.prepare(task.trainable, optimizer)
+    ema = EMA(acc.unwrap_model(task.trainable), run.ema_decay) if run.ema_decay else None
+
+    step = 0
+    if resume is not None:
+        folder = find_checkpoint(out, resume)
+        info = load_checkpoint(acc, folder, model=task.trainable, optimizer=optimizer, ema=ema)
+        step = int(info["step"])
+        if info.get("num_processes", acc.num_processes) != acc.num_processes:
+            acc.print(
+                f"diffbir: resuming a {info['num_processes']}-process run on {acc.num_processes}: "
+                "the data order continues differently"
+            )
+        acc.print(f"diffbir: resumed from {folder} at step {step}")
+    if acc.log_with:
+        acc.init_trackers("diffbir", config=_flat(cfg.to_dict()))
+
+    accum = cfg.optim.grad_accumulation
+    batches = endless_batches(loader, sampler, dataset, start=step * accum)
+    result = TrainResult(step=step, losses=[], exported=[], checkpoints=[], metrics={})
+    bar = _progress_bar(progress and acc.is_main_process, step, run.max_steps)
+    window_start, window_steps = time.perf_counter(), 0
+    first_step = step
+    task.trainable.train()
+    while step < run.max_steps and (stop_after is None or step - first_step < stop_after):
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=acc.device)
+        for micro in range(accum):
+            batch = to_device(next(batches), acc.device)
+            gen = step_generator(run.seed, step, acc.process_index, micro, acc.device)
+            with acc.accumulate(task.trainable):
+                with acc.autocast():
+                    loss = task.loss(batch, gen)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.optim.grad_clip:
+                    acc.clip_grad_norm_(params, cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.detach().float() / accum
+        step += 1
+        window_steps += 1
+        if ema is not None:
+            ema.update(acc.unwrap_model(task.trainable))
+        loss_value = float(acc.reduce(total, reduction="mean"))
+        result.losses.append(loss_value)
+        bar.update(1)
+        if run.log_every and step % run.log_every == 0:
+            elapsed = time.perf_counter() - window_start
+            rate = window_steps / max(elapsed, 1e-9)
+            logs = {"loss": loss_value, "lr": lr, "steps_per_s": rate}
+            logs["images_per_s"] = rate * cfg.data.batch_size * accum * acc.num_processes
+            acc.print(
+                f"step {step}/{run.max_steps}  loss {loss_value:.5f}  lr {lr:.2e}  "
+                f"{rate:.2f} it/s  ETA {_format_eta((run.max_steps - step) / rate)}"
+            )
+            if acc.log_with:
+                acc.log(logs, step=step)
+            window_start, window_steps = time.perf_counter(), 0
+        if cfg.val.every and step % cfg.val.every == 0:
+            metrics = _validate(acc, task, ema, step)
+            result.metrics = metrics
+            if metrics:
+                acc.print(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                if acc.log_with:
+                    acc.log(metrics, step=step)
+        if run.save_every and step % run.save_every == 0:
+            info = {"batch_size": cfg.data.batch_size, "grad_accumulation": accum}
+            path = save_checkpoint(
+                acc, out, step, model=task.trainable, optimizer=optimizer, ema=ema, info=info
+            )
+            result.checkpoints.append(path)
+            if acc.is_main_process:
+                prune_checkpoints(out, run.keep_last)
+    bar.close()
+    result.step = step
+    if step >= run.max_steps:
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            result.exported = task.export(out, _final_module(acc, task, ema))
+            for path in result.exported:
+                acc.print(f"diffbir: wrote {path}")
+    if acc.log_with:
+        acc.end_training()
+    return result
+
+
+def _final_module(acc, task: Task, ema) -> nn.Module:
+    """The unwrapped trainable module, with the EMA weights when EMA is on (a copy)."""
+    module = acc.unwrap_model(task.trainable)
+    if ema is None:
+        return module
+    import copy
+
+    averaged = copy.deepcopy(module)
+    ema.copy_to(averaged)
+    return averaged
+
+
+def _validate(acc, task: Task, ema, step: int) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    if acc.is_main_process:
+        module = _final_module(acc, task, ema)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            metrics = task.validate(step, module)
+        module.train(was_training)
+    acc.wait_for_everyone()
+    return metrics
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> flat scalars (what trackers accept)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= _flat(value, name + ".")
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _write_config(cfg: TrainConfig, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

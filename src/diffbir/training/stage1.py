@@ -1,0 +1,120 @@
+"""Stage 1: train the restoration module (SwinIR, RRDBNet or SCUNet) with an L2 loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffbir.training.config import TrainConfig
+
+CLEANER_FILE = "cleaner.safetensors"
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def downscale(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bicubic (antialiased) downscale by an integer factor: the input of an x``factor`` model."""
+    if factor == 1:
+        return x
+    h, w = x.shape[-2:]
+    size = (h // factor, w // factor)
+    out = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp(0, 1).to(x.dtype)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of two [0,1] batches."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def build_stage1_model(cfg: TrainConfig) -> nn.Module:
+    """The cleaner to train: the released config updated by ``model.config``, optionally initialised."""
+    from diffbir.models.cleaner import build_cleaner, load_cleaner
+
+    m = cfg.model
+    if m.init:
+        from diffbir.weights import resolve
+
+        model = load_cleaner(resolve(m.init), arch=m.arch, **m.config)
+    else:
+        model = build_cleaner(m.arch, **m.config)
+    if cfg.run.gradient_checkpointing:
+        model.gradient_checkpointing = True
+    return model.train()
+
+
+class Stage1Task:
+    """L2 regression of HQ from LQ; validation PSNR; export as safetensors + model config."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.trainable = build_stage1_model(cfg).to(device)
+        self.scale = int(getattr(self.trainable, "scale", 1))
+        self._val_batch: dict[str, torch.Tensor] | None = None
+
+    def _dataset(self, source: str, *, train: bool):
+        from diffbir.training.data import PairedDataset
+
+        d = self.cfg.data
+        return PairedDataset(
+            source,
+            size=d.size,
+            pipeline=d.pipeline,
+            crop=d.crop if train else "center",
+            flip=d.flip and train,
+            caption_column=d.caption_column,
+            seed=self.cfg.run.seed,
+        )
+
+    def train_dataset(self):
+        return self._dataset(self.cfg.data.source, train=True)
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        out = self.trainable(downscale(batch["lq"], self.scale))
+        return F.mse_loss(out.float(), batch["hq"].float())
+
+    def _validation_batch(self) -> dict[str, torch.Tensor]:
+        if self._val_batch is None:
+            data = self._dataset(self.cfg.val.source, train=False)
+            n = min(self.cfg.val.num_images, len(data))
+            samples = [data[i] for i in range(n)]
+            self._val_batch = {
+                key: torch.stack([s[key] for s in samples]).to(self.device) for key in ("hq", "lq")
+            }
+        return self._val_batch
+
+    def validate(self, step: int, module: nn.Module) -> dict[str, float]:
+        """PSNR of the restored held-out images, and of the degraded inputs for reference."""
+        batch = self._validation_batch()
+        out = module(downscale(batch["lq"], self.scale)).clamp(0, 1)
+        return {
+            "val_psnr": psnr(out, batch["hq"]).mean().item(),
+            "val_psnr_input": psnr(batch["lq"], batch["hq"]).mean().item(),
+        }
+
+    def export(self, output_dir: Path, module: nn.Module) -> list[Path]:
+        """``cleaner.safetensors`` (published key layout) + ``model_config.json``.
+
+        ``diffbir restore --cleaner OUT/cleaner.safetensors --model-config OUT/model_config.json``
+        loads it (the model config is needed only for a non-released architecture).
+        """
+        from safetensors.torch import save_file
+
+        weights = output_dir / CLEANER_FILE
+        state = {k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(state, weights, metadata={"arch": self.cfg.model.arch})
+        config = output_dir / MODEL_CONFIG_FILE
+        sections = {"cleaner": {self.cfg.model.arch: dict(self.cfg.model.config)}}
+        config.write_text(json.dumps(sections, indent=2) + "\n")
+        return [weights, config]
+
+
+def make_stage1_task(cfg: TrainConfig, device: torch.device) -> Stage1Task:
+    """The :class:`~diffbir.training.loop.Task` of stage 1."""
+    return Stage1Task(cfg, device)

@@ -1,0 +1,268 @@
+"""Stage 2: train LAControlNet with the diffusion loss, Stable Diffusion frozen.
+
+Per batch: ``z0 = E(HQ)`` and ``c = E(stage1(LQ))`` under no_grad, ``t ~ U{0..999}``,
+``x_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps``, and the loss is the MSE between the UNet's
+output (with the ControlNet's residuals) and ``eps`` or ``v`` (the model's prediction type).
+Prompts come from the dataset (dropped to "" at ``data.empty_prompt_prob``); with
+``model.cond_noise_max_t`` the condition latent is itself noised to a small random t.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffbir.training.config import TrainConfig
+from diffbir.training.stage1 import downscale
+
+CONTROLNET_DIR = "controlnet"
+SD_DIR = "sd"
+MODEL_CONFIG_FILE = "model_config.json"
+_PROMPT_CACHE_SIZE = 1024
+
+
+def _frozen_dtype(precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
+def build_random_stage2(cfg: TrainConfig):
+    """SD with random weights from ``model.*_config`` (tests and benchmarks), ControlNet from its UNet."""
+    from diffbir.models.controlnet import build_controlnet, init_from_unet
+    from diffbir.models.sd_unet import build_unet, unet_config_from_ldm
+    from diffbir.models.stage2 import Stage2Model, _controlnet_config, _text_config, _vae_config
+    from diffbir.models.text_encoder import build_text_encoder
+    from diffbir.models.vae import build_vae
+
+    m = cfg.model
+    unet = build_unet(unet_config_from_ldm(dict(m.unet_config or {})))
+    vae = build_vae(_vae_config(m.vae_config))
+    text = build_text_encoder(_text_config(m.text_config))
+    controlnet = build_controlnet(_controlnet_config(m.controlnet_config, unet))
+    init_from_unet(controlnet, unet)
+    return Stage2Model(unet, vae, controlnet, text, prediction=m.prediction)
+
+
+def load_training_stage2(cfg: TrainConfig):
+    """The stage-2 model to train from: released/saved SD + an optional ControlNet to start from."""
+    from diffbir.models.stage2 import load_stage2
+    from diffbir.models.tokenizer import load_tokenizer
+    from diffbir.weights import resolve
+
+    m = cfg.model
+    wd = m.weights_dir
+    if m.sd_checkpoint is None:
+        model = build_random_stage2(cfg)
+    else:
+        control = resolve(m.controlnet, weights_dir=wd) if m.controlnet else None
+        model = load_stage2(
+            resolve(m.sd_checkpoint, weights_dir=wd),
+            control,
+            prediction=m.prediction,
+            unet_config=m.unet_config,
+            vae_config=m.vae_config,
+            text_config=m.text_config,
+            controlnet_config=m.controlnet_config,
+        )
+    model.tokenizer = load_tokenizer(m.tokenizer, weights_dir=wd)
+    return model
+
+
+def _load_condition_cleaner(cfg: TrainConfig) -> nn.Module | None:
+    from diffbir.models.cleaner import load_cleaner
+    from diffbir.weights import resolve
+
+    m = cfg.model
+    if m.cleaner is None:
+        return None
+    cleaner = load_cleaner(
+        resolve(m.cleaner, weights_dir=m.weights_dir), arch=m.cleaner_arch, **m.cleaner_config
+    )
+    return cleaner.requires_grad_(False).eval()
+
+
+class Stage2Task:
+    """Diffusion loss on ``(HQ latent, E(stage1(LQ)))``; only the ControlNet trains."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        from diffbir.diffusion.schedule import NoiseSchedule
+
+        self.cfg = cfg
+        self.device = device
+        self.dtype = _frozen_dtype(cfg.run.mixed_precision)
+        self.random_sd = cfg.model.sd_checkpoint is None
+        model = load_training_stage2(cfg)
+        for part in (model.unet, model.vae, model.text_encoder):
+            part.requires_grad_(False).eval().to(device, self.dtype)
+        self.stage2 = model
+        self.prediction = model.prediction
+        self.cleaner = _load_condition_cleaner(cfg)
+        if self.cleaner is not None:
+            self.cleaner.to(device, self.dtype)
+        if cfg.run.gradient_checkpointing:
+            model.controlnet.enable_gradient_checkpointing()
+            model.unet.enable_gradient_checkpointing()  # its activations feed the residuals' grads
+        # The trainable module stays float32 (autocast handles mixed precision).
+        self.trainable = model.controlnet.to(device, torch.float32).train()
+        self.schedule = NoiseSchedule.from_name(cfg.model.schedule)
+        self._prompts: dict[str, torch.Tensor] = {}
+        self._val_batch: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ data
+    def _dataset(self, source: str, *, train: bool):
+        from diffbir.training.data import PairedDataset
+
+        d = self.cfg.data
+        return PairedDataset(
+            source,
+            size=d.size,
+            pipeline=d.pipeline,
+            crop=d.crop if train else "center",
+            flip=d.flip and train,
+            caption_column=d.caption_column,
+            empty_prompt_prob=d.empty_prompt_prob if train else 0.0,
+            seed=self.cfg.run.seed,
+        )
+
+    def train_dataset(self):
+        return self._dataset(self.cfg.data.source, train=True)
+
+    # ----------------------------------------------------------- conditions
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        """Context ``[B, 77, D]`` of the prompts (the text encoder is frozen: cached)."""
+        missing = sorted({p for p in prompts if p not in self._prompts})
+        if missing:
+            if len(self._prompts) + len(missing) > _PROMPT_CACHE_SIZE:
+                self._prompts.clear()
+            embeddings = self.stage2.encode_prompt(missing)
+            self._prompts |= {p: e for p, e in zip(missing, embeddings, strict=True)}
+        return torch.stack([self._prompts[p] for p in prompts])
+
+    def condition(self, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(stage1(LQ), E(stage1(LQ)))``; the LQ itself when no cleaner is configured."""
+        image = lq.to(self.device, self.dtype)
+        if self.cleaner is not None:
+            scale = int(getattr(self.cleaner, "scale", 1))
+            image = self.cleaner(downscale(image, scale)).clamp(0, 1)
+        return image, self.stage2.encode_image(image)
+
+    def predict(
+        self,
+        control: nn.Module,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+    ) -> torch.Tensor:
+        """The frozen UNet's output with the residuals of ``control`` (same as ``denoise``)."""
+        from diffbir.models.sd_unet import unet_forward
+
+        residuals = control(x_t, cond, t, text)
+        residuals = [r.to(self.dtype) for r in residuals]
+        return unet_forward(self.stage2.unet, x_t.to(self.dtype), t, text.to(self.dtype), residuals)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        m = self.cfg.model
+        with torch.no_grad():
+            z0 = self.stage2.encode_image(batch["hq"].to(self.dtype)).float()
+            _, cond = self.condition(batch["lq"])
+            cond = cond.float()
+            text = self.text(list(batch["prompt"]))
+        n = z0.shape[0]
+        gen_device = generator.device
+        t = torch.randint(
+            0, self.schedule.num_timesteps, (n,), generator=generator, device=gen_device
+        )
+        noise = torch.randn(z0.shape, generator=generator, device=gen_device).to(z0.device)
+        t = t.to(z0.device)
+        x_t = self.schedule.add_noise(z0, noise, t).float()
+        if m.cond_noise_max_t > 0:
+            tc = torch.randint(0, m.cond_noise_max_t, (n,), generator=generator, device=gen_device)
+            c_noise = torch.randn(cond.shape, generator=generator, device=gen_device)
+            cond = self.schedule.add_noise(
+                cond, c_noise.to(cond.device), tc.to(cond.device)
+            ).float()
+        target = noise if self.prediction == "eps" else self.schedule.velocity(z0, noise, t).float()
+        pred = self.predict(self.trainable, x_t, t, cond, text)
+        return F.mse_loss(pred.float(), target)
+
+    # ------------------------------------------------------------ validation
+    def validate(self, step: int, module: nn.Module) -> dict[str, float]:
+        """Restore a few held-out LQ images with a short sampler; write them to ``samples/step_N/``."""
+        from diffbir.diffusion.samplers import GeneratorNoise, sample
+        from diffbir.imaging.io import write_image
+
+        v = self.cfg.val
+        if self._val_batch is None:
+            data = self._dataset(v.source, train=False)
+            items = [data[i] for i in range(min(v.num_images, len(data)))]
+            self._val_batch = {
+                "hq": torch.stack([s["hq"] for s in items]).to(self.device),
+                "lq": torch.stack([s["lq"] for s in items]).to(self.device),
+                "prompt": [s["prompt"] for s in items],
+            }
+        batch = self._val_batch
+        image, cond = self.condition(batch["lq"])
+        text = self.text(batch["prompt"])
+        noise = GeneratorNoise(seed=self.cfg.run.seed)
+        x = noise(cond.float())
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+            return self.predict(module, x_t, t, cond, text).float()
+
+        z0 = sample(
+            v.sampler, model_fn, x, self.schedule, v.steps, prediction=self.prediction, noise=noise
+        )
+        restored = self.stage2.decode_latent(z0.to(self.dtype)).float()
+        folder = Path(self.cfg.run.output_dir) / "samples" / f"step_{step:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(restored.shape[0]):
+            # lq | stage 1 | restored | hq, side by side
+            row = [batch["lq"][i], image[i].float(), restored[i], batch["hq"][i]]
+            write_image(folder / f"{i:03d}.png", torch.cat([r.cpu() for r in row], dim=-1))
+        from diffbir.training.stage1 import psnr
+
+        return {"val_psnr": psnr(restored, batch["hq"]).mean().item()}
+
+    # ---------------------------------------------------------------- export
+    def export(self, output_dir: Path, module: nn.Module) -> list[Path]:
+        """``controlnet/`` (a diffusers folder ``load_stage2(controlnet=...)`` takes) + model config.
+
+        With a randomly initialised SD (tests), the whole model is also saved to ``sd/``.
+        """
+        from diffbir.models.stage2 import Stage2Model
+
+        control = output_dir / CONTROLNET_DIR
+        module.to(torch.float32).save_pretrained(control)
+        written = [control]
+        m = self.cfg.model
+        sections = {
+            name: dict(value)
+            for name, value in (
+                ("unet", m.unet_config),
+                ("vae", m.vae_config),
+                ("text", m.text_config),
+                ("controlnet", m.controlnet_config),
+            )
+            if value
+        }
+        if sections:
+            path = output_dir / MODEL_CONFIG_FILE
+            path.write_text(json.dumps(sections, indent=2) + "\n")
+            written.append(path)
+        if self.random_sd:
+            s = self.stage2
+            full = Stage2Model(s.unet, s.vae, module, s.text_encoder, prediction=self.prediction)
+            written.append(full.save_pretrained(output_dir / SD_DIR))
+        return written
+
+
+def make_stage2_task(cfg: TrainConfig, device: torch.device) -> Stage2Task:
+    """The :class:`~diffbir.training.loop.Task` of stage 2."""
+    return Stage2Task(cfg, device)
