@@ -96,18 +96,21 @@ def _read_csv(src: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _read_parquet(src: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    missing = ConfigError(f"{src}: reading .parquet needs pyarrow (pip install pyarrow)")
     try:
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
         try:
             import pandas as pd
-        except ModuleNotFoundError:
-            raise ConfigError(
-                f"{src}: reading .parquet needs pyarrow (pip install pyarrow) or pandas"
-            ) from None
-        frame = pd.read_parquet(src)
+
+            frame = pd.read_parquet(src)  # pandas with fastparquet also works
+        except ImportError:  # no pandas, or pandas without a parquet engine
+            raise missing from None
         return list(frame.columns), frame.to_dict("records")
-    table = pq.read_table(src)
+    try:
+        table = pq.read_table(src)
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file to the user
+        raise ConfigError(f"{src}: cannot read this parquet file ({err})") from None
     return list(table.column_names), table.to_pylist()
 
 
