@@ -6,8 +6,6 @@ builds the gradio page and starts the server. gradio is imported inside the
 functions, so ``import diffbir.app`` works without it.
 """
 
-from __future__ import annotations
-
 import logging
 import tempfile
 from pathlib import Path

@@ -1,0 +1,398 @@
+"""The web UI's non-page parts: form -> options, the shared pipeline, a run, `diffbir serve`.
+
+A fake pipeline (passed in, never patched in) stands for the models, so these
+tests need no weights; the page itself is driven in a browser by
+``test_app_browser.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffbir.app_core import (
+    OOM_MESSAGE,
+    FormValues,
+    PipelineCache,
+    new_run_folder,
+    release_defaults,
+    restore_uploads,
+    safe_stem,
+)
+from diffbir.errors import ConfigError, DiffBIRError, ImageReadError
+from diffbir.imaging.io import read_image
+from diffbir.pipeline import RestoreResult, resize
+from diffbir.presets import TASKS, VERSIONS, get_preset
+
+
+class FakePipeline:
+    """Returns the inverted, upscaled input; the stage-1 output is the plain upscale."""
+
+    def __init__(self, fail_on: set[int] | None = None, error: BaseException | None = None):
+        self.calls: list[tuple[tuple[int, ...], object]] = []
+        self.fail_on = fail_on or set()
+        self.error = error
+
+    def __call__(self, lq: torch.Tensor, options) -> RestoreResult:
+        self.calls.append((tuple(lq.shape), options))
+        if len(self.calls) - 1 in self.fail_on:
+            raise self.error
+        h, w = lq.shape[-2:]
+        up = resize(lq, (int(h * options.upscale), int(w * options.upscale)))
+        return RestoreResult(image=1 - up, stage1=up)
+
+
+class CountingFactory:
+    """A pipeline factory that records what it was asked to load."""
+
+    def __init__(self, make=FakePipeline):
+        self.loads: list[tuple[str, str]] = []
+        self.make = make
+
+    def __call__(self, version: str, task: str):
+        self.loads.append((version, task))
+        return self.make()
+
+
+def _image(path: Path, size=(20, 30), mode="RGB", seed=0) -> Path:
+    h, w = size
+    channels = len(mode)
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze(), mode if channels > 1 else "L").save(path)
+    return path
+
+
+# --------------------------------------------------------------------- options
+def test_form_values_map_to_options():
+    form = FormValues(
+        upscale=2,
+        steps=7,
+        sampler="ddim",
+        cfg_scale=3.5,
+        prompt="a photo",
+        negative_prompt="blurry",
+        control_strength=0.8,
+        guidance_scale=100,
+        guidance_space="pixel",
+        guidance_start=800,
+        guidance_stop=100,
+        color_fix="adain",
+        seed=5,
+        cleaner_tile=512,
+        vae_tile=0,
+        latent_tile=256,
+        tile_overlap=0.5,
+    )
+    options = form.to_options()
+    assert (options.upscale, options.steps, options.sampler) == (2.0, 7, "ddim")
+    assert (options.cfg_scale, options.prompt, options.negative_prompt) == (
+        3.5,
+        "a photo",
+        "blurry",
+    )
+    assert options.control_strength == 0.8
+    assert (options.guidance_scale, options.guidance_space) == (100.0, "pixel")
+    assert (options.guidance_start, options.guidance_stop) == (800, 100)
+    assert (options.color_fix, options.seed) == ("adain", 5)
+    # Zero means "automatic" in the page and None in the pipeline.
+    assert (options.cleaner_tile, options.vae_tile, options.latent_tile) == (512, None, 256)
+    assert options.tile_overlap == 0.5
+    # The sampler's progress bar feeds the page's.
+    assert options.progress is True
+
+
+def test_form_values_random_seed_and_empty_prompt():
+    options = FormValues(seed=-1, prompt=None, negative_prompt=None).to_options()
+    assert options.seed is None
+    # An empty box means an empty prompt, not the release's (the page shows the release's).
+    assert options.prompt == "" and options.negative_prompt == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"latent_tile": 100}, "latent tile must be a multiple of 64"),
+        ({"tile_overlap": 1.0}, "tile overlap"),
+        ({"upscale": 0}, "upscale must be positive"),
+    ],
+)
+def test_form_values_refuse_bad_values(change, message):
+    with pytest.raises(ConfigError, match=message):
+        FormValues(**change).to_options()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("task", TASKS)
+def test_release_defaults_follow_the_preset(version, task):
+    values = release_defaults(version, task)
+    preset = get_preset(version, task)
+    assert values == {
+        "upscale": preset.upscale,
+        "steps": preset.steps,
+        "sampler": preset.sampler,
+        "cfg_scale": preset.cfg_scale,
+        "prompt": preset.prompt,
+        "negative_prompt": preset.negative_prompt,
+    }
+
+
+def test_release_defaults_refuse_unknown_release():
+    with pytest.raises(ConfigError, match="unknown version"):
+        release_defaults("v9", "sr")
+
+
+# ------------------------------------------------------------- pipeline cache
+def test_pipeline_cache_loads_lazily_once_per_release_and_frees_the_old_one():
+    factory = CountingFactory()
+    cache = PipelineCache(factory)
+    assert factory.loads == [] and cache.loaded is None
+    messages: list[str] = []
+    first = cache.get("v2.1", "sr", on_load=messages.append)
+    assert cache.get("v2.1", "sr", on_load=messages.append) is first
+    assert factory.loads == [("v2.1", "sr")]
+    assert messages == ["loading the v2.1 sr models (first use)"]
+    old = weakref.ref(first)
+    del first
+    second = cache.get("v2", "face")
+    gc.collect()
+    assert factory.loads == [("v2.1", "sr"), ("v2", "face")]
+    assert cache.loaded == ("v2", "face")
+    assert old() is None, "the previous release's models are still referenced"
+    cache.clear()
+    assert cache.loaded is None
+    assert cache.get("v2", "face") is not second
+
+
+def test_pipeline_cache_concurrent_first_use_loads_once():
+    release = threading.Event()
+    started = threading.Barrier(4)
+
+    class SlowFactory(CountingFactory):
+        def __call__(self, version, task):
+            release.wait(timeout=10)
+            return super().__call__(version, task)
+
+    factory = SlowFactory()
+    cache = PipelineCache(factory)
+    got = []
+
+    def worker():
+        started.wait(timeout=10)
+        got.append(cache.get("v2.1", "sr"))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    started.wait(timeout=10)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert factory.loads == [("v2.1", "sr")]
+    assert len(got) == 3 and all(p is got[0] for p in got)
+
+
+def test_pipeline_cache_failed_load_is_retried():
+    calls = []
+
+    def factory(version, task):
+        calls.append(version)
+        if len(calls) == 1:
+            raise DiffBIRError("weights missing")
+        return FakePipeline()
+
+    cache = PipelineCache(factory)
+    with pytest.raises(DiffBIRError, match="weights missing"):
+        cache.get("v2.1", "sr")
+    assert cache.loaded is None
+    assert isinstance(cache.get("v2.1", "sr"), FakePipeline)
+
+
+# ------------------------------------------------------------------------ run
+def test_restore_uploads_writes_full_size_png_stage1_and_before(tmp_path):
+    src = _image(tmp_path / "photo one.png", size=(20, 30))
+    factory = CountingFactory()
+    progress: list[tuple[float, str]] = []
+    run = restore_uploads(
+        [src],
+        FormValues(upscale=2, steps=3),
+        PipelineCache(factory),
+        tmp_path / "out",
+        report=lambda fraction, text: progress.append((fraction, text)),
+    )
+    assert run.failures == []
+    assert len(run.images) == 1
+    item = run.images[0]
+    assert item.name == "photo one.png" and item.size == (40, 60)
+    assert item.result.name == "01_photo_one_diffbir.png"
+    assert item.result.parent.parent == tmp_path / "out"
+    with Image.open(item.result) as png:
+        assert png.format == "PNG" and png.size == (60, 40)
+    lq = read_image(src).rgb.unsqueeze(0)
+    expected = 1 - resize(lq, (40, 60))[0]
+    assert torch.allclose(read_image(item.result).rgb, expected, atol=1 / 255 + 1e-6)
+    # The slider's "before" lines up with the result; stage 1 is the cleaner's output.
+    assert torch.allclose(read_image(item.before).rgb, 1 - expected, atol=1 / 255 + 1e-6)
+    assert read_image(item.stage1).size == (40, 60)
+    assert progress[0] == (0.0, "loading models")
+    assert progress[-1] == (1.0, "done")
+    assert any("restoring photo one.png (1/1)" in text for _, text in progress)
+    assert "1 restored" in run.summary() and "failed" not in run.summary()
+
+
+def test_restore_uploads_keeps_transparency(tmp_path):
+    src = _image(tmp_path / "logo.png", size=(16, 16), mode="RGBA")
+    run = restore_uploads(
+        [src], FormValues(upscale=1), PipelineCache(CountingFactory()), tmp_path / "out"
+    )
+    with Image.open(run.images[0].result) as png:
+        assert png.mode == "RGBA"
+        alpha_in = np.asarray(Image.open(src))[..., 3]
+        assert np.array_equal(np.asarray(png)[..., 3], alpha_in)
+
+
+def test_restore_uploads_reports_bad_files_and_restores_the_rest(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a PNG")
+    good = _image(tmp_path / "good.png")
+    factory = CountingFactory()
+    run = restore_uploads([bad, good], FormValues(upscale=1), PipelineCache(factory), tmp_path)
+    assert [i.name for i in run.images] == ["good.png"]
+    assert len(run.failures) == 1 and run.failures[0].startswith("broken.png: ")
+    assert "1 restored" in run.summary() and "1 failed" in run.summary()
+
+
+def test_restore_uploads_all_bad_fails_before_loading_models(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 garbage")
+    big = _image(tmp_path / "big.png", size=(40, 40))
+    factory = CountingFactory()
+    with pytest.raises(ImageReadError) as info:
+        restore_uploads([bad, big], FormValues(), PipelineCache(factory), tmp_path, max_pixels=1000)
+    message = str(info.value)
+    assert "broken.jpg: not a recognised image file" in message
+    assert "big.png: image is 40x40" in message and "above the limit" in message
+    assert "\n" not in message
+    assert factory.loads == []
+
+
+def test_restore_uploads_out_of_memory_is_a_message(tmp_path):
+    images = [_image(tmp_path / f"{n}.png", seed=i) for i, n in enumerate("ab")]
+
+    def make():
+        return FakePipeline(fail_on={0}, error=torch.OutOfMemoryError("CUDA out of memory"))
+
+    run = restore_uploads(
+        images, FormValues(upscale=1), PipelineCache(CountingFactory(make)), tmp_path
+    )
+    assert run.failures == [f"a.png: {OOM_MESSAGE}"]
+    assert [i.name for i in run.images] == ["b.png"]
+
+    with pytest.raises(DiffBIRError, match="a.png: out of memory"):
+        restore_uploads(
+            images[:1], FormValues(upscale=1), PipelineCache(CountingFactory(make)), tmp_path
+        )
+
+
+def test_restore_uploads_pipeline_error_is_a_message(tmp_path):
+    image = _image(tmp_path / "a.png")
+
+    def make():
+        return FakePipeline(fail_on={0}, error=ConfigError("tiles too small"))
+
+    with pytest.raises(DiffBIRError, match="a.png: tiles too small"):
+        restore_uploads([image], FormValues(), PipelineCache(CountingFactory(make)), tmp_path)
+
+
+def test_restore_uploads_checks_options_and_counts_before_loading(tmp_path):
+    image = _image(tmp_path / "a.png")
+    factory = CountingFactory()
+    cache = PipelineCache(factory)
+    with pytest.raises(ConfigError, match="steps"):
+        restore_uploads([image], FormValues(steps=0), cache, tmp_path)
+    with pytest.raises(DiffBIRError, match="upload at least one image"):
+        restore_uploads([], FormValues(), cache, tmp_path)
+    with pytest.raises(DiffBIRError, match="3 images uploaded; at most 2"):
+        restore_uploads([image] * 3, FormValues(), cache, tmp_path, max_files=2)
+    assert factory.loads == []
+
+
+def test_restore_uploads_passes_the_form_to_the_pipeline(tmp_path):
+    image = _image(tmp_path / "a.png", size=(8, 12))
+    pipeline = FakePipeline()
+    factory = CountingFactory(lambda: pipeline)
+    restore_uploads(
+        [image],
+        FormValues(version="v2", task="denoise", upscale=1, steps=4, sampler="ddim", seed=9),
+        PipelineCache(factory),
+        tmp_path,
+    )
+    assert factory.loads == [("v2", "denoise")]
+    ((shape, options),) = pipeline.calls
+    assert shape == (1, 3, 8, 12)
+    assert (options.steps, options.sampler, options.seed, options.upscale) == (4, "ddim", 9, 1.0)
+
+
+def test_new_run_folder_keeps_only_recent_runs(tmp_path):
+    folders = [new_run_folder(tmp_path, keep=3) for _ in range(5)]
+    kept = sorted(p for p in tmp_path.iterdir())
+    assert kept == sorted(folders[-3:])
+    assert all(not f.exists() for f in folders[:2])
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [("photo.png", "photo"), ("../../etc/passwd.png", "passwd"), ("été 1 (2).jpg", "t_1_2"),
+     ("....png", "image"), ("a" * 100 + ".png", "a" * 64)],
+)  # fmt: skip
+def test_safe_stem(name, stem):
+    assert safe_stem(name) == stem
+
+
+# ---------------------------------------------------------------------- serve
+def test_serve_arguments_default_to_loopback_without_share():
+    from diffbir.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+    assert args.max_upload_mb > 0 and args.max_pixels > 0
+    args = build_parser().parse_args(
+        ["serve", "--host", "0.0.0.0", "--port", "9000", "--share", "--max-pixels", "100"]
+    )
+    assert (args.host, args.port, args.share, args.max_pixels) == ("0.0.0.0", 9000, True, 100)
+
+
+def test_serve_without_gradio_prints_the_install_hint():
+    # A None entry in sys.modules makes `import gradio` fail as if it were absent.
+    code = (
+        "import sys; sys.modules['gradio'] = None\n"
+        "from diffbir.cli import main\n"
+        "sys.exit(main(['serve', '--port', '1']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip() == 'diffbir: error: the web UI needs gradio: pip install "diffbir[ui]"'
+    )
+
+
+def test_build_app_loads_nothing_until_a_run():
+    pytest.importorskip("gradio")
+    from diffbir.app import build_app
+
+    factory = CountingFactory()
+    demo = build_app(pipeline_factory=factory)
+    assert factory.loads == []
+    # The page queues runs, one at a time.
+    assert demo.enable_queue is not False
+    run = [fn for fn in demo.fns.values() if fn.name == "on_run"]
+    assert len(run) == 1 and run[0].concurrency_limit == 1
