@@ -99,9 +99,13 @@ def run(args: argparse.Namespace) -> int:
     hq_paths = output_paths_for(items, args.output / "hq", suffix=".png")
 
     failed = skipped = 0
-    bar = tqdm(total=len(items), desc=f"degrade ({pipeline.name})", disable=args.quiet)
-    for item, lq_path, hq_path in zip(items, lq_paths, hq_paths):
-        bar.update(1)
+    jobs = tqdm(
+        list(zip(items, lq_paths, hq_paths)),
+        desc=f"degrade ({pipeline.name})",
+        unit="img",
+        disable=args.quiet,
+    )
+    for item, lq_path, hq_path in jobs:
         done = lq_path.exists() and (hq_path.exists() or not args.save_hq)
         if args.skip_existing and done:
             skipped += 1
@@ -119,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         except DiffBIRError as err:
             failed += 1
             tqdm.write(f"diffbir degrade: skipped {item.path}: {err}", file=sys.stderr)
-    bar.close()
+    jobs.close()
     if not args.quiet:
         made = len(items) - failed - skipped
         print(f"{made} written, {skipped} already present, {failed} failed -> {args.output}")
