@@ -14,7 +14,7 @@ from PIL import Image
 
 from diffbir.degradation import kernels as K
 from diffbir.degradation import ops
-from diffbir.degradation.config import ConfigError, load_config, parse_config
+from diffbir.degradation.config import ConfigError, parse_config
 from diffbir.degradation.pipelines import PRESETS, DegradationPipeline, load_pipeline
 
 # IJG's standard luminance quantisation table (row-major), which libjpeg scales by quality.
@@ -205,13 +205,25 @@ def test_codeformer_draws_stay_in_range_and_proportion():
         assert 0.1 <= prm["sigma_x"] <= 12 and 0.1 <= prm["sigma_y"] <= 12
         assert -math.pi <= prm["theta"] <= math.pi and prm["kernel_size"] == 41
         assert 1 / 12 <= resize["scale"] <= 1 and resize["mode"] == "bilinear"
-        assert resize["size"][0] == int(512 // (1 / resize["scale"]))
+        assert resize["size"][0] == int(512 // resize["factor"])
         assert 0 <= noise["params"][0]["sigma"] <= 15 and not noise["params"][0]["gray"]
         assert 30 <= jpeg["quality"][0] <= 100
     sigmas = [p[2]["params"][0]["sigma"] for p in plans]
     assert np.mean(sigmas) == pytest.approx(7.5, abs=0.5)  # uniform over [0, 15]
     qualities = [p[3]["quality"][0] for p in plans]
     assert min(qualities) == 30 and max(qualities) == 100  # both ends reachable
+
+
+def test_codeformer_face_v1_ranges():
+    pipe = load_pipeline("codeformer_face_v1")
+    rng = np.random.default_rng(2)
+    plans = [pipe.sample(rng, 1, (512, 512)) for _ in range(800)]
+    factors = [p[1]["factor"] for p in plans]
+    assert 0.8 <= min(factors) < 1.0 and 7.0 < max(factors) <= 8  # upsamples too
+    assert all(p[1]["direction"] == "up" for p in plans if p[1]["factor"] < 1)
+    assert all(p[0]["params"][0]["sigma_x"] <= 10 for p in plans)
+    assert max(p[2]["params"][0]["sigma"] for p in plans) <= 20
+    assert min(p[3]["quality"][0] for p in plans) >= 60
 
 
 def test_realesrgan_draws_stay_in_range_and_proportion():
@@ -281,8 +293,11 @@ def test_custom_toml_pipeline(tmp_path):
 
 def test_yaml_example_config_loads():
     root = Path(__file__).resolve().parents[1] / "configs" / "degradation"
-    for path in sorted(root.glob("*.yaml")):
-        assert load_config(path).stages
+    paths = sorted(root.glob("*.yaml"))
+    assert paths
+    for path in paths:
+        pipe = load_pipeline(path)
+        assert pipe.name == path.stem and pipe(_image(), 0).lq.shape == (1, 3, 40, 56)
 
 
 @pytest.mark.parametrize(

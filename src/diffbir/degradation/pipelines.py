@@ -247,7 +247,7 @@ def _sample_resize(stage: ResizeStage, rng, hq_size, size):
     applied = _applies(rng, stage.probability)
     base = size if stage.base == "current" else hq_size
     base_h, base_w = int(base[0] / stage.divisor), int(base[1] / stage.divisor)
-    direction = "keep"
+    direction, factor = "keep", None
     if stage.downsample is not None:
         factor = float(rng.uniform(*stage.downsample))
         direction = "down" if factor > 1 else "up" if factor < 1 else "keep"
@@ -273,6 +273,7 @@ def _sample_resize(stage: ResizeStage, rng, hq_size, size):
         "applied": applied,
         "direction": direction,
         "scale": scale,
+        "factor": factor,  # the drawn downsample factor (None unless `downsample` is set)
         "mode": mode,
         "size": new,
     }
