@@ -425,6 +425,17 @@ def parse_config(data: Any) -> PipelineConfig:
     )
 
 
+def _toml_module(path: Path):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError(f"{path}: TOML configs need Python 3.11+ or tomli") from None
+    return tomllib
+
+
 def load_config(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline from a ``.yaml``/``.yml`` or ``.toml`` file."""
     path = Path(path)
@@ -435,11 +446,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            data = tomllib.loads(text)
+            data = _toml_module(path).loads(text)
         elif suffix in (".yaml", ".yml"):
             import yaml
 
