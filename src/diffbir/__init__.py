@@ -17,6 +17,8 @@ _API = {
     "load_state_dict": "diffbir.checkpoint",
     "load_cleaner": "diffbir.models.cleaner",
     "apply_cleaner": "diffbir.models.cleaner",
+    "load_stage2": "diffbir.models.stage2",
+    "Stage2Model": "diffbir.models.stage2",
 }
 
 __all__ = ["__version__", *sorted(_API)]
