@@ -63,6 +63,7 @@ class RestoreOptions:
     vae_tile: int | None = None  # pixels of the decoded image; None = automatic
     latent_tile: int | None = None  # pixels (multiple of 64); None = automatic
     tile_overlap: float = 0.25  # fraction of a tile
+    min_side: int = MIN_DIFFUSION_SIDE  # short side the diffusion stage works at, at least
     max_memory: float | None = None  # bytes; None = what the device has
     progress: bool = False
 
@@ -82,8 +83,13 @@ class RestoreOptions:
                 "guidance loss: 'mse' or 'weighted_mse'",
             ),
             (self.guidance_repeat >= 1, "guidance repeat must be at least 1"),
+            (
+                self.guidance_loss != "weighted_mse" or self.guidance_space == "pixel",
+                "the weighted_mse guidance loss works in pixel space: add --guidance-space pixel",
+            ),
             (self.color_fix in ("wavelet", "adain", "none"), "colour fix: wavelet, adain, none"),
             (0 <= self.tile_overlap < 1, "tile overlap must be in [0, 1)"),
+            (self.min_side >= 64 and self.min_side % 8 == 0, "min side: a multiple of 8, >= 64"),
         ]
         for ok, message in checks:
             if not ok:
@@ -255,7 +261,6 @@ class DiffBIRPipeline:
         constructor names: keys ``cleaner``, ``unet``, ``vae``, ``text``,
         ``controlnet``.
         """
-        from diffbir.models.cleaner import load_cleaner
         from diffbir.models.stage2 import load_stage2
         from diffbir.models.tokenizer import load_tokenizer
         from diffbir.weights import resolve
@@ -273,11 +278,7 @@ class DiffBIRPipeline:
         control_path = find(controlnet, preset.controlnet)
         configs = load_model_config(model_config)
         tokenizer = load_tokenizer(weights_dir=weights_dir)
-        stage1 = load_cleaner(
-            cleaner_path,
-            arch=None if cleaner else preset.cleaner_arch,
-            **configs.get("cleaner", {}),
-        )
+        stage1 = _load_stage1(cleaner_path, None if cleaner else preset.cleaner_arch, configs)
         stage2 = load_stage2(
             sd_path,
             control_path,
@@ -298,7 +299,11 @@ class DiffBIRPipeline:
 
     # ------------------------------------------------------------------- stages
     def clean(
-        self, lq: torch.Tensor, upscale: float, plan: TilePlan | None = None
+        self,
+        lq: torch.Tensor,
+        upscale: float,
+        plan: TilePlan | None = None,
+        min_side: int = MIN_DIFFUSION_SIDE,
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Stage 1. Returns the condition image ``I_reg`` and the final output size."""
         from diffbir.imaging.tiling import tiled_apply
@@ -309,8 +314,8 @@ class DiffBIRPipeline:
         if scale == 1:
             # Same-size cleaners see the bicubically upscaled input, as released.
             x = resize(x, target)
-            if min(x.shape[-2:]) < MIN_DIFFUSION_SIDE:
-                x = resize_short_side_to(x, MIN_DIFFUSION_SIDE)
+            if min(x.shape[-2:]) < min_side:
+                x = resize_short_side_to(x, min_side)
         tile = plan.cleaner if plan else None
         cleaner_dtype = next(self.cleaner.parameters()).dtype
         with torch.no_grad():
@@ -328,12 +333,12 @@ class DiffBIRPipeline:
         out = out.clamp_(0, 1)
         if scale != 1:
             # BSRNet returns x4; bring it to the requested size (or the minimum).
-            if min(target) < MIN_DIFFUSION_SIDE:
-                out = resize_short_side_to(out, MIN_DIFFUSION_SIDE)
+            if min(target) < min_side:
+                out = resize_short_side_to(out, min_side)
             else:
                 out = resize(out, target)
-        elif min(out.shape[-2:]) < MIN_DIFFUSION_SIDE:
-            out = resize_short_side_to(out, MIN_DIFFUSION_SIDE)
+        elif min(out.shape[-2:]) < min_side:
+            out = resize_short_side_to(out, min_side)
         return out, target
 
     def encode_condition(
@@ -383,7 +388,12 @@ class DiffBIRPipeline:
     def restore(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> RestoreResult:
         """Restore a batch of images ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1])."""
         from diffbir.diffusion.cfg import classifier_free_guidance
-        from diffbir.diffusion.samplers import GeneratorNoise, prepare_start, sample
+        from diffbir.diffusion.samplers import (
+            GeneratorNoise,
+            default_spacing,
+            prepare_start,
+            sample,
+        )
 
         options = options or RestoreOptions()
         options.validate()
@@ -410,9 +420,9 @@ class DiffBIRPipeline:
             element = torch.finfo(self.dtype).bits // 8
             with _timed(timings, "stage1", self.device):
                 target_hw = output_size(tuple(lq.shape[-2:]), upscale)
-                cond_hw = _condition_size(target_hw, int(getattr(self.cleaner, "scale", 1)))
+                cond_hw = _condition_size(target_hw, options.min_side)
                 plan = plan_tiles(*cond_hw, budget=budget, element_size=element, options=options)
-                cond_img, target_hw = self.clean(lq, upscale, plan)
+                cond_img, target_hw = self.clean(lq, upscale, plan, options.min_side)
             h0, w0 = cond_img.shape[-2:]
             padded = pad_to_multiple(cond_img, 64)
             with _timed(timings, "encode", self.device):
@@ -434,10 +444,10 @@ class DiffBIRPipeline:
                 uncond_text,
                 cfg_scale,
                 rescale="cosine" if options.cfg_rescale else "none",
-                total_steps=steps,
             )
             guidance = self._guidance(options, cond_latent, padded)
-            start_latent = cond_latent if options.start_point == "cond" else None
+            from_cond = options.start_point == "cond" or options.start_strength < 1
+            start_latent = cond_latent if from_cond else None
             x_t, start_step = prepare_start(
                 start_latent,
                 cond_latent.shape,
@@ -445,6 +455,7 @@ class DiffBIRPipeline:
                 steps,
                 strength=options.start_strength,
                 noise=noise,
+                spacing=default_spacing(sampler_name, self.schedule),
                 dtype=torch.float32,
                 device=self.device,
             )
@@ -538,6 +549,20 @@ class DiffBIRPipeline:
 
 
 MODEL_CONFIG_KEYS = ("cleaner", "unet", "vae", "text", "controlnet")
+CLEANER_ARCHS = ("swinir", "rrdbnet", "scunet")
+
+
+def _load_stage1(path: Path, arch: str | None, configs: Mapping) -> torch.nn.Module:
+    """Load the cleaner; a ``cleaner`` config section may be keyed by architecture."""
+    from diffbir.checkpoint import load_state_dict
+    from diffbir.models.cleaner import infer_arch, load_cleaner
+
+    config = dict(configs.get("cleaner", {}))
+    if config and set(config) <= set(CLEANER_ARCHS):
+        weights = load_state_dict(path)
+        arch = arch or infer_arch(weights)
+        return load_cleaner(weights, arch=arch, **config.get(arch, {}))
+    return load_cleaner(path, arch=arch, **config)
 
 
 def load_model_config(source: Mapping | str | Path | None) -> dict:
@@ -578,12 +603,12 @@ def parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.
     return table[dtype]
 
 
-def _condition_size(target_hw: tuple[int, int], cleaner_scale: int) -> tuple[int, int]:
+def _condition_size(target_hw: tuple[int, int], min_side: int) -> tuple[int, int]:
     """The diffusion stage's pixel size for an output of ``target_hw``."""
     h, w = target_hw
     short = min(h, w)
-    if short < MIN_DIFFUSION_SIDE:
-        factor = MIN_DIFFUSION_SIDE / short
+    if short < min_side:
+        factor = min_side / short
         h, w = math.ceil(h * factor), math.ceil(w * factor)
     return h, w
 

@@ -88,6 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--vae-tile", type=int, help="VAE tile size in pixels")
     g.add_argument("--latent-tile", type=int, help="diffusion tile size in pixels")
     g.add_argument("--tile-overlap", type=float, default=0.25, help="overlap fraction of a tile")
+    g.add_argument(
+        "--min-side",
+        type=int,
+        default=512,
+        help="short side the diffusion stage works at, at least (the models saw 512)",
+    )
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     g.add_argument("-v", "--verbose", action="store_true", help="per-stage timings")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -122,6 +128,7 @@ def options_from_args(args: argparse.Namespace):
         latent_tile=args.latent_tile,
         tile_overlap=args.tile_overlap,
         max_memory=args.max_memory,
+        min_side=args.min_side,
         progress=args.verbose and not args.quiet,
     )
 
@@ -165,4 +172,4 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = job.run(loader)
     print(summary.describe(), file=sys.stderr)
-    return 0 if summary.failed == 0 else 1
+    return 1 if summary.failed else 0
