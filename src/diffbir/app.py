@@ -121,7 +121,12 @@ def build_app(
                         )
                     with gr.Row():
                         cfg_scale = gr.Slider(
-                            0, 15, value=defaults.cfg_scale, step=0.5, label="CFG scale (1 = off)"
+                            0,
+                            15,
+                            value=defaults.cfg_scale,
+                            step=0.5,
+                            label="CFG scale (1 = off)",
+                            elem_id="cfg",
                         )
                         strength = gr.Slider(
                             0,
@@ -183,6 +188,7 @@ def build_app(
                     gallery = gr.Gallery(
                         label="All results (click to compare)",
                         columns=3,
+                        object_fit="contain",
                         height=260,
                         elem_id="gallery",
                         interactive=False,
