@@ -97,6 +97,8 @@ def test_batch_one_condition_and_scalar_t_broadcast(model, released):
         model.denoise(io["x"], io["t"], io["c_img"], io["context"], [1.0] * 13)
     with pytest.raises(ConfigError, match="batch"):
         model.denoise(x, io["t"][0], io["c_img"], io["context"])
+    with pytest.raises(ConfigError, match="noisy latent's size"):
+        model.denoise(io["x"], io["t"], io["c_img"][..., :8], io["context"])
 
 
 def test_save_and_load_our_folder(model, released, tmp_path):

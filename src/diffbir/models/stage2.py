@@ -136,6 +136,11 @@ class Stage2Model(nn.Module):
         ``control_scale`` is one float or one per residual.
         """
         batch = x_t.shape[0]
+        if cond_latent.shape[-2:] != x_t.shape[-2:]:
+            raise ConfigError(
+                f"cond_latent is {tuple(cond_latent.shape[-2:])}, x_t is {tuple(x_t.shape[-2:])}: "
+                "the condition latent must have the noisy latent's size"
+            )
         dtype = self.unet.dtype
         x_t = x_t.to(dtype)
         cond_latent = _broadcast(cond_latent.to(dtype), batch, "cond_latent")
