@@ -440,6 +440,7 @@ BRIEF_NAMES = {
     "bpe_simple_vocab_16e6.txt.gz",
     "vocab.json",
     "merges.txt",
+    "face_detection_yunet_2023mar.onnx",
 }
 
 

@@ -210,6 +210,21 @@ REGISTRY: Mapping[str, WeightFile] = _registry(
         description="SD 2.1-base CLIPTokenizer BPE merges (tokenizer/merges.txt)",
         license_note=_SD_LICENSE,
     ),
+    # Face detector for --task face-whole: OpenCV's YuNet (opencv_zoo, MIT), pinned to
+    # the commit that added the 2023mar model; size and sha256 as pinned by independent
+    # downstream projects that vendor this exact file.
+    WeightFile(
+        name="face_detection_yunet_2023mar.onnx",
+        url=(
+            "https://media.githubusercontent.com/media/opencv/opencv_zoo/"
+            "47534e27c9851bb1128ccc0102f1145e27f23f98/models/face_detection_yunet/"
+            "face_detection_yunet_2023mar.onnx"
+        ),
+        sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+        size=232_589,
+        description="YuNet face detector (five landmarks) for whole-photo face restoration",
+        license_note="MIT (https://github.com/opencv/opencv_zoo/blob/main/LICENSE)",
+    ),
 )
 
 
