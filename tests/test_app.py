@@ -8,9 +8,12 @@ tests need no weights; the page itself is driven in a browser by
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -396,3 +399,55 @@ def test_build_app_loads_nothing_until_a_run():
     assert demo.enable_queue is not False
     run = [fn for fn in demo.fns.values() if fn.name == "on_run"]
     assert len(run) == 1 and run[0].concurrency_limit == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its default route, if it has one (nothing is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = sock.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_serve_command_binds_loopback_loads_lazily_and_limits_uploads(tmp_path):
+    pytest.importorskip("gradio")
+    httpx = pytest.importorskip("httpx")
+    port = _free_port()
+    # No weights and no downloads: the page must still come up, models load on first run.
+    command = [sys.executable, "-m", "diffbir", "serve", "--port", str(port), "--no-download"]
+    command += ["--weights-dir", str(tmp_path / "no_weights"), "--max-upload-mb", "0.001"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        page = None
+        while page is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                page = httpx.get(url + "/", timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert page is not None, f"server did not come up: {proc.poll()=}"
+        assert page.status_code == 200 and "DiffBIR" in page.text
+        upload = url + "/gradio_api/upload"
+        small = httpx.post(upload, files=[("files", ("small.png", b"x" * 500))], timeout=30)
+        assert small.status_code == 200
+        big = httpx.post(upload, files=[("files", ("big.png", b"x" * 5000))], timeout=30)
+        assert big.status_code == 413
+        outward = _outward_address()
+        if outward is not None:
+            with pytest.raises(OSError), socket.create_connection((outward, port), timeout=5):
+                pass
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+    assert f"serving on http://127.0.0.1:{port}".encode() in output

@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--no-download", action="store_true", help="never download; fail if missing")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (unset: cuda if available)")
-    g.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="unset: fp16 on CUDA, fp32 on CPU")
+    g.add_argument(
+        "--dtype", choices=("fp32", "fp16", "bf16"), help="unset: fp16 on CUDA, fp32 on CPU"
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload (MB)"
@@ -70,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         share=args.share,
         max_upload_mb=args.max_upload_mb,
+        # gradio's own banner suggests launch(share=True); it is only useful for the link.
+        quiet=not args.share,
     )
     return 0
