@@ -115,6 +115,17 @@ def test_restore_in_the_browser(server, tmp_path):
                 box = page.locator(f"#{elem_id} input[type=number]")
                 box.fill(value)
                 box.press("Enter")
+            # Record every progress message the page shows (they come and go quickly).
+            page.evaluate(
+                """() => {
+                    window.seenText = new Set();
+                    new MutationObserver(() => {
+                        for (const el of document.querySelectorAll('[data-testid=status-tracker]')) {
+                            window.seenText.add(el.textContent.trim());
+                        }
+                    }).observe(document.body, {subtree: true, childList: true, characterData: true});
+                }"""
+            )
             page.locator("#run").click()
 
             # The broken upload is reported in the page (a toast and the status)...
@@ -133,6 +144,9 @@ def test_restore_in_the_browser(server, tmp_path):
                     "(el) => el.complete && el.naturalWidth > 0", arg=image.element_handle()
                 )
             assert page.locator("#compare img").count() == 2  # before and after
+            seen = " | ".join(page.evaluate("() => [...window.seenText]"))
+            assert "loading the v2.1 sr models (first use)" in seen, seen
+            assert "restoring holiday.png (1/1)" in seen, seen
 
             link = page.locator("#download a[download]").first
             assert link.get_attribute("download") == "01_holiday_diffbir.png"
