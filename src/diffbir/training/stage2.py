@@ -26,6 +26,14 @@ MODEL_CONFIG_FILE = "model_config.json"
 _PROMPT_CACHE_SIZE = 1024
 
 
+def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Move ``module``; cast only when needed (diffusers warns on every dtype ``.to``)."""
+    module.to(device)
+    if any(p.dtype != dtype for p in module.parameters()):
+        module.to(dtype)
+    return module
+
+
 def _frozen_dtype(precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
@@ -97,17 +105,17 @@ class Stage2Task:
         self.random_sd = cfg.model.sd_checkpoint is None
         model = load_training_stage2(cfg)
         for part in (model.unet, model.vae, model.text_encoder):
-            part.requires_grad_(False).eval().to(device, self.dtype)
+            _place(part.requires_grad_(False).eval(), device, self.dtype)
         self.stage2 = model
         self.prediction = model.prediction
         self.cleaner = _load_condition_cleaner(cfg)
         if self.cleaner is not None:
-            self.cleaner.to(device, self.dtype)
+            _place(self.cleaner, device, self.dtype)
         if cfg.run.gradient_checkpointing:
             model.controlnet.enable_gradient_checkpointing()
             model.unet.enable_gradient_checkpointing()  # its activations feed the residuals' grads
         # The trainable module stays float32 (autocast handles mixed precision).
-        self.trainable = model.controlnet.to(device, torch.float32).train()
+        self.trainable = _place(model.controlnet, device, torch.float32).train()
         self.schedule = NoiseSchedule.from_name(cfg.model.schedule)
         self._prompts: dict[str, torch.Tensor] = {}
         self._val_batch: dict[str, Any] | None = None
@@ -239,7 +247,7 @@ class Stage2Task:
         from diffbir.models.stage2 import Stage2Model
 
         control = output_dir / CONTROLNET_DIR
-        module.to(torch.float32).save_pretrained(control)
+        _place(module, next(module.parameters()).device, torch.float32).save_pretrained(control)
         written = [control]
         m = self.cfg.model
         sections = {
