@@ -152,3 +152,43 @@ def test_tiled_run_matches_untiled(release, tmp_path):
     mse = torch.mean((tiled.image - whole) ** 2).item()
     psnr = 10 * np.log10(1 / mse)
     assert psnr > 25, psnr
+
+
+def test_faces_in_whole_photos(release, tmp_path, capsys):
+    """face-whole: a detected face is restored and pasted back; no face falls back."""
+    import shutil
+
+    from tiny_release import FIXTURES
+
+    weights, _ = release
+    detector = weights / "face_detection_yunet_2023mar.onnx"
+    shutil.copy(FIXTURES / "faces" / "tiny_yunet.onnx", detector)
+    # The stand-in detector fires on bright 8x8 cells: one white block is one "face".
+    face = np.zeros((48, 64, 3), np.uint8)
+    face[16:24, 24:32] = 255
+    Image.fromarray(face).save(tmp_path / "face.png")
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "empty.png")
+    out = tmp_path / "out"
+    code = _restore(
+        release,
+        [tmp_path / "face.png", tmp_path / "empty.png"],
+        out,
+        "--task",
+        "face-whole",
+        "--version",
+        "v2",
+        "--save-faces",
+        "--min-face-size",
+        "0",
+        "--max-faces",
+        "1",
+    )
+    assert code == 0
+    assert Image.open(out / "face.png").size == (128, 96)  # x2 by default
+    assert Image.open(out / "empty.png").size == (128, 96)
+    crops = sorted((out / "faces" / "cropped").iterdir())
+    restored = sorted((out / "faces" / "restored").iterdir())
+    assert crops and [p.name for p in crops] == [p.name for p in restored]
+    assert all(p.name.startswith("face_face") for p in crops)
+    assert Image.open(crops[0]).size == (512, 512)
+    assert "empty.png: no face found" in capsys.readouterr().err

@@ -56,6 +56,7 @@ class RestoreJob:
     skip_existing: bool = False
     save_stage1: bool = False
     compare: bool = False
+    save_faces: bool = False
     batch_size: int = 1
     progress: bool = True
     verbose: bool = False
@@ -157,13 +158,33 @@ class RestoreJob:
                     write_image(
                         compare_path, side_by_side(image.rgb, restored), quality=self.quality
                     )
+                if self.save_faces:
+                    self._write_faces(result, index, out)
             except DiffBIRError as exc:
                 _report(summary, item.path, str(exc))
                 continue
             summary.restored += 1
+            notes = getattr(result, "notes", None)
+            if notes and notes[index]:
+                print(f"diffbir: {item.path}: {notes[index]}", file=sys.stderr)
             if self.verbose:
                 stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
                 print(f"{item.path} -> {out} ({stages})", file=sys.stderr)
+
+    def _write_faces(self, result, index: int, out: Path) -> None:
+        """Aligned input crops and restored crops of a whole-photo result."""
+        from diffbir.faces import image_to_tensor
+        from diffbir.imaging.io import write_image
+
+        faces = getattr(result, "faces", None)
+        if not faces:
+            return
+        relative = out.relative_to(self.output)
+        for number, face in enumerate(faces[index]):
+            name = relative.with_name(f"{relative.stem}_face{number:02d}{relative.suffix}")
+            for kind, crop in (("cropped", face.crop), ("restored", face.restored)):
+                path = self.output / "faces" / kind / name
+                write_image(path, image_to_tensor(crop)[0], quality=self.quality)
 
 
 def side_by_side(lq: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
@@ -192,7 +213,12 @@ def _load_pipeline(loader: dict, shard):
     compile_model = loader.pop("compile", False)
     if shard.world > 1 and loader.get("device") is None:
         loader["device"] = shard.device
-    pipeline = DiffBIRPipeline.from_preset(**loader)
+    if loader.get("task") == "face-whole":
+        from diffbir.whole_photo import WholePhotoPipeline
+
+        pipeline = WholePhotoPipeline.from_preset(**loader)
+    else:
+        pipeline = DiffBIRPipeline.from_preset(**loader)
     if compile_model:
         pipeline.compile()
     return pipeline

@@ -249,6 +249,7 @@ class DiffBIRPipeline:
         download: bool = True,
         progress: bool = True,
         model_config: Mapping | str | Path | None = None,
+        stage2: torch.nn.Module | None = None,
     ) -> DiffBIRPipeline:
         """Load the released weights of ``version`` for ``task``.
 
@@ -259,7 +260,8 @@ class DiffBIRPipeline:
         download cache, else downloaded. ``model_config`` (a mapping or a
         YAML/JSON file) gives non-released architectures in the published
         constructor names: keys ``cleaner``, ``unet``, ``vae``, ``text``,
-        ``controlnet``.
+        ``controlnet``. An already loaded ``stage2`` model is used as is
+        (pipelines of one release share it).
         """
         from diffbir.models.stage2 import load_stage2
         from diffbir.models.tokenizer import load_tokenizer
@@ -273,22 +275,24 @@ class DiffBIRPipeline:
             name = explicit if explicit is not None else released
             return resolve(str(name), weights_dir=weights_dir, download=download, progress=progress)
 
-        cleaner_path = find(cleaner, preset.cleaner)
-        sd_path = find(sd, preset.sd)
-        control_path = find(controlnet, preset.controlnet)
         configs = load_model_config(model_config)
-        tokenizer = load_tokenizer(weights_dir=weights_dir)
+        cleaner_path = find(cleaner, preset.cleaner)
+        if stage2 is None:
+            sd_path = find(sd, preset.sd)
+            control_path = find(controlnet, preset.controlnet)
+            stage2 = load_stage2(
+                sd_path,
+                control_path,
+                prediction=preset.prediction,
+                unet_config=configs.get("unet"),
+                vae_config=configs.get("vae"),
+                text_config=configs.get("text"),
+                controlnet_config=configs.get("controlnet"),
+                tokenizer=load_tokenizer(weights_dir=weights_dir),
+                device=device,
+                dtype=dtype,
+            )
         stage1 = _load_stage1(cleaner_path, None if cleaner else preset.cleaner_arch, configs)
-        stage2 = load_stage2(
-            sd_path,
-            control_path,
-            prediction=preset.prediction,
-            unet_config=configs.get("unet"),
-            vae_config=configs.get("vae"),
-            text_config=configs.get("text"),
-            controlnet_config=configs.get("controlnet"),
-            tokenizer=tokenizer,
-        )
         return cls(stage1, stage2, preset, device=device, dtype=dtype)
 
     def compile(self) -> DiffBIRPipeline:

@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     g = p.add_argument_group("model")
-    g.add_argument("--task", choices=TASKS, default="sr", help="what to restore")
+    g.add_argument(
+        "--task",
+        choices=(*TASKS, "face-whole"),
+        default="sr",
+        help="sr: photos; face: aligned 512x512 faces; denoise; face-whole: photos with faces",
+    )
     g.add_argument("--version", choices=VERSIONS, default="v2.1", help="released model version")
     g.add_argument("--sd", help="Stable Diffusion checkpoint replacing the released one")
     g.add_argument("--controlnet", help="ControlNet weights (file or diffbir train output)")
@@ -49,6 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="YAML/JSON with non-released architectures (sections: cleaner, unet, vae, text, controlnet)",
     )
     g.add_argument("--no-download", action="store_true", help="never download; fail if missing")
+    g = p.add_argument_group("faces in whole photos (--task face-whole)")
+    g.add_argument("--only-center-face", action="store_true", help="restore only the central face")
+    g.add_argument(
+        "--min-face-size", type=float, default=8.0, help="ignore smaller faces (input pixels)"
+    )
+    g.add_argument("--max-faces", type=int, default=20, help="restore at most this many faces")
+    g.add_argument("--face-detector", help="YuNet ONNX file replacing the released one")
+    g.add_argument(
+        "--save-faces", action="store_true", help="also write aligned and restored face crops"
+    )
     g = p.add_argument_group("sampling (defaults: the release's)")
     g.add_argument("--upscale", type=float, help="output scale (sr default 4, others 1)")
     g.add_argument("--steps", type=int, help="sampling steps")
@@ -152,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         skip_existing=args.skip_existing,
         save_stage1=args.save_stage1,
         compare=args.compare,
+        save_faces=args.save_faces,
         batch_size=args.batch_size,
         progress=not args.quiet,
         verbose=args.verbose,
@@ -170,6 +186,17 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         model_config=args.model_config,
     )
+    if args.task == "face-whole":
+        if args.max_faces < 1:
+            from diffbir.errors import ConfigError
+
+            raise ConfigError("max faces must be at least 1")
+        loader.update(
+            face_detector=args.face_detector,
+            only_center=args.only_center_face,
+            min_face_size=args.min_face_size,
+            max_faces=args.max_faces,
+        )
     summary = job.run(loader)
     print(summary.describe(), file=sys.stderr)
     return 1 if summary.failed else 0

@@ -1,0 +1,157 @@
+"""``--task face-whole``: faces in whole photos restored with the face models.
+
+The background is restored by the general (``sr``) pipeline of the release;
+faces are detected on the bicubically upscaled input, aligned to the FFHQ
+512x512 template, restored by the ``face`` pipeline, and pasted back through
+the inverse transform with a feathered mask, as the releases do. Photos with
+no face are restored as a whole, with a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from diffbir.pipeline import DiffBIRPipeline, RestoreOptions, RestoreResult, resize
+
+# Whole photos are usually small; the release's example restores them at x2.
+DEFAULT_UPSCALE = 2.0
+DETECTOR_WEIGHTS = "face_detection_yunet_2023mar.onnx"
+
+
+@dataclass
+class WholePhotoResult(RestoreResult):
+    """A :class:`RestoreResult` plus, per image, the faces that were pasted in."""
+
+    faces: list[list] = field(default_factory=list)  # per image: list[RestoredFace]
+    notes: list[str | None] = field(default_factory=list)  # per image: a remark or None
+
+
+class WholePhotoPipeline:
+    """Restore a photo's background and each of its faces with the matching models."""
+
+    def __init__(
+        self,
+        face: DiffBIRPipeline,
+        background: DiffBIRPipeline,
+        detector,
+        *,
+        only_center: bool = False,
+        min_face_size: float = 0.0,
+        max_faces: int | None = None,
+    ) -> None:
+        self.face = face
+        self.background = background
+        self.detector = detector
+        self.only_center = only_center
+        self.min_face_size = min_face_size
+        self.max_faces = max_faces
+
+    @classmethod
+    def from_preset(
+        cls,
+        version: str = "v2.1",
+        *,
+        face_detector: str | Path | None = None,
+        only_center: bool = False,
+        min_face_size: float = 0.0,
+        max_faces: int | None = None,
+        **loader,
+    ) -> WholePhotoPipeline:
+        """Load the release's ``sr`` and ``face`` pipelines (sharing one stage-2 model
+        when the release uses one ControlNet for both) and the face detector.
+        ``loader`` takes the keyword arguments of :meth:`DiffBIRPipeline.from_preset`."""
+        from diffbir.faces.detect import YuNetDetector
+        from diffbir.presets import get_preset
+        from diffbir.weights import resolve
+
+        loader.pop("task", None)
+        background = DiffBIRPipeline.from_preset(version, "sr", **loader)
+        bg_preset, face_preset = get_preset(version, "sr"), get_preset(version, "face")
+        same_models = loader.get("controlnet") is not None or (
+            bg_preset.controlnet == face_preset.controlnet and bg_preset.sd == face_preset.sd
+        )
+        face_loader = {k: v for k, v in loader.items() if k != "cleaner"}
+        face = DiffBIRPipeline.from_preset(
+            version,
+            "face",
+            **face_loader,
+            stage2=background.stage2 if same_models else None,
+        )
+        detector_path = resolve(
+            str(face_detector or DETECTOR_WEIGHTS),
+            weights_dir=loader.get("weights_dir"),
+            download=loader.get("download", True),
+            progress=loader.get("progress", True),
+        )
+        return cls(
+            face,
+            background,
+            YuNetDetector(detector_path),
+            only_center=only_center,
+            min_face_size=min_face_size,
+            max_faces=max_faces,
+        )
+
+    def compile(self) -> WholePhotoPipeline:
+        self.background.compile()
+        if self.face.stage2 is not self.background.stage2:
+            self.face.compile()
+        return self
+
+    def __call__(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> WholePhotoResult:
+        return self.restore(lq, options)
+
+    def restore(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> WholePhotoResult:
+        """Restore each image of the batch ``lq`` ([B,3,H,W] in [0,1])."""
+        from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_image
+
+        options = options or RestoreOptions()
+        if lq.dim() == 3:
+            lq = lq.unsqueeze(0)
+        upscale = options.upscale if options.upscale is not None else DEFAULT_UPSCALE
+        bg_options = replace(options, upscale=upscale)
+        face_options = replace(options, upscale=1.0)
+        timings: dict[str, float] = {}
+        images, stage1, faces, notes = [], [], [], []
+
+        def restore_face(crop):
+            result = self.face(image_to_tensor(crop), face_options)
+            _add(timings, result.timings, "face_")
+            return tensor_to_image(result.image)
+
+        for index in range(lq.shape[0]):
+            background = self.background(lq[index : index + 1], bg_options)
+            _add(timings, background.timings, "")
+            size = tuple(background.image.shape[-2:])
+            detection = tensor_to_image(resize(lq[index : index + 1].float(), size))
+            whole = restore_faces_in_photo(
+                detection,
+                tensor_to_image(background.image),
+                restore_face,
+                detector=self.detector,
+                only_center=self.only_center,
+                min_size=self.min_face_size * upscale,
+                max_faces=self.max_faces,
+            )
+            notes.append(None if whole.faces else "no face found: restored as a whole photo")
+            images.append(image_to_tensor(whole.image, device=background.image.device))
+            stage1.append(background.stage1)
+            faces.append(whole.faces)
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        return WholePhotoResult(
+            image=torch.cat(images),
+            stage1=torch.cat(stage1),
+            timings=timings,
+            tiles=None,
+            faces=faces,
+            notes=notes,
+        )
+
+
+def _add(total: dict[str, float], part: dict[str, float], prefix: str) -> None:
+    for key, value in part.items():
+        if key != "total":
+            total[prefix + key] = total.get(prefix + key, 0.0) + value
