@@ -81,7 +81,11 @@ def build_app(
     out_root = Path(output_dir or Path(tempfile.gettempdir()) / "diffbir-ui")
     defaults = FormValues(**release_defaults(FormValues.version, FormValues.task))
 
-    with gr.Blocks(title="DiffBIR", analytics_enabled=False) as demo:
+    # No analytics calls home; gradio's copies of uploads and results older than a
+    # day are deleted hourly, so a long-running server does not fill the disk.
+    with gr.Blocks(
+        title="DiffBIR", analytics_enabled=False, delete_cache=(3600, 24 * 3600)
+    ) as demo:
         gr.Markdown(
             "## DiffBIR: blind image restoration\n"
             "Upload degraded photos (blurred, noisy, compressed, low resolution, old "
