@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the web UI needs gradio: pip install "diffbir[ui]"'
 
-# Keeps the two result images the same height and the page compact.
+# A wider page on large screens; a line kept for the status so the layout does not jump.
 _CSS = """
 .gradio-container { max-width: 1400px !important; }
 #status { min-height: 1.5em; }
