@@ -19,7 +19,20 @@ _API = {
     "apply_cleaner": "diffbir.models.cleaner",
     "load_stage2": "diffbir.models.stage2",
     "Stage2Model": "diffbir.models.stage2",
+    "DiffBIRPipeline": "diffbir.pipeline",
+    "RestoreOptions": "diffbir.pipeline",
+    "RestoreResult": "diffbir.pipeline",
+    "WholePhotoPipeline": "diffbir.whole_photo",
+    "get_preset": "diffbir.presets",
+    "read_image": "diffbir.imaging.io",
+    "write_image": "diffbir.imaging.io",
+    "wavelet_color_fix": "diffbir.imaging.color",
+    "resolve_weights": "diffbir.weights",
+    "load_degradation": "diffbir.degradation.pipelines",
 }
+
+# public names whose defining module calls them differently
+_ALIASES = {"resolve_weights": "resolve", "load_degradation": "load_pipeline"}
 
 __all__ = ["__version__", *sorted(_API)]
 
@@ -28,7 +41,7 @@ def __getattr__(name: str) -> Any:
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'diffbir' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), _ALIASES.get(name, name))
 
 
 def __dir__() -> list[str]:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from diffbir.errors import DiffBIRError, ImageReadError
 
 #: Inputs larger than this many pixels are refused (2048 x 2048); the x4 result
@@ -175,6 +173,8 @@ class PipelineCache:
             self._release()
 
     def _release(self) -> None:
+        import torch
+
         self._pipeline = None
         self._key = None
         if torch.cuda.is_available():
@@ -225,6 +225,8 @@ def restore_uploads(
     nothing was uploaded, no file is readable, the models cannot be loaded, or
     every image failed.
     """
+    import torch
+
     from diffbir.imaging.io import read_image, write_image
 
     report = report or (lambda fraction, text: None)
@@ -282,7 +284,7 @@ def restore_uploads(
     return run
 
 
-def resized_like(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resized_like(rgb, size: tuple[int, int]):
     """``rgb`` [3,h,w] resized (bicubic) to ``size``, so that it lines up with the result."""
     from diffbir.pipeline import resize
 
