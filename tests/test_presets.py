@@ -40,3 +40,10 @@ def test_upscale_defaults_and_overrides():
 def test_unknown_version_or_task(version, task, word):
     with pytest.raises(ConfigError, match=word):
         get_preset(version, task)
+
+
+def test_face_whole_uses_the_sr_models_at_x2():
+    whole = get_preset("v1", "face-whole")
+    sr = get_preset("v1", "sr")
+    assert (whole.cleaner, whole.controlnet, whole.sd) == (sr.cleaner, sr.controlnet, sr.sd)
+    assert whole.task == "face-whole" and whole.upscale == 2

@@ -68,7 +68,7 @@ def build_app(
     """
     gr = require_gradio()
     from diffbir.cli.restore import SAMPLER_CHOICES
-    from diffbir.presets import TASKS, VERSIONS
+    from diffbir.presets import TASK_CHOICES, VERSIONS
 
     factory = pipeline_factory or released_pipeline_factory(
         weights_dir=weights_dir,
@@ -106,7 +106,7 @@ def build_app(
                         list(VERSIONS), value=defaults.version, label="Release", elem_id="version"
                     )
                     task = gr.Dropdown(
-                        list(TASKS), value=defaults.task, label="Task", elem_id="task"
+                        list(TASK_CHOICES), value=defaults.task, label="Task", elem_id="task"
                     )
                 upscale = gr.Slider(
                     1, 8, value=defaults.upscale, step=0.5, label="Upscale", elem_id="upscale"

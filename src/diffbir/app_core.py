@@ -121,7 +121,19 @@ def released_pipeline_factory(
 
     def load(version: str, task: str):
         from diffbir.pipeline import DiffBIRPipeline
+        from diffbir.presets import FACE_WHOLE
+        from diffbir.whole_photo import WholePhotoPipeline
 
+        if task == FACE_WHOLE:
+            return WholePhotoPipeline.from_preset(
+                version,
+                weights_dir=weights_dir,
+                model_config=model_config,
+                device=device,
+                dtype=dtype,
+                download=download,
+                progress=True,
+            )
         return DiffBIRPipeline.from_preset(
             version,
             task,

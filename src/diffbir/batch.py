@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from diffbir.errors import DiffBIRError
+from diffbir.presets import FACE_WHOLE
 
 
 @dataclass
@@ -213,7 +214,7 @@ def _load_pipeline(loader: dict, shard):
     compile_model = loader.pop("compile", False)
     if shard.world > 1 and loader.get("device") is None:
         loader["device"] = shard.device
-    if loader.get("task") == "face-whole":
+    if loader.get("task") == FACE_WHOLE:
         from diffbir.whole_photo import WholePhotoPipeline
 
         pipeline = WholePhotoPipeline.from_preset(**loader)

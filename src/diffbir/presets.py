@@ -25,6 +25,9 @@ from diffbir.errors import ConfigError
 
 VERSIONS = ("v1", "v2", "v2.1")
 TASKS = ("sr", "face", "denoise")
+# Whole photos with faces: the sr models for the background, the face models per face.
+FACE_WHOLE = "face-whole"
+TASK_CHOICES = (*TASKS, FACE_WHOLE)
 
 SD21_BASE = "v2-1_512-ema-pruned.ckpt"
 SD21_ZSNR = "sd2.1-base-zsnr-laionaes5.ckpt"
@@ -135,11 +138,17 @@ _BUILDERS = {"v1": _v1, "v2": _v2, "v2.1": _v21}
 
 
 def get_preset(version: str = "v2.1", task: str = "sr") -> Preset:
-    """The released configuration of ``version`` for ``task``."""
+    """The released configuration of ``version`` for ``task``.
+
+    For ``face-whole`` this is the background's (``sr``) configuration at x2,
+    the release's whole-photo setting; the faces use ``get_preset(version, "face")``.
+    """
     if version not in _BUILDERS:
         raise ConfigError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task not in TASK_CHOICES:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
+    if task == FACE_WHOLE:
+        return replace(_BUILDERS[version]("sr"), task=FACE_WHOLE, upscale=2.0)
     return _BUILDERS[version](task)
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from diffbir.pipeline import DiffBIRPipeline, RestoreOptions, RestoreResult, resize
+from diffbir.presets import FACE_WHOLE, get_preset
 
-# Whole photos are usually small; the release's example restores them at x2.
-DEFAULT_UPSCALE = 2.0
 DETECTOR_WEIGHTS = "face_detection_yunet_2023mar.onnx"
 
 
@@ -64,7 +63,6 @@ class WholePhotoPipeline:
         when the release uses one ControlNet for both) and the face detector.
         ``loader`` takes the keyword arguments of :meth:`DiffBIRPipeline.from_preset`."""
         from diffbir.faces.detect import YuNetDetector
-        from diffbir.presets import get_preset
         from diffbir.weights import resolve
 
         loader.pop("task", None)
@@ -111,7 +109,8 @@ class WholePhotoPipeline:
         options = options or RestoreOptions()
         if lq.dim() == 3:
             lq = lq.unsqueeze(0)
-        upscale = options.upscale if options.upscale is not None else DEFAULT_UPSCALE
+        default = get_preset(self.background.preset.version, FACE_WHOLE).upscale
+        upscale = options.upscale if options.upscale is not None else default
         bg_options = replace(options, upscale=upscale)
         face_options = replace(options, upscale=1.0)
         timings: dict[str, float] = {}

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffbir.presets import TASKS, VERSIONS
+from diffbir.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
 
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_2m_sde")
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--task",
-        choices=(*TASKS, "face-whole"),
+        choices=TASK_CHOICES,
         default="sr",
         help="sr: photos; face: aligned 512x512 faces; denoise; face-whole: photos with faces",
     )
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         model_config=args.model_config,
     )
-    if args.task == "face-whole":
+    if args.task == FACE_WHOLE:
         if args.max_faces < 1:
             from diffbir.errors import ConfigError
 
