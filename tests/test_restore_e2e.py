@@ -192,3 +192,21 @@ def test_faces_in_whole_photos(release, tmp_path, capsys):
     assert all(p.name.startswith("face_face") for p in crops)
     assert Image.open(crops[0]).size == (512, 512)
     assert "empty.png: no face found" in capsys.readouterr().err
+
+
+def test_prompts_encoded_once_and_text_encoder_freed(release):
+    from diffbir.errors import ConfigError
+    from diffbir.pipeline import DiffBIRPipeline, RestoreOptions
+
+    weights, config = release
+    pipe = DiffBIRPipeline.from_preset(
+        "v2.1", "sr", weights_dir=weights, model_config=config, download=False, progress=False
+    )
+    options = RestoreOptions(steps=1, min_side=64, prompt="a cat", negative_prompt="blur")
+    pipe.prepare_prompts(options, drop_text_encoder=True)
+    assert pipe.stage2.text_encoder is None
+    assert set(pipe._prompt_cache) == {"a cat", "blur"}
+    result = pipe(torch.rand(1, 3, 16, 16), options)  # the cached prompts still serve
+    assert result.image.shape == (1, 3, 64, 64)
+    with pytest.raises(ConfigError, match="text encoder was freed"):
+        pipe(torch.rand(1, 3, 16, 16), RestoreOptions(steps=1, min_side=64, prompt="a dog"))

@@ -90,6 +90,8 @@ class RestoreJob:
                 todo.append((item, out))
         if todo and pipeline is None:
             pipeline = _load_pipeline(loader, shard)
+            # A batch run uses one pair of prompts: encode them and free the text encoder.
+            pipeline.prepare_prompts(self.options, drop_text_encoder=True)
         bar = tqdm(
             total=len(todo),
             desc="restoring" if shard.world == 1 else f"restoring [{shard.rank}]",

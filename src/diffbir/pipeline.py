@@ -229,6 +229,10 @@ class DiffBIRPipeline:
         self.preset = preset
         self.cleaner = cleaner.eval().to(self.device)
         self.stage2 = stage2.eval().to(self.device, dtype)
+        if self.device.type == "cuda":
+            # Convolutions run faster on NHWC tensors on recent GPUs.
+            for part in (self.stage2.unet, self.stage2.controlnet, self.stage2.vae):
+                part.to(memory_format=torch.channels_last)
         self.schedule = NoiseSchedule.from_name(preset.schedule)
         # Prompt embeddings are computed once per distinct prompt.
         self._prompt_cache: dict[str, torch.Tensor] = {}
@@ -380,10 +384,34 @@ class DiffBIRPipeline:
     def text_embedding(self, prompt: str) -> torch.Tensor:
         """The [1,77,D] embedding of ``prompt``, computed once per prompt."""
         if prompt not in self._prompt_cache:
+            if self.stage2.text_encoder is None:
+                raise ConfigError(
+                    "the text encoder was freed after the prompts were encoded; "
+                    f"cannot encode the new prompt {prompt[:40]!r}"
+                )
             with torch.no_grad():
                 emb = self.stage2.encode_prompt([prompt])
             self._prompt_cache[prompt] = emb.to(self.device, self.dtype)
         return self._prompt_cache[prompt]
+
+    def prompts(self, options: RestoreOptions) -> tuple[str, str]:
+        """The (prompt, negative prompt) a call with ``options`` uses."""
+        preset = self.preset
+        prompt = options.prompt if options.prompt is not None else preset.prompt
+        negative = (
+            options.negative_prompt
+            if options.negative_prompt is not None
+            else preset.negative_prompt
+        )
+        return prompt, negative
+
+    def prepare_prompts(self, options: RestoreOptions, *, drop_text_encoder: bool = False) -> None:
+        """Encode the prompts of ``options`` now; with ``drop_text_encoder`` free the
+        text encoder afterwards (about 0.7 GB at fp16), for runs with fixed prompts."""
+        for prompt in self.prompts(options):
+            self.text_embedding(prompt)
+        if drop_text_encoder:
+            self.stage2.drop_text_encoder()
 
     # -------------------------------------------------------------------- call
     def __call__(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> RestoreResult:
@@ -410,12 +438,7 @@ class DiffBIRPipeline:
         steps = options.steps or preset.steps
         sampler_name = options.sampler or preset.sampler
         cfg_scale = options.cfg_scale if options.cfg_scale is not None else preset.cfg_scale
-        prompt = options.prompt if options.prompt is not None else preset.prompt
-        negative = (
-            options.negative_prompt
-            if options.negative_prompt is not None
-            else preset.negative_prompt
-        )
+        prompt, negative = self.prompts(options)
         timings: dict[str, float] = {}
         batch = lq.shape[0]
 

@@ -93,6 +93,14 @@ class WholePhotoPipeline:
             max_faces=max_faces,
         )
 
+    def prepare_prompts(self, options: RestoreOptions, *, drop_text_encoder: bool = False) -> None:
+        """Encode the prompts of both pipelines, then optionally free the text encoder(s)."""
+        self.face.prepare_prompts(options)
+        self.background.prepare_prompts(options)
+        if drop_text_encoder:
+            self.face.stage2.drop_text_encoder()
+            self.background.stage2.drop_text_encoder()
+
     def compile(self) -> WholePhotoPipeline:
         self.background.compile()
         if self.face.stage2 is not self.background.stage2:
