@@ -117,3 +117,34 @@ def test_resume_is_bit_exact_with_v_prediction_and_condition_noise(tmp_path, fix
     a = load_file(whole.checkpoints[-1] / "model.safetensors")
     b = load_file(rest.checkpoints[-1] / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, fixtures):
+    grads = []
+    for checkpointing in (False, True):
+        changes = {"run.gradient_checkpointing": checkpointing}
+        cfg = tiny_config(tmp_path, tmp_path / "gc", fixtures, **changes)
+        torch.manual_seed(0)
+        task = make_stage2_task(cfg, torch.device("cpu"))
+        assert task.trainable.is_gradient_checkpointing == checkpointing
+        assert task.stage2.unet.is_gradient_checkpointing == checkpointing
+        data = task.train_dataset()
+        batch = {
+            "hq": torch.stack([data[0]["hq"], data[1]["hq"]]),
+            "lq": torch.stack([data[0]["lq"], data[1]["lq"]]),
+            "prompt": ["", "a photo"],
+        }
+        loss = task.loss(batch, torch.Generator().manual_seed(3))
+        loss.backward()
+        grads.append([p.grad.clone() for p in task.trainable.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
+
+
+def test_bf16_mixed_precision_runs(tmp_path, fixtures):
+    changes = {"run.max_steps": 2, "run.save_every": 0, "run.mixed_precision": "bf16"}
+    cfg = tiny_config(tmp_path, tmp_path / "bf16", fixtures, **changes)
+    result = train(cfg, make_stage2_task, progress=False)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    trained = load_file(tmp_path / "bf16" / "controlnet" / "diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float32 for v in trained.values())  # the trained copy stays fp32
