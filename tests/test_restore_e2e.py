@@ -210,3 +210,23 @@ def test_prompts_encoded_once_and_text_encoder_freed(release):
     assert result.image.shape == (1, 3, 64, 64)
     with pytest.raises(ConfigError, match="text encoder was freed"):
         pipe(torch.rand(1, 3, 16, 16), RestoreOptions(steps=1, min_side=64, prompt="a dog"))
+
+
+def test_two_processes_share_the_work(release, tmp_path):
+    """torchrun / accelerate launch: each output once, one summary, one exit status."""
+    import subprocess
+    import sys
+
+    weights, config = release
+    for index in range(3):
+        _photo(tmp_path / f"{index}.png", size=(16, 16), seed=index)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "diffbir", "restore", str(tmp_path), "-o", str(out), "-q"]
+    command += ["--weights-dir", str(weights), "--model-config", str(config), "--no-download"]
+    command += ["--steps", "1", "--min-side", "64", "--task", "denoise"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]  # bad.png failed on one rank
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png"]
+    assert run.stderr.count("3 restored, 1 failed") == 1

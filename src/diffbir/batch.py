@@ -27,6 +27,7 @@ class JobSummary:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    main_process: bool = True  # False on the other processes of a sharded run
 
     def describe(self) -> str:
         parts = [f"{self.restored} restored"]
@@ -103,7 +104,9 @@ class RestoreJob:
             for group in self._batches(todo, summary):
                 self._restore_group(pipeline, group, summary)
                 bar.update(len(group))
-        return shard.gather(summary)
+        total = shard.gather(summary)
+        total.main_process = shard.rank == 0
+        return total
 
     # ---------------------------------------------------------------- internals
     def _batches(self, todo: list, summary: JobSummary):

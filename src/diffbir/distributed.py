@@ -1,4 +1,4 @@
-"""Sharding work across processes started by ``accelerate launch`` (or torchrun).
+"""Sharding work across processes started by ``accelerate launch`` or ``torchrun``.
 
 A single process is a shard of one. With several, process ``rank`` takes every
 ``world``-th item, so each output is written exactly once, and the summaries
@@ -28,10 +28,19 @@ class Shard:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        from accelerate import PartialState
+        import torch
+        import torch.distributed as dist
 
-        state = PartialState()
-        return cls(rank=state.process_index, world=state.num_processes, device=str(state.device))
+        # accelerate launch and torchrun both describe the job in these variables.
+        rank = int(os.environ["RANK"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        device = f"cuda:{local_rank}" if cuda else "cpu"
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        return cls(rank=rank, world=world, device=device)
 
     def take(self, items: Sequence[T]) -> list[T]:
         """This shard's items: every ``world``-th, starting at ``rank``."""
@@ -44,6 +53,7 @@ class Shard:
         import torch.distributed as dist
 
         parts: list = [None] * self.world
+        # all_gather_object pickles through the default backend's device.
         dist.all_gather_object(parts, summary)
         total = type(summary)()
         for part in parts:

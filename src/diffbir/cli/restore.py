@@ -198,5 +198,6 @@ def run(args: argparse.Namespace) -> int:
             max_faces=args.max_faces,
         )
     summary = job.run(loader)
-    print(summary.describe(), file=sys.stderr)
+    if summary.main_process:
+        print(summary.describe(), file=sys.stderr)
     return 1 if summary.failed else 0
