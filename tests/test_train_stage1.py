@@ -137,6 +137,9 @@ def test_cli_trains_and_reports_bad_configs(tmp_path, capsys):
         == 0
     )
     assert (out / "cleaner.safetensors").is_file() and (out / "config.yaml").is_file()
+    assert main([*args, "--print-config", "--set", "optim.lr=3e-4"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr: 0.0003" in printed and "stage: stage1" in printed
     assert main([*args, "--output-dir", str(out), "--set", "optim.lr=fast"]) == 1
     assert "optim.lr: expected a number, got 'fast'" in capsys.readouterr().err
     assert main([*args, "--output-dir", str(tmp_path / "none"), "--resume", "latest"]) == 1

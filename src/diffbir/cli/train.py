@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="latest|PATH",
         help="continue from the newest checkpoint of the output dir, or from a checkpoint folder",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML and exit (a starting point for your own)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -63,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append((key, value))
     cfg = load_config(args.config, args.stage, overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     make_task = make_stage1_task if args.stage == "stage1" else make_stage2_task
     train(cfg, make_task, resume=args.resume, progress=not args.quiet)
     return 0

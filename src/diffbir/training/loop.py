@@ -159,6 +159,21 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+def _allow_new_precision(precision: str) -> None:
+    """Let one single-process program train several times with different mixed precision.
+
+    accelerate keeps its state per process and refuses a second ``Accelerator`` with another
+    precision; outside a distributed launch that state holds nothing else worth keeping.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    shared = AcceleratorState._shared_state
+    if not shared or shared.get("_mixed_precision") in (None, precision):
+        return
+    if PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -174,6 +189,7 @@ def _make_accelerator(cfg: TrainConfig):
     project = ProjectConfiguration(
         project_dir=cfg.run.output_dir, logging_dir=f"{cfg.run.output_dir}/logs"
     )
+    _allow_new_precision(cfg.run.mixed_precision)
     return Accelerator(
         mixed_precision=cfg.run.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accumulation,
