@@ -474,3 +474,20 @@ def test_known_checksums_of_the_published_files():
     assert sd == "88ecb782561455673c4b78d05093494b9c539fc6bfc08f3a9a4a0dd7b0b10f36"
     bpe = REGISTRY["bpe_simple_vocab_16e6.txt.gz"]
     assert (bpe.sha256[:16], bpe.size) == ("924691ac288e5440", 1_356_917)
+
+
+def test_resolve_many_lists_every_missing_file(tmp_path, monkeypatch):
+    from diffbir.weights import resolve_many
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "v2.pth").write_bytes(b"x")
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_many(["v2.pth", "BSRNet.pth", "v1_face.pth"], weights_dir=tmp_path)
+    message = str(info.value)
+    assert "2 weights files are missing" in message
+    assert REGISTRY["BSRNet.pth"].url in message and REGISTRY["v1_face.pth"].url in message
+    assert "--weights-dir" in message and "v2.pth " not in message
+    with pytest.raises(WeightsNotFoundError, match="BSRNet.pth") as single:
+        resolve_many(["v2.pth", "BSRNet.pth"], weights_dir=tmp_path)
+    assert "missing:" not in str(single.value)
+    assert resolve_many(["v2.pth"], weights_dir=tmp_path) == [tmp_path / "v2.pth"]

@@ -269,21 +269,25 @@ class DiffBIRPipeline:
         """
         from diffbir.models.stage2 import load_stage2
         from diffbir.models.tokenizer import load_tokenizer
-        from diffbir.weights import resolve
+        from diffbir.weights import resolve_many
 
         preset = get_preset(version, task)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = parse_dtype(dtype, device)
 
-        def find(explicit: str | Path | None, released: str) -> Path:
-            name = explicit if explicit is not None else released
-            return resolve(str(name), weights_dir=weights_dir, download=download, progress=progress)
-
         configs = load_model_config(model_config)
-        cleaner_path = find(cleaner, preset.cleaner)
+        wanted = [cleaner or preset.cleaner]
         if stage2 is None:
-            sd_path = find(sd, preset.sd)
-            control_path = find(controlnet, preset.controlnet)
+            wanted += [sd or preset.sd, controlnet or preset.controlnet, TOKENIZER_FILE]
+        paths = resolve_many(
+            [str(name) for name in wanted],
+            weights_dir=weights_dir,
+            download=download,
+            progress=progress,
+        )
+        cleaner_path = paths[0]
+        if stage2 is None:
+            sd_path, control_path, tokenizer_path = paths[1:]
             stage2 = load_stage2(
                 sd_path,
                 control_path,
@@ -292,7 +296,7 @@ class DiffBIRPipeline:
                 vae_config=configs.get("vae"),
                 text_config=configs.get("text"),
                 controlnet_config=configs.get("controlnet"),
-                tokenizer=load_tokenizer(weights_dir=weights_dir),
+                tokenizer=load_tokenizer(tokenizer_path),
                 device=device,
                 dtype=dtype,
             )
@@ -575,6 +579,7 @@ class DiffBIRPipeline:
         return fix(image.float(), reference.float()).clamp_(0, 1)
 
 
+TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MODEL_CONFIG_KEYS = ("cleaner", "unet", "vae", "text", "controlnet")
 CLEANER_ARCHS = ("swinir", "rrdbnet", "scunet")
 

@@ -26,7 +26,7 @@ import os
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from http.client import HTTPException
 from os import PathLike
@@ -318,9 +318,51 @@ def resolve(
     dest = wdir if wdir is not None else cdir
     offline = offline_from_env()
     if download and offline is None:
-        return _download(_mirrored(file), dest, progress=progress)
+        try:
+            return _download(_mirrored(file), dest, progress=progress)
+        except DownloadError as exc:
+            # Without network access the user needs to know where the file goes.
+            raise DownloadError(
+                f"{exc}. Or fetch {file.url} yourself and put it in {dest} "
+                "(or in a folder passed with --weights-dir / DIFFBIR_WEIGHTS_DIR)."
+            ) from None
     reason = f"offline mode is on ({offline})" if offline else "downloading was not allowed"
     raise WeightsNotFoundError(_missing_message(file, dest, reason))
+
+
+def resolve_many(names: Sequence[str | PathLike], **kwargs) -> list[Path]:
+    """:func:`resolve` each name; report every file that is missing in one error.
+
+    A run needs several files; listing them all at once spares the user one
+    failed attempt per file. With a single failure its own error is raised.
+    """
+    paths: list[Path] = []
+    failures: list[tuple[str, DiffBIRError]] = []
+    for name in names:
+        try:
+            paths.append(resolve(name, **kwargs))
+        except (WeightsNotFoundError, DownloadError) as exc:
+            failures.append((os.fspath(name), exc))
+    if len(failures) == 1:
+        raise failures[0][1]
+    if failures:
+        registry = kwargs.get("registry", REGISTRY)
+        lines = [f"{len(failures)} weights files are missing:"]
+        for name, _ in failures:
+            url = registry[name].url if name in registry else "(not a released file)"
+            lines.append(f"  {name}  {url}")
+        lines.append(
+            "Put them in a folder passed with --weights-dir (or DIFFBIR_WEIGHTS_DIR), or run "
+            f"`diffbir download {' '.join(name for name, _ in failures)}` once online. "
+            f"First error: {failures[0][1]}"
+        )
+        kind = (
+            WeightsNotFoundError
+            if all(isinstance(exc, WeightsNotFoundError) for _, exc in failures)
+            else DownloadError
+        )
+        raise kind("\n".join(lines))
+    return paths
 
 
 def download(
