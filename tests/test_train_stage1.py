@@ -19,6 +19,15 @@ OVERFIT_STEPS = 60
 OVERFIT_FACTOR = 2.5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine two threads spin and crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_images(folder, n=4, size=72):
     """``n`` smooth, distinct colour images (structure the model can learn quickly)."""
     folder.mkdir(parents=True, exist_ok=True)

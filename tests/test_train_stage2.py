@@ -16,6 +16,15 @@ from diffbir.training.stage2 import make_stage2_task
 STEPS = 60
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine two threads spin and crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_images(folder, n=4, size=72):
     folder.mkdir(parents=True, exist_ok=True)
     y, x = np.mgrid[0:size, 0:size] / size
