@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffbir.cli.common import add_model_source_args
 from diffbir.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
 
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_2m_sde")
@@ -47,13 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sd", help="Stable Diffusion checkpoint replacing the released one")
     g.add_argument("--controlnet", help="ControlNet weights (file or diffbir train output)")
     g.add_argument("--cleaner", help="stage-1 weights (file or diffbir train output)")
-    g.add_argument("--weights-dir", type=Path, help="folder of weights under their released names")
-    g.add_argument(
-        "--model-config",
-        type=Path,
-        help="YAML/JSON with non-released architectures (sections: cleaner, unet, vae, text, controlnet)",
-    )
-    g.add_argument("--no-download", action="store_true", help="never download; fail if missing")
+    add_model_source_args(g)
     g = p.add_argument_group("faces in whole photos (--task face-whole)")
     g.add_argument("--only-center-face", action="store_true", help="restore only the central face")
     g.add_argument(
@@ -95,8 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--skip-existing", action="store_true", help="resume: skip finished outputs")
     g.add_argument("-r", "--recursive", action="store_true", help="search folders recursively")
     g = p.add_argument_group("performance")
-    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA")
     g.add_argument("--batch-size", type=int, default=1, help="images of equal size per batch")
     g.add_argument("--max-memory", type=_memory, help="activation budget for tiling, e.g. 4G")
     g.add_argument("--cleaner-tile", type=int, help="stage-1 tile size in pixels")

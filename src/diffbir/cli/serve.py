@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from diffbir.app_core import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+from diffbir.cli.common import add_model_source_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,17 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--port", type=int, default=7860, help="port to listen on")
     g.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     g = p.add_argument_group("model")
-    g.add_argument("--weights-dir", type=Path, help="folder of weights under their released names")
-    g.add_argument(
-        "--model-config",
-        type=Path,
-        help="YAML/JSON with non-released architectures (sections: cleaner, unet, vae, text, controlnet)",
-    )
-    g.add_argument("--no-download", action="store_true", help="never download; fail if missing")
-    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (unset: cuda if available)")
-    g.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), help="unset: fp16 on CUDA, fp32 on CPU"
-    )
+    add_model_source_args(g)
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload (MB)"
