@@ -153,3 +153,23 @@ def test_cli_trains_and_reports_bad_configs(tmp_path, capsys):
     assert "optim.lr: expected a number, got 'fast'" in capsys.readouterr().err
     assert main([*args, "--output-dir", str(tmp_path / "none"), "--resume", "latest"]) == 1
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arch", "config"),
+    [
+        ("rrdbnet", {"nf": 8, "nb": 1, "gc": 4}),
+        ("scunet", {"config": [1, 1, 1, 1, 1, 1, 1], "dim": 64}),
+    ],
+)
+def test_other_architectures_train_and_export(tmp_path, arch, config):
+    from diffbir.models.cleaner import load_cleaner
+
+    changes = {"model.arch": arch, "model.config": config, "run.max_steps": 2, "run.save_every": 0}
+    cfg = tiny_config(tmp_path, tmp_path / arch, **changes)
+    result = train(cfg, make_stage1_task, progress=False)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    model = load_cleaner(result.exported[0], **config)  # the architecture is read from the keys
+    lq = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert model(lq).shape[-1] == 16 * model.scale

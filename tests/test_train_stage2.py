@@ -157,3 +157,30 @@ def test_bf16_mixed_precision_runs(tmp_path, fixtures):
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
     trained = load_file(tmp_path / "bf16" / "controlnet" / "diffusion_pytorch_model.safetensors")
     assert all(v.dtype == torch.float32 for v in trained.values())  # the trained copy stays fp32
+
+
+def test_condition_comes_from_a_trained_stage1_model(tmp_path, fixtures):
+    from safetensors.torch import save_file
+
+    from diffbir.models.cleaner import build_cleaner
+
+    config = {"embed_dim": 24, "depths": [2], "num_heads": [2]}
+    torch.manual_seed(0)
+    cleaner = build_cleaner("swinir", **config).eval()
+    save_file(cleaner.state_dict(), tmp_path / "cleaner.safetensors")
+    changes = {
+        "model.cleaner": str(tmp_path / "cleaner.safetensors"),
+        "model.cleaner_config": config,
+        "run.max_steps": 1,
+        "run.save_every": 0,
+    }
+    cfg = tiny_config(tmp_path, tmp_path / "out", fixtures, **changes)
+    task = make_stage2_task(cfg, torch.device("cpu"))
+    lq = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        image, latent = task.condition(lq)
+        assert torch.allclose(image, cleaner(lq).clamp(0, 1), atol=1e-5)
+        assert latent.shape == (2, 4, 8, 8)
+    assert not any(p.requires_grad for p in task.cleaner.parameters())
+    result = train(cfg, make_stage2_task, progress=False)
+    assert len(result.losses) == 1 and np.isfinite(result.losses[0])
