@@ -84,6 +84,17 @@ def count_unet_calls(pipe) -> list[int]:
     return batches
 
 
+def profiled(fn, rows: int, cuda: bool):
+    """Run ``fn`` under ``torch.profiler``; return its result and the top-``rows`` op table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        result = fn()
+    key = "cuda_time_total" if cuda else "self_cpu_time_total"
+    return result, prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process (``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -104,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs (CUDA default 1)")
     parser.add_argument("--no-header", action="store_true", help="print only the table row")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print the N costliest ops"
+    )
     args = parser.parse_args(argv)
 
     from diffbir.pipeline import RestoreOptions
@@ -132,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     batches.clear()
-    result = pipe(lq, options)
+    if args.profile:
+        result, table = profiled(lambda: pipe(lq, options), args.profile, cuda)
+    else:
+        result, table = pipe(lq, options), None
     image = result.image
     if not torch.isfinite(image).all():
         print("warning: the output holds non-finite values", file=sys.stderr)
@@ -160,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| {t['sample'] / steps:.3f} | {per_call:.3f} | {t['decode']:.2f} | {t['total']:.2f} "
         f"| {peak_rss_mib():.0f} | {cuda_mib} |"
     )
+    if table:
+        print(table)
     return 0
 
 

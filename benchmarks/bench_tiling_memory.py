@@ -73,6 +73,10 @@ def _options(args: argparse.Namespace, mode: str):
 
 def run_child(args: argparse.Namespace) -> dict:
     """One restore in this process; returns the figures as a dict."""
+    if args.limit_gb:
+        # A failed allocation beats the machine's OOM killer (the untiled run may not fit).
+        limit = int(args.limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import torch
 
     torch.set_num_threads(args.threads)
@@ -102,9 +106,13 @@ def run_child(args: argparse.Namespace) -> dict:
 def spawn(args: argparse.Namespace, mode: str, weights: Path) -> dict:
     """Run one configuration in a fresh interpreter and parse its JSON line."""
     cmd = [sys.executable, __file__, "--child", mode, "--weights", str(weights)]
-    for name in ("version", "size", "upscale", "steps", "budget", "tile", "overlap", "threads"):
-        cmd += [f"--{name}", str(getattr(args, name))]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    names = ("version", "size", "upscale", "steps", "budget", "tile", "overlap", "threads")
+    for name in (*names, "limit_gb"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"mode": mode, "error": f"did not finish within {args.timeout:g} s"}
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         return {"mode": mode, "error": f"exit {done.returncode}: {' / '.join(tail)}"}
@@ -150,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=512, help="pixels, for mode 'explicit'")
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--limit-gb", type=float, default=12.0, help="address-space cap per run (0: none)"
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
     parser.add_argument("--weights", default=None, help="a tiny release folder (default: fresh)")
     parser.add_argument("--psnr", action="store_true", help="measure tiled vs untiled PSNR")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -174,17 +186,23 @@ def main(argv: list[str] | None = None) -> int:
             f"# v{args.version.lstrip('v')} sr, {args.size}px x{args.upscale:g} -> {out}px, "
             f"steps {args.steps}, overlap {args.overlap:g}, threads {args.threads}"
         )
-        print("| mode | tiles cleaner/enc/dec/latent px | wall s | RSS before MiB | peak RSS MiB |")
-        print("|---|---|---|---|---|")
+        print(
+            "| mode | tiles cleaner/enc/dec/latent px | stage1/encode/sample/decode s "
+            "| wall s | RSS before MiB | peak RSS MiB |"
+        )
+        print("|---|---|---|---|---|---|")
         for mode in args.modes:
             row = spawn(args, mode, weights)
             if "error" in row:
-                print(f"| {mode} | - | - | - | {row['error']} |")
+                print(f"| {mode} | - | - | - | - | {row['error']} |")
                 continue
             tiles = "/".join(str(v) if v else "whole" for v in row["plan"].values())
+            stages = "/".join(
+                f"{row['timings'][k]:.1f}" for k in ("stage1", "encode", "sample", "decode")
+            )
             label = {"budget": f"budget {args.budget:g} B", "explicit": f"tiles {args.tile}"}
             print(
-                f"| {label.get(mode, mode)} | {tiles} | {row['wall_s']:.1f} "
+                f"| {label.get(mode, mode)} | {tiles} | {stages} | {row['wall_s']:.1f} "
                 f"| {row['rss_before_mib']:.0f} | {row['peak_rss_mib']:.0f} |",
                 flush=True,
             )
