@@ -306,7 +306,8 @@ def train(
             logs["images_per_s"] = rate * cfg.data.batch_size * accum * acc.num_processes
             acc.print(
                 f"step {step}/{run.max_steps}  loss {loss_value:.5f}  lr {lr:.2e}  "
-                f"{rate:.2f} it/s  ETA {_format_eta((run.max_steps - step) / rate)}"
+                f"{rate:.2f} it/s  {logs['images_per_s']:.1f} img/s  "
+                f"ETA {_format_eta((run.max_steps - step) / rate)}"
             )
             if acc.log_with:
                 acc.log(logs, step=step)
