@@ -89,10 +89,10 @@ def test_trained_controlnet_loads_into_the_pipeline_and_restores(run60, fixtures
 
     cfg, result = run60
     out = result.exported[0].parent
-    assert (out / "controlnet" / "config.json").is_file()
     tokenizer = load_tokenizer(fixtures / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz")
-    stage2 = load_stage2(out / "sd", out / "controlnet", tokenizer=tokenizer)
-    trained = load_file(out / "controlnet" / "diffusion_pytorch_model.safetensors")
+    stage2 = load_stage2(out / "sd", out / "controlnet.safetensors", tokenizer=tokenizer)
+    trained = load_file(out / "sd" / "controlnet" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == stage2.controlnet.state_dict().keys()
     assert all(torch.equal(v, stage2.controlnet.state_dict()[k]) for k, v in trained.items())
     torch.manual_seed(0)
     cleaner = build_cleaner("swinir", embed_dim=24, depths=[2], num_heads=[2])
@@ -155,7 +155,7 @@ def test_bf16_mixed_precision_runs(tmp_path, fixtures):
     cfg = tiny_config(tmp_path, tmp_path / "bf16", fixtures, **changes)
     result = train(cfg, make_stage2_task, progress=False)
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
-    trained = load_file(tmp_path / "bf16" / "controlnet" / "diffusion_pytorch_model.safetensors")
+    trained = load_file(tmp_path / "bf16" / "controlnet.safetensors")
     assert all(v.dtype == torch.float32 for v in trained.values())  # the trained copy stays fp32
 
 

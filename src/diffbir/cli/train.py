@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train a DiffBIR stage on a folder of photos (or a .txt list / .csv table), "
             "degraded on the fly. The result loads into `diffbir restore` "
-            "(--cleaner OUT/cleaner.safetensors, --controlnet OUT/controlnet). "
+            "(--cleaner OUT/cleaner.safetensors, --controlnet OUT/controlnet.safetensors). "
             "Run under `accelerate launch -m diffbir train ...` for several GPUs."
         ),
     )

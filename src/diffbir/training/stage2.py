@@ -20,7 +20,7 @@ from torch import nn
 from diffbir.training.config import TrainConfig
 from diffbir.training.stage1 import downscale
 
-CONTROLNET_DIR = "controlnet"
+CONTROLNET_FILE = "controlnet.safetensors"
 SD_DIR = "sd"
 MODEL_CONFIG_FILE = "model_config.json"
 _PROMPT_CACHE_SIZE = 1024
@@ -240,14 +240,21 @@ class Stage2Task:
 
     # ---------------------------------------------------------------- export
     def export(self, output_dir: Path, module: nn.Module) -> list[Path]:
-        """``controlnet/`` (a diffusers folder ``load_stage2(controlnet=...)`` takes) + model config.
+        """``controlnet.safetensors`` in the released key layout, + ``model_config.json``.
 
-        With a randomly initialised SD (tests), the whole model is also saved to ``sd/``.
+        ``diffbir restore --controlnet OUT/controlnet.safetensors`` (and
+        ``load_stage2(sd, controlnet=...)``) take it like a released ControlNet. With a
+        randomly initialised SD (tests), the whole model is also saved to ``sd/``.
         """
+        from safetensors.torch import save_file
+
+        from diffbir.models.controlnet import controlnet_state_dict_to_ldm
         from diffbir.models.stage2 import Stage2Model
 
-        control = output_dir / CONTROLNET_DIR
-        _place(module, next(module.parameters()).device, torch.float32).save_pretrained(control)
+        state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+        released = controlnet_state_dict_to_ldm(state, module.config)
+        control = output_dir / CONTROLNET_FILE
+        save_file({k: v.contiguous() for k, v in released.items()}, control)
         written = [control]
         m = self.cfg.model
         sections = {
