@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from diffbir.errors import ConfigError
@@ -122,3 +124,52 @@ def test_batch_sampler_shards_epochs_and_resumes_mid_epoch():
     assert len(shards[0]) == 2 and not set(sum(shards[0], [])) & set(sum(shards[1], []))
     small = ResumableBatchSampler(3, 4, seed=0)  # smaller than a batch: repeated to fill it
     assert len(small) == 1 and sorted(set(next(iter(small)))) == [0, 1, 2]
+
+
+def test_ema_averages_trainable_parameters_only():
+    import torch
+
+    from diffbir.training.ema import EMA
+
+    model = torch.nn.Linear(2, 1)
+    model.bias.requires_grad_(False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.75)
+    assert set(ema.state_dict()) == {"weight"}
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    ema.update(model)  # 0.75 * 0 + 0.25 * 4
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 1.0))
+    other = torch.nn.Linear(2, 1)
+    ema.copy_to(other)
+    assert torch.equal(other.weight, torch.full((1, 2), 1.0))
+    with pytest.raises(KeyError, match="weight"):
+        ema.load_state_dict({})
+
+
+def test_checkpoint_lookup_and_pruning(tmp_path):
+    from diffbir.errors import CheckpointError
+    from diffbir.training.checkpointing import (
+        checkpoint_dir,
+        find_checkpoint,
+        list_checkpoints,
+        prune_checkpoints,
+    )
+
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        find_checkpoint(tmp_path, "latest")
+    for step in (5, 10, 20):
+        folder = checkpoint_dir(tmp_path, step)
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+    checkpoint_dir(tmp_path, 30).mkdir()  # unfinished: no state.json, never picked
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [5, 10, 20]
+    assert find_checkpoint(tmp_path, "latest") == checkpoint_dir(tmp_path, 20)
+    assert find_checkpoint(tmp_path, str(checkpoint_dir(tmp_path, 5))) == checkpoint_dir(
+        tmp_path, 5
+    )
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        find_checkpoint(tmp_path, str(tmp_path))
+    assert prune_checkpoints(tmp_path, 2) == [checkpoint_dir(tmp_path, 5)]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 20]
