@@ -39,15 +39,29 @@ def _check_pair(content: torch.Tensor, style: torch.Tensor) -> None:
 
 
 def _atrous_blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Blur every channel with the 3x3 binomial kernel dilated by ``dilation``."""
-    channels = x.shape[1]
-    kernel = torch.tensor(
-        [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=x.device, dtype=x.dtype
-    ).div_(16.0)
-    weight = kernel.expand(channels, 1, 3, 3)
+    """Blur every channel with the 3x3 binomial kernel dilated by ``dilation``.
+
+    The kernel [[1,2,1],[2,4,2],[1,2,1]]/16 is separable, so it runs as two
+    1-D passes of shifted adds on replicate-padded views: the same result as
+    the 2-D convolution, with a fraction of its time and memory on large images.
+    """
+    d = dilation
+    h, w = x.shape[-2:]
     # Replicate padding by the dilation keeps the size and avoids dark borders.
-    padded = F.pad(x, (dilation, dilation, dilation, dilation), mode="replicate")
-    return F.conv2d(padded, weight, dilation=dilation, groups=channels)
+    p = F.pad(x, (d, d, 0, 0), mode="replicate")
+    x = (p[..., :, :w] + p[..., :, 2 * d : 2 * d + w]).add_(p[..., :, d : d + w], alpha=2.0)
+    p = F.pad(x.div_(4.0), (0, 0, d, d), mode="replicate")
+    y = (p[..., :h, :] + p[..., 2 * d : 2 * d + h, :]).add_(p[..., d : d + h, :], alpha=2.0)
+    return y.div_(4.0)
+
+
+def wavelet_lowpass(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """The low-frequency part of ``x`` after ``levels`` a-trous wavelet levels."""
+    if levels < 1:
+        raise ColorFixError(f"wavelet levels must be at least 1, got {levels}")
+    for i in range(levels):
+        x = _atrous_blur(x, 2**i)
+    return x
 
 
 def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,17 +69,10 @@ def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, t
 
     Level ``i`` blurs with the binomial kernel dilated by ``2**i``; its detail
     band is the difference before/after. ``high`` is the sum of the detail
-    bands, ``low`` the last blurred image, so ``high + low == x``.
+    bands (which telescopes to ``x - low``), ``low`` the last blurred image.
     """
-    if levels < 1:
-        raise ColorFixError(f"wavelet levels must be at least 1, got {levels}")
-    high = torch.zeros_like(x)
-    low = x
-    for i in range(levels):
-        blurred = _atrous_blur(low, 2**i)
-        high = high + (low - blurred)
-        low = blurred
-    return high, low
+    low = wavelet_lowpass(x, levels)
+    return x - low, low
 
 
 def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 5) -> torch.Tensor:
@@ -79,9 +86,10 @@ def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 
     The result is not clamped; clamp to [0, 1] before saving.
     """
     _check_pair(content, style)
-    content_high, _ = wavelet_decompose(content, levels)
-    _, style_low = wavelet_decompose(style, levels)
-    return content_high + style_low
+    # high(content) + low(style) = content - low(content) + low(style)
+    out = wavelet_lowpass(style, levels)
+    out.sub_(wavelet_lowpass(content, levels))
+    return out.add_(content)
 
 
 def adain_color_fix(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
