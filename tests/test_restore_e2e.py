@@ -151,7 +151,8 @@ def test_tiled_run_matches_untiled(release, tmp_path):
     assert tiled.tiles.latent == 128 and tiled.tiles.vae_decode == 128
     mse = torch.mean((tiled.image - whole) ** 2).item()
     psnr = 10 * np.log10(1 / mse)
-    assert psnr > 25, psnr
+    # Measured 30.1 dB at the default overlap (0.25) with these random tiny models.
+    assert psnr > 27, psnr
 
 
 def test_faces_in_whole_photos(release, tmp_path, capsys):

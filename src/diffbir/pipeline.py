@@ -332,7 +332,7 @@ class DiffBIRPipeline:
         cleaner_dtype = next(self.cleaner.parameters()).dtype
         with torch.no_grad():
             if tile is not None and max(x.shape[-2:]) > tile:
-                overlap = _overlap_pixels(tile, plan.overlap, 64)
+                overlap = _overlap_pixels(tile, plan.overlap, 8)
                 out = tiled_apply(
                     lambda t: self.cleaner(t.to(cleaner_dtype)).float(),
                     x,
@@ -365,7 +365,7 @@ class DiffBIRPipeline:
                 self.stage2.encode_image,
                 x,
                 tile=tile,
-                overlap=_overlap_pixels(tile, overlap, 64),
+                overlap=_overlap_pixels(tile, overlap, 8),
                 scale=1 / 8,
             ).to(self.dtype)
         return self.stage2.encode_image(x)
@@ -380,7 +380,7 @@ class DiffBIRPipeline:
                 lambda t: self.stage2.decode_latent(t).float(),
                 z,
                 tile=latent_tile,
-                overlap=_overlap_pixels(latent_tile, overlap, 8),
+                overlap=_overlap_pixels(latent_tile, overlap, 1),
                 scale=8,
             )
         return self.stage2.decode_latent(z).float()
@@ -533,7 +533,7 @@ class DiffBIRPipeline:
         if tile is None or max(cond_latent.shape[-2:]) * 8 <= tile:
             return whole
         latent_tile = tile // 8
-        overlap = _overlap_pixels(latent_tile, plan.overlap, 8)
+        overlap = _overlap_pixels(latent_tile, plan.overlap, 1)
 
         def tiled(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
             cond = _repeat_to(cond_latent, x.shape[0])
@@ -646,7 +646,10 @@ def _condition_size(target_hw: tuple[int, int], min_side: int) -> tuple[int, int
 
 
 def _overlap_pixels(tile: int, fraction: float, multiple: int) -> int:
-    overlap = int(tile * fraction) // multiple * multiple
+    """``fraction`` of ``tile`` as a multiple of ``multiple`` (at least one when > 0)."""
+    if fraction <= 0:
+        return 0
+    overlap = max(multiple, round(tile * fraction / multiple) * multiple)
     return min(overlap, tile - multiple)
 
 
