@@ -145,7 +145,6 @@ def test_tiled_run_matches_untiled(release, tmp_path):
         latent_tile=128,
         vae_tile=128,
         cleaner_tile=128,
-        tile_overlap=0.5,
     )
     tiled = pipe(x, tiled_options)
     assert tiled.tiles.latent == 128 and tiled.tiles.vae_decode == 128
