@@ -64,7 +64,9 @@ class RestoreOptions:
     latent_tile: int | None = None  # pixels (multiple of 64); None = automatic
     tile_overlap: float = 0.25  # fraction of a tile
     min_side: int = MIN_DIFFUSION_SIDE  # short side the diffusion stage works at, at least
-    max_memory: float | None = None  # bytes; None = what the device has
+    # Bytes for the networks' activations (None: a share of what the device has);
+    # the full-resolution image buffers come on top.
+    max_memory: float | None = None
     progress: bool = False
 
     def validate(self) -> None:
@@ -505,7 +507,7 @@ class DiffBIRPipeline:
                 )
             with _timed(timings, "decode", self.device):
                 image = self.decode(z0.to(self.dtype), plan.vae_decode, plan.overlap)
-                image = image[..., :h0, :w0].clamp(0, 1)
+                image = image[..., :h0, :w0]  # decode_latent already clamps
                 image = self._color_fix(image, cond_img, options.color_fix)
                 image = resize(image, target_hw)
         timings["total"] = sum(timings.values())
@@ -519,13 +521,16 @@ class DiffBIRPipeline:
         from diffbir.imaging.tiling import tiled_apply
 
         stage2, dtype = self.stage2, self.dtype
+        # CFG doubles the batch; the repeated condition is made once, not every step.
+        repeated: dict[int, torch.Tensor] = {}
+
+        def cond_for(batch: int) -> torch.Tensor:
+            if batch not in repeated:
+                repeated[batch] = _repeat_to(cond_latent, batch)
+            return repeated[batch]
 
         def whole(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-            cond = (
-                cond_latent
-                if cond_latent.shape[0] == x.shape[0]
-                else _repeat_to(cond_latent, x.shape[0])
-            )
+            cond = cond_for(x.shape[0])
             out = stage2.denoise(x.to(dtype), t, cond, context.to(dtype), control_scale=strength)
             return out.float()
 
@@ -536,7 +541,7 @@ class DiffBIRPipeline:
         overlap = _overlap_pixels(latent_tile, plan.overlap, 1)
 
         def tiled(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-            cond = _repeat_to(cond_latent, x.shape[0])
+            cond = cond_for(x.shape[0])
             return tiled_apply(
                 lambda xt, ct: stage2.denoise(
                     xt.to(dtype), t, ct, context.to(dtype), control_scale=strength
