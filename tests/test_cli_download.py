@@ -24,9 +24,18 @@ def server():
 
 
 def _rows(out: str) -> dict[str, list[str]]:
-    lines = out.strip().splitlines()
+    table = out.strip().split("\n\nLicences:")[0]
+    lines = table.splitlines()
     assert lines[0].split() == ["NAME", "SIZE", "HERE", "DESCRIPTION"]
     return {line.split()[0]: line.split() for line in lines[1:]}
+
+
+def test_listing_names_every_licence(capsys):
+    assert main(["download"]) == 0
+    licences = capsys.readouterr().out.split("\n\nLicences:")[1]
+    assert "CreativeML Open RAIL++-M" in licences
+    for name in REGISTRY:
+        assert name in licences
 
 
 def test_listing_shows_every_file_and_which_are_present(tmp_path, capsys):

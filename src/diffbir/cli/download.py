@@ -73,6 +73,13 @@ def _print_listing(weights, weights_dir: Path | None) -> None:
     print(f"{'NAME':<{width}}  {'SIZE':>9}  {'HERE':<4}  DESCRIPTION")
     for name, size, here, description in rows:
         print(f"{name:<{width}}  {size:>9}  {here:<4}  {description}")
+    # The weights are not ours: say under which terms each comes.
+    licences: dict[str, list[str]] = {}
+    for file in weights.REGISTRY.values():
+        licences.setdefault(file.license_note or "see the URL", []).append(file.name)
+    print("\nLicences:")
+    for note, names in licences.items():
+        print(f"  {note}: {', '.join(names)}")
 
 
 def _human_size(size: int | None) -> str:
