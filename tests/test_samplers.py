@@ -25,6 +25,7 @@ from diffbir.diffusion.samplers import (
     sample,
     sample_ddpm,
     sample_dpmpp_2m,
+    sample_dpmpp_3m_sde,
     sample_euler,
 )
 from diffbir.diffusion.schedule import NoiseSchedule
@@ -190,6 +191,154 @@ def test_dpmpp_2m_sde_matches_the_target(schedule, prediction):
     assert (out - (MU + S * z)).pow(2).mean().sqrt().item() > 0.1
 
 
+def _std_error(name, schedule, prediction, steps, n=512, seed=3):
+    x, _ = exact_start(schedule, n)
+    out = SAMPLERS[name](
+        gaussian_model(schedule, prediction),
+        x,
+        schedule,
+        steps,
+        prediction=prediction,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return out, abs(out.std().item() / S - 1)
+
+
+@pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
+def test_dpmpp_3m_sde_matches_the_target(schedule, prediction):
+    x, z = exact_start(schedule, 512)
+    out, std_err = _std_error("dpmpp_3m_sde", schedule, prediction, 20)
+    assert abs(out.mean().item() - MU) < 0.02
+    assert std_err < 0.04
+    # genuinely stochastic: not the deterministic ODE map of the start
+    assert (out - (MU + S * z)).pow(2).mean().sqrt().item() > 0.1
+    # at 20 steps the third-order SDE solver is closer to the target spread than 2M SDE
+    assert std_err < _std_error("dpmpp_2m_sde", schedule, prediction, 20)[1]
+
+
+@pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
+def test_dpmpp_3m_sde_spread_converges_with_steps(schedule, prediction):
+    # measured std/S with Karras steps: 10 -> 1.35 (sd) / 1.47 (zsnr), 15 -> 1.06 / 1.09,
+    # 20 -> 1.02 / 1.02: the 3M extrapolation over-disperses when the steps are few
+    errors = [_std_error("dpmpp_3m_sde", schedule, prediction, n)[1] for n in (10, 15, 20, 30)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[0] > 0.2 and errors[-1] < 0.02, errors
+
+
+def _sigma_view_3m_sde(model_fn, x_vp, schedule, steps, draws, eta, spacing):
+    """The 3M SDE recurrence written in the EDM sigma view (x / alpha, sigma = sqrt((1-a)/a)),
+    term by term as k-diffusion states it, for a finite-sigma schedule."""
+    ts = schedule.timesteps_for(steps, spacing)
+    a = [float(schedule.alphas_cumprod[t]) for t in ts]
+    sig = [math.sqrt((1 - v) / v) for v in a] + [0.0]
+    x = x_vp / math.sqrt(a[0])
+    prev = []  # (denoised, h), newest first
+    used = 0
+    for i, t in enumerate(ts):
+        x_vp_i = x * math.sqrt(a[i])
+        t_b = torch.full((x.shape[0],), t, dtype=torch.long)
+        den = schedule.to_x0(x_vp_i, model_fn(x_vp_i, t_b), t, "eps")
+        if sig[i + 1] == 0.0:
+            return den, used
+        h = math.log(sig[i] / sig[i + 1])
+        g = h * (1 + eta)
+        x = math.exp(-g) * x + (1 - math.exp(-g)) * den
+        phi2 = (math.exp(-g) - 1) / g + 1
+        if len(prev) == 2:
+            r0, r1 = prev[0][1] / h, prev[1][1] / h
+            q0 = (den - prev[0][0]) / r0
+            q1 = (prev[0][0] - prev[1][0]) / r1
+            x = x + phi2 * (q0 + (q0 - q1) * r0 / (r0 + r1))
+            x = x - (phi2 / g - 0.5) * (q0 - q1) / (r0 + r1)
+        elif len(prev) == 1:
+            x = x + phi2 * (den - prev[0][0]) / (prev[0][1] / h)
+        if eta:
+            x = x + draws[used] * sig[i + 1] * math.sqrt(1 - math.exp(-2 * eta * h))
+            used += 1
+        prev = [(den, h), *prev[:1]]
+    raise AssertionError("the step list must end at sigma = 0")
+
+
+@pytest.mark.parametrize(
+    ("eta", "steps", "spacing"), [(1.0, 10, "karras"), (0.0, 10, "karras"), (0.5, 15, "leading")]
+)
+def test_dpmpp_3m_sde_is_the_sigma_view_recurrence(eta, steps, spacing):
+    x, _ = exact_start(SD, 4)
+    draws = torch.randn(steps, *x.shape, generator=torch.Generator().manual_seed(0)).double()
+    model = gaussian_model(SD, "eps")
+    ref, used = _sigma_view_3m_sde(model, x, SD, steps, draws, eta, spacing)
+    recorded = RecordedNoise(draws)
+    out = sample_dpmpp_3m_sde(model, x, SD, steps, eta=eta, spacing=spacing, noise=recorded)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-12
+    # one draw per step except the last (to sigma = 0); none at all when eta = 0
+    assert recorded.used == used == (steps - 1 if eta else 0)
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_dpmpp_3m_sde_first_step_from_zero_snr_is_exact(eta):
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    seen = []
+    sample_dpmpp_3m_sde(
+        gaussian_model(ZSNR, "v"),
+        x,
+        ZSNR,
+        10,
+        prediction="v",
+        eta=eta,
+        noise=RecordedNoise([z] * 9),
+        callback=lambda i, total, xt, x0: seen.append((xt, x0)),
+    )
+    t1 = ZSNR.timesteps_for(10, "karras")[1]
+    a1 = float(ZSNR.alphas_cumprod[t1])
+    x1, x0 = seen[0]
+    assert torch.allclose(x0, torch.full_like(x0, MU))  # E[x0 | pure noise]
+    # eta = 1: alpha' x0_hat + sigma' z (the posterior at a = 0); eta = 0: the DDIM step
+    expected = math.sqrt(a1) * x0 + math.sqrt(1 - a1) * (z if eta else x)
+    assert torch.allclose(x1, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
+def test_dpmpp_3m_ode_error_against_dpmpp_2m(schedule, prediction):
+    def err(name, steps, spacing=None, **kw):
+        x, z = exact_start(schedule, 64)
+        out = SAMPLERS[name](
+            gaussian_model(schedule, prediction),
+            x,
+            schedule,
+            steps,
+            prediction=prediction,
+            spacing=spacing,
+            **kw,
+        )
+        return (out - (MU + S * z)).pow(2).mean().sqrt().item()
+
+    # measured RMS (sd / zsnr), 2M vs 3M ODE: Karras 15 steps 0.012 vs 0.0017 / 0.014 vs 0.0022,
+    # 20 steps 0.0063 vs 0.0004 / 0.0068 vs 0.0002; the release's "leading" 10 steps
+    # 0.090 vs 0.085 / 0.096 vs 0.091; Karras 10 steps 0.0254 vs 0.0254 / 0.029 vs 0.045
+    for steps in (15, 20):
+        assert err("dpmpp_3m_sde", steps, eta=0.0) < 0.3 * err("dpmpp_2m", steps)
+    assert err("dpmpp_3m_sde", 10, "leading", eta=0.0) < 0.97 * err("dpmpp_2m", 10, "leading")
+    assert err("dpmpp_3m_sde", 15, eta=0.0) < 0.005
+
+
+def test_dpmpp_3m_sde_eta_zero_draws_nothing_and_s_noise_scales_the_draws():
+    model = gaussian_model(SD, "eps")
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def refuse(like):
+        raise AssertionError("eta = 0 must not draw")
+
+    ode = sample_dpmpp_3m_sde(model, x, SD, 8, eta=0.0, noise=refuse)
+    assert torch.isfinite(ode).all()
+    silent = sample_dpmpp_3m_sde(
+        model, x, SD, 8, s_noise=0.0, generator=torch.Generator().manual_seed(5)
+    )
+    zeros = sample_dpmpp_3m_sde(model, x, SD, 8, noise=torch.zeros_like)
+    assert torch.allclose(silent, zeros, atol=1e-6)
+    assert not torch.allclose(silent, sample_dpmpp_3m_sde(model, x, SD, 8), atol=1e-3)
+
+
 @pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
 def test_ddim_eta_one_is_ancestral_ddpm(schedule, prediction):
     # Song et al.: eta = 1 gives DDPM's posterior; the draws line up (DDPM's last is unused)
@@ -230,7 +379,7 @@ def test_seeded_runs_are_reproducible_and_inputs_untouched(name):
 def test_different_seeds_differ_for_stochastic_samplers():
     model = gaussian_model(SD, "eps")
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    for name in ("ddpm", "dpmpp_2m_sde"):
+    for name in ("ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde"):
         a = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(1))
         b = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(2))
         assert not torch.allclose(a, b)
@@ -310,7 +459,8 @@ def test_callback_sees_every_step(name):
 
 
 def test_model_call_counts():
-    for name, steps, expected in [("ddpm", 10, 10), ("euler", 10, 10), ("heun", 10, 19)]:
+    cases = [("ddpm", 10, 10), ("euler", 10, 10), ("heun", 10, 19), ("dpmpp_3m_sde", 10, 10)]
+    for name, steps, expected in cases:
         calls = []
         base = gaussian_model(SD, "eps")
 
