@@ -19,7 +19,7 @@ from diffbir.diffusion.samplers import SAMPLERS
 from diffbir.diffusion.schedule import NoiseSchedule
 
 MU, S = 1.5, 0.5
-STOCHASTIC = ("ddpm", "dpmpp_2m_sde")
+STOCHASTIC = ("ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde")
 
 
 def gaussian_model(schedule, prediction, counter):

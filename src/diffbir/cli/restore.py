@@ -9,7 +9,7 @@ from pathlib import Path
 from diffbir.cli.common import add_model_source_args
 from diffbir.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
 
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_2m_sde")
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_2m_sde", "dpmpp_3m_sde")
 
 
 def _memory(text: str) -> float:
