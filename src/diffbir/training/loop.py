@@ -272,6 +272,12 @@ def train(
     batches = endless_batches(loader, sampler, dataset, start=step * accum)
     result = TrainResult(step=step, losses=[], exported=[], checkpoints=[], metrics={})
     bar = _progress_bar(progress and acc.is_main_process, step, run.max_steps)
+
+    def say(message: str) -> None:
+        # Through the bar, so log lines do not break its line.
+        if acc.is_main_process:
+            bar.write(message)
+
     window_start, window_steps = time.perf_counter(), 0
     first_step = step
     task.trainable.train()
@@ -304,7 +310,7 @@ def train(
             rate = window_steps / max(elapsed, 1e-9)
             logs = {"loss": loss_value, "lr": lr, "steps_per_s": rate}
             logs["images_per_s"] = rate * cfg.data.batch_size * accum * acc.num_processes
-            acc.print(
+            say(
                 f"step {step}/{run.max_steps}  loss {loss_value:.5f}  lr {lr:.2e}  "
                 f"{rate:.2f} it/s  {logs['images_per_s']:.1f} img/s  "
                 f"ETA {_format_eta((run.max_steps - step) / rate)}"
@@ -316,7 +322,7 @@ def train(
             metrics = _validate(acc, task, ema, step)
             result.metrics = metrics
             if metrics:
-                acc.print(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                say(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 if acc.log_with:
                     acc.log(metrics, step=step)
         if run.save_every and step % run.save_every == 0:
