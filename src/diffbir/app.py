@@ -346,4 +346,4 @@ def _upload_path(upload: Any) -> str:
 def _out_of_memory() -> type[BaseException]:
     import torch
 
-    return torch.OutOfMemoryError
+    return torch.cuda.OutOfMemoryError

@@ -269,7 +269,7 @@ def restore_uploads(
         report(index / len(loaded), f"restoring {name} ({index + 1}/{len(loaded)})")
         try:
             result = pipeline(image.rgb.unsqueeze(0), options)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             run.failures.append(f"{name}: {OOM_MESSAGE}")

@@ -139,7 +139,7 @@ class RestoreJob:
             for item, _, _ in group:
                 _report(summary, item.path, str(exc))
             return
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             for item, _, _ in group:
                 _report(
                     summary,
