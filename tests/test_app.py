@@ -288,6 +288,24 @@ def test_restore_uploads_all_bad_fails_before_loading_models(tmp_path):
     assert factory.loads == []
 
 
+def test_restore_uploads_refuses_results_above_the_output_limit(tmp_path):
+    small = _image(tmp_path / "small.png", size=(10, 10))
+    large = _image(tmp_path / "large.png", size=(40, 40))
+    factory = CountingFactory()
+    run = restore_uploads(
+        [small, large],
+        FormValues(upscale=4),
+        PipelineCache(factory),
+        tmp_path,
+        max_output_pixels=1600,
+    )
+    assert [i.name for i in run.images] == ["small.png"]
+    assert run.failures == [
+        "large.png: the result would be 160x160 pixels, above the limit of 1,600 pixels; "
+        "lower the upscale"
+    ]
+
+
 def test_restore_uploads_out_of_memory_is_a_message(tmp_path):
     images = [_image(tmp_path / f"{n}.png", seed=i) for i, n in enumerate("ab")]
 

@@ -25,6 +25,8 @@ DEFAULT_MAX_PIXELS = 2048 * 2048
 DEFAULT_MAX_UPLOAD_MB = 50
 #: Most images restored by one click.
 DEFAULT_MAX_FILES = 16
+# Results larger than this are refused before any work (a 2048^2 input at x8 would be 268 MP).
+DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
 #: Finished runs whose files are kept on disk for download; older ones are removed.
 KEEP_RUNS = 8
 
@@ -228,6 +230,7 @@ def restore_uploads(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_files: int = DEFAULT_MAX_FILES,
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
     report: ProgressReport | None = None,
 ) -> RunReport:
     """Restore uploaded image files into a new folder under ``out_root``.
@@ -250,14 +253,27 @@ def restore_uploads(
     if len(paths) > max_files:
         raise DiffBIRError(f"{len(paths)} images uploaded; at most {max_files} per run")
 
+    from diffbir.pipeline import output_size
+    from diffbir.presets import get_preset
+
+    upscale = options.upscale or get_preset(form.version, form.task).upscale
     run = RunReport()
     loaded = []
     # Read everything first: a bad file is reported before minutes of model loading.
     for path in paths:
         try:
-            loaded.append(read_image(path, max_pixels=max_pixels))
+            image = read_image(path, max_pixels=max_pixels)
         except ImageReadError as exc:
             run.failures.append(str(exc))
+            continue
+        h, w = output_size(image.size, upscale)
+        if h * w > max_output_pixels:
+            run.failures.append(
+                f"{path.name}: the result would be {w}x{h} pixels, above the limit of "
+                f"{max_output_pixels:,} pixels; lower the upscale"
+            )
+            continue
+        loaded.append(image)
     if not loaded:
         raise ImageReadError("; ".join(run.failures))
 
