@@ -11,30 +11,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 from tiny_release import make_tiny_release
+from train_helpers import make_images
 
 from diffbir.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads spin and crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _images(folder, n=3, size=72):
-    folder.mkdir(parents=True, exist_ok=True)
-    y, x = np.mgrid[0:size, 0:size] / size
-    for i in range(n):
-        img = np.stack([np.sin(6.28 * x * (i + 1)), np.cos(6.28 * y * (i + 2)), x * y], -1)
-        Image.fromarray(((img * 0.5 + 0.5) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _set(key, value):
@@ -45,7 +29,7 @@ def test_trained_models_load_into_diffbir_restore(tmp_path):
     weights = tmp_path / "weights"
     models_yaml = make_tiny_release(weights)
     sizes = yaml.safe_load(models_yaml.read_text())
-    hq = _images(tmp_path / "hq")
+    hq = make_images(tmp_path / "hq", n=3)
     common = ["--data", str(hq), "--max-steps", "2", "-q"]
 
     s1 = tmp_path / "s1"

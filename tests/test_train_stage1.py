@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from train_helpers import make_images
 
 from diffbir.cli import main
 from diffbir.training.config import load_config
@@ -19,23 +19,7 @@ OVERFIT_STEPS = 60
 OVERFIT_FACTOR = 2.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads spin and crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_images(folder, n=4, size=72):
-    """``n`` smooth, distinct colour images (structure the model can learn quickly)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    y, x = np.mgrid[0:size, 0:size] / size
-    for i in range(n):
-        img = np.stack([np.sin(6.28 * x * (i + 1) + i), np.cos(6.28 * y * (i + 2)), x * y], -1)
-        Image.fromarray(((img * 0.5 + 0.5) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(tmp, out, **changes):

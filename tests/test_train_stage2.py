@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
+from train_helpers import make_images
 
 from diffbir.training.config import load_config
 from diffbir.training.loop import train
@@ -16,22 +16,7 @@ from diffbir.training.stage2 import make_stage2_task
 STEPS = 60
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads spin and crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_images(folder, n=4, size=72):
-    folder.mkdir(parents=True, exist_ok=True)
-    y, x = np.mgrid[0:size, 0:size] / size
-    for i in range(n):
-        img = np.stack([np.sin(6.28 * x * (i + 1) + i), np.cos(6.28 * y * (i + 2)), x * y], -1)
-        Image.fromarray(((img * 0.5 + 0.5) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(tmp, out, fixtures, **changes):

@@ -278,3 +278,23 @@ class PairedDataset(Dataset):
                 sample["hq"], sample["lq"] = pair.hq[0], pair.lq[0]
             return sample
         raise ImageReadError(f"{_MAX_SKIPS} unreadable images in a row from index {index}")
+
+
+def dataset_from_config(
+    data, source: str, *, train: bool, seed: int, prompts: bool
+) -> PairedDataset:
+    """The ``PairedDataset`` a training run's ``data`` section describes.
+
+    Validation sets use centre crops without flips; captions are dropped at
+    ``data.empty_prompt_prob`` only for training runs that use prompts.
+    """
+    return PairedDataset(
+        source,
+        size=data.size,
+        pipeline=data.pipeline,
+        crop=data.crop if train else "center",
+        flip=data.flip and train,
+        caption_column=data.caption_column,
+        empty_prompt_prob=data.empty_prompt_prob if (train and prompts) else 0.0,
+        seed=seed,
+    )

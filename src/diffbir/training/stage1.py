@@ -59,17 +59,10 @@ class Stage1Task:
         self._val_batch: dict[str, torch.Tensor] | None = None
 
     def _dataset(self, source: str, *, train: bool):
-        from diffbir.training.data import PairedDataset
+        from diffbir.training.data import dataset_from_config
 
-        d = self.cfg.data
-        return PairedDataset(
-            source,
-            size=d.size,
-            pipeline=d.pipeline,
-            crop=d.crop if train else "center",
-            flip=d.flip and train,
-            caption_column=d.caption_column,
-            seed=self.cfg.run.seed,
+        return dataset_from_config(
+            self.cfg.data, source, train=train, seed=self.cfg.run.seed, prompts=False
         )
 
     def train_dataset(self):

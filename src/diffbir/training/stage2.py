@@ -122,18 +122,10 @@ class Stage2Task:
 
     # ------------------------------------------------------------------ data
     def _dataset(self, source: str, *, train: bool):
-        from diffbir.training.data import PairedDataset
+        from diffbir.training.data import dataset_from_config
 
-        d = self.cfg.data
-        return PairedDataset(
-            source,
-            size=d.size,
-            pipeline=d.pipeline,
-            crop=d.crop if train else "center",
-            flip=d.flip and train,
-            caption_column=d.caption_column,
-            empty_prompt_prob=d.empty_prompt_prob if train else 0.0,
-            seed=self.cfg.run.seed,
+        return dataset_from_config(
+            self.cfg.data, source, train=train, seed=self.cfg.run.seed, prompts=True
         )
 
     def train_dataset(self):
