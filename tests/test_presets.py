@@ -15,14 +15,18 @@ def test_every_preset_names_registered_files():
 
 def test_release_facts():
     v1 = get_preset("v1", "sr")
-    assert (v1.sampler, v1.steps, v1.cfg_scale, v1.prompt) == ("ddpm", 50, 1.0, "")
+    assert (v1.sampler, v1.steps, v1.cfg_scale, v1.prompt) == ("spaced", 50, 1.0, "")
     assert v1.controlnet == "v1_general.pth" and v1.cleaner_arch == "swinir"
     assert get_preset("v1", "face").controlnet == "v1_face.pth"
     assert get_preset("v2", "sr").cleaner_arch == "rrdbnet"
     assert get_preset("v2", "denoise").cleaner_arch == "scunet"
     v21 = get_preset("v2.1", "sr")
     assert (v21.prediction, v21.schedule, v21.sd) == ("v", "zsnr", "sd2.1-base-zsnr-laionaes5.ckpt")
-    assert v21.prompt and v21.negative_prompt and v21.cfg_scale > 1
+    assert v21.prompt and v21.negative_prompt
+    # the published inference.py defaults
+    assert (v21.sampler, v21.steps, v21.cfg_scale) == ("edm_dpm++_3m_sde", 10, 6.0)
+    v2 = get_preset("v2", "sr")
+    assert (v2.sampler, v2.steps, v2.cfg_scale, v2.prompt) == ("spaced", 50, 4.0, "")
     assert {p.prediction for p in all_presets() if p.version != "v2.1"} == {"eps"}
     assert len(all_presets()) == len(VERSIONS) * len(TASKS)
 
@@ -31,7 +35,7 @@ def test_upscale_defaults_and_overrides():
     assert get_preset("v2", "sr").upscale == 4
     assert get_preset("v2", "face").upscale == 1
     changed = get_preset("v1", "sr").with_overrides(steps=10, sampler=None)
-    assert changed.steps == 10 and changed.sampler == "ddpm"
+    assert changed.steps == 10 and changed.sampler == "spaced"
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def build_app(
     system temp directory, which gradio serves). Start it with :func:`launch`.
     """
     gr = require_gradio()
-    from diffbir.cli.restore import SAMPLER_CHOICES
+    from diffbir.diffusion.registry import sampler_names
     from diffbir.presets import TASK_CHOICES, VERSIONS
 
     factory = pipeline_factory or released_pipeline_factory(
@@ -118,7 +118,7 @@ def build_app(
                             1, 200, value=defaults.steps, step=1, label="Steps", elem_id="steps"
                         )
                         sampler = gr.Dropdown(
-                            list(SAMPLER_CHOICES),
+                            sampler_names(),
                             value=defaults.sampler,
                             label="Sampler",
                             elem_id="sampler",

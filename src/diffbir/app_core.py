@@ -48,7 +48,7 @@ class FormValues:
     task: str = "sr"
     upscale: float = 4.0
     steps: int = 10
-    sampler: str = "dpmpp_2m_sde"
+    sampler: str = "edm_dpm++_3m_sde"
     cfg_scale: float = 6.0
     prompt: str = ""
     negative_prompt: str = ""

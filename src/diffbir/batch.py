@@ -85,7 +85,7 @@ class RestoreJob:
         summary = JobSummary()
         todo = []
         for item, out in shard.take(work):
-            if self.skip_existing and out.exists():
+            if self.skip_existing and all(p.exists() for p in self.sample_paths(out)):
                 summary.skipped += 1
             else:
                 todo.append((item, out))
@@ -108,6 +108,14 @@ class RestoreJob:
         total.main_process = shard.rank == 0
         return total
 
+    def sample_paths(self, out: Path) -> list[Path]:
+        """The files one input gives: ``out``, or ``NAME_0``, ``NAME_1``... with
+        ``n_samples`` > 1 (the release's naming)."""
+        n = getattr(self.options, "n_samples", 1)
+        if n == 1:
+            return [out]
+        return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+
     # ---------------------------------------------------------------- internals
     def _batches(self, todo: list, summary: JobSummary):
         """Read images ahead and yield groups of equal size (at most batch_size)."""
@@ -120,9 +128,9 @@ class RestoreJob:
             except DiffBIRError as exc:
                 _report(summary, item.path, str(exc))
                 continue
-            if group and (
-                len(group) == self.batch_size or group[0][2].rgb.shape != image.rgb.shape
-            ):
+            # With several samples per input, the batch holds one input's samples.
+            per_batch = self.batch_size if getattr(self.options, "n_samples", 1) == 1 else 1
+            if group and (len(group) == per_batch or group[0][2].rgb.shape != image.rgb.shape):
                 yield group
                 group = []
             group.append((item, out, image))
@@ -152,20 +160,26 @@ class RestoreJob:
             return
         for key, value in result.timings.items():
             summary.timings[key] = summary.timings.get(key, 0.0) + value
+        n_samples = getattr(self.options, "n_samples", 1)
         for index, (item, out, image) in enumerate(group):
-            restored = result.image[index]
+            metadata = _metadata(result, item.path, index)
             try:
-                write_image(out, restored, alpha=image.alpha, quality=self.quality)
+                for sample, path in enumerate(self.sample_paths(out)):
+                    restored = result.image[index * n_samples + sample]
+                    write_image(
+                        path, restored, alpha=image.alpha, quality=self.quality, metadata=metadata
+                    )
                 if self.save_stage1:
                     stage1_path = self.output / "stage1" / out.relative_to(self.output)
-                    write_image(stage1_path, result.stage1[index], quality=self.quality)
+                    write_image(stage1_path, result.stage1[index * n_samples], quality=self.quality)
                 if self.compare:
                     compare_path = self.output / "compare" / out.relative_to(self.output)
-                    write_image(
-                        compare_path, side_by_side(image.rgb, restored), quality=self.quality
-                    )
+                    first = result.image[index * n_samples]
+                    write_image(compare_path, side_by_side(image.rgb, first), quality=self.quality)
                 if self.save_faces:
                     self._write_faces(result, index, out)
+                if metadata:
+                    _append_prompt_csv(self.output, out, metadata)
             except DiffBIRError as exc:
                 _report(summary, item.path, str(exc))
                 continue
@@ -200,6 +214,36 @@ def side_by_side(lq: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
     width = max(1, round(lq.shape[-1] * scale))
     left = torch.nn.functional.interpolate(lq[None].float(), size=(h, width), mode="nearest")[0]
     return torch.cat([left, restored.float().cpu()], dim=-1)
+
+
+def _metadata(result, source: Path, index: int) -> dict[str, str] | None:
+    """How an output was made (release, sampler, steps, prompts, seed...), or None."""
+    config = getattr(result, "config", None)
+    if config is None:
+        return None
+    data = {"software": "diffbir", "source": Path(source).name}
+    data.update(config.metadata())
+    return data
+
+
+def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> None:
+    """One row per input in OUT/prompt.csv (file_name, pos_prompt, neg_prompt), as the
+    release writes it; appended in one write, so processes do not interleave rows."""
+    import csv
+    import io
+
+    path = output / "prompt.csv"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if not path.exists():
+        writer.writerow(["file_name", "pos_prompt", "neg_prompt"])
+    name = str(out.relative_to(output).with_suffix(""))
+    writer.writerow([name, metadata.get("prompt", ""), metadata.get("negative_prompt", "")])
+    try:
+        with open(path, "a", encoding="utf-8", newline="") as f:
+            f.write(buffer.getvalue())
+    except OSError as exc:
+        raise DiffBIRError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _report(summary: JobSummary, path: Path, reason: str) -> None:

@@ -1,21 +1,25 @@
 """DiffBIRPipeline: stage 1 (cleaner) -> condition latent -> sampler -> decode -> colour fix.
 
 The pipeline owns no file handling: it maps a batch of NCHW RGB images in
-[0, 1] to restored images. ``diffbir.cli.restore`` and the web UI call it.
+[0, 1] to restored images. ``diffbir.cli.restore``, the web UI and
+whole-photo runs call it. Settings are resolved once into a
+:class:`~diffbir.settings.RunConfig` (release defaults, then the caller's
+overrides); each step below is what the published inference path does, in
+its order, so the same weights, photo, options and seed give its image:
 
-Data flow for one batch (sizes for an x4 super-resolution of a 128x128 photo):
-
-1. ``clean``: the stage-1 model removes degradations and brings the image to
-   the output scale (SwinIR/SCUNet see the bicubically upscaled input; BSRNet
-   upscales x4 itself). The short side is raised to at least 512 pixels,
-   the size the diffusion model was trained at. -> ``I_reg`` 512x512
-2. ``encode_condition``: VAE encode of ``I_reg`` (posterior mode x 0.18215),
-   padded to a multiple of 64 pixels. -> ``c`` 4x64x64
-3. ``sample``: the sampler runs the UNet + ControlNet (+ classifier-free
-   guidance, + latent image guidance), optionally over overlapping latent
-   tiles. -> ``z0``
-4. ``decode``: VAE decode (optionally tiled), crop the padding, wavelet
-   colour fix toward ``I_reg``, resize to the requested output size.
+1. ``clean``: same-size cleaners (SwinIR, SCUNet) see the input resized by
+   ``upscale`` with Pillow's 8-bit bicubic; SwinIR raises the short side to
+   512 first and runs zero-padded to a multiple of 64, SCUNet raises it after;
+   BSRNet upscales x4 and is then resized to the output size (or a 512 short
+   side). Nothing is clamped. -> ``I_reg``
+2. ``encode``: ``I_reg`` zero-padded to 64 (8 when tiled), VAE posterior mean
+   x 0.18215 -> the condition latent ``c``.
+3. draws, per image from its own seeded stream: the start point (noise, or
+   ``c`` noised to t = 999), the noise augmentation of ``c``, the sampler's.
+4. ``sample``: the named sampler through one :class:`Denoiser` (CFG,
+   guidance, parameterization), optionally over overlapping latent tiles.
+5. ``decode`` (not clamped), crop, wavelet colour fix toward ``I_reg``,
+   bicubic resize to the output size, and ``x * 255`` truncated to 8 bits.
 """
 
 from __future__ import annotations
@@ -31,85 +35,39 @@ import torch
 import torch.nn.functional as F
 
 from diffbir.errors import ConfigError
+from diffbir.imaging.resize import pad_to_multiple
 from diffbir.presets import Preset, get_preset
+from diffbir.settings import MIN_DIFFUSION_SIDE, RestoreOptions, RunConfig, resolve
 
-# The diffusion models were trained on 512x512 crops; smaller conditions degrade.
-MIN_DIFFUSION_SIDE = 512
-
-
-@dataclass
-class RestoreOptions:
-    """Per-call knobs. ``None`` means "the preset's value"."""
-
-    upscale: float | None = None
-    steps: int | None = None
-    sampler: str | None = None
-    cfg_scale: float | None = None
-    cfg_rescale: bool = False
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    control_strength: float = 1.0
-    start_point: str = "noise"  # "noise" | "cond"
-    start_strength: float = 1.0  # < 1 starts part-way from the noised condition
-    guidance_scale: float = 0.0
-    guidance_space: str = "latent"  # "latent" | "pixel"
-    guidance_loss: str = "mse"  # "mse" | "weighted_mse"
-    guidance_start: int = 1001
-    guidance_stop: int = -1
-    guidance_repeat: int = 1
-    color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
-    seed: int | None = 231
-    cleaner_tile: int | None = None  # pixels; None = automatic
-    vae_tile: int | None = None  # pixels of the decoded image; None = automatic
-    latent_tile: int | None = None  # pixels (multiple of 64); None = automatic
-    tile_overlap: float = 0.25  # fraction of a tile
-    min_side: int = MIN_DIFFUSION_SIDE  # short side the diffusion stage works at, at least
-    # Bytes for the networks' activations (None: a share of what the device has);
-    # the full-resolution image buffers come on top.
-    max_memory: float | None = None
-    progress: bool = False
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for values that cannot work."""
-        checks = [
-            (self.upscale is None or self.upscale > 0, "upscale must be positive"),
-            (self.steps is None or self.steps >= 1, "steps must be at least 1"),
-            (self.cfg_scale is None or self.cfg_scale >= 0, "cfg scale must be >= 0"),
-            (self.control_strength >= 0, "control strength must be >= 0"),
-            (self.start_point in ("noise", "cond"), "start point must be 'noise' or 'cond'"),
-            (0 < self.start_strength <= 1, "start strength must be in (0, 1]"),
-            (self.guidance_scale >= 0, "guidance scale must be >= 0"),
-            (self.guidance_space in ("latent", "pixel"), "guidance space: 'latent' or 'pixel'"),
-            (
-                self.guidance_loss in ("mse", "weighted_mse"),
-                "guidance loss: 'mse' or 'weighted_mse'",
-            ),
-            (self.guidance_repeat >= 1, "guidance repeat must be at least 1"),
-            (
-                self.guidance_loss != "weighted_mse" or self.guidance_space == "pixel",
-                "the weighted_mse guidance loss works in pixel space: add --guidance-space pixel",
-            ),
-            (self.color_fix in ("wavelet", "adain", "none"), "colour fix: wavelet, adain, none"),
-            (0 <= self.tile_overlap < 1, "tile overlap must be in [0, 1)"),
-            (self.min_side >= 64 and self.min_side % 8 == 0, "min side: a multiple of 8, >= 64"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        for name in ("cleaner_tile", "vae_tile", "latent_tile"):
-            value = getattr(self, name)
-            if value is not None and (value < 64 or value % 64):
-                raise ConfigError(f"{name.replace('_', ' ')} must be a multiple of 64 pixels")
+__all__ = [
+    "DiffBIRPipeline",
+    "RestoreOptions",
+    "RestoreResult",
+    "RunConfig",
+    "TilePlan",
+    "MIN_DIFFUSION_SIDE",
+    "output_size",
+    "pad_to_multiple",
+    "plan_tiles",
+    "resize",
+    "resize_short_side_to",
+]
 
 
 @dataclass
 class RestoreResult:
-    """Restored images and what led to them."""
+    """Restored images and what led to them.
 
-    image: torch.Tensor  # [B,3,H,W] float32 in [0,1], the requested output size
-    stage1: torch.Tensor  # [B,3,h,w] the cleaner's output (the diffusion condition)
+    ``image`` holds exact 8-bit levels (k / 255), the release's quantisation;
+    ``intermediates`` the condition latent, the start point ``x_T`` and the
+    sampler's result ``z`` (latents are small)."""
+
+    image: torch.Tensor  # [B*n_samples,3,H,W] float32 in [0,1], the requested output size
+    stage1: torch.Tensor  # [B*n_samples,3,h,w] the cleaner's output (the condition), unclamped
     timings: dict[str, float] = field(default_factory=dict)
     tiles: TilePlan | None = None
+    config: RunConfig | None = None
+    intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,6 +79,10 @@ class TilePlan:
     vae_decode: int | None
     latent: int | None
     overlap: float
+
+    @property
+    def any(self) -> bool:
+        return any(t is not None for t in (self.cleaner, self.vae_encode, self.vae_decode, self.latent))
 
 
 # Rough peak activation bytes per pixel of the stage's image at fp32, measured on
@@ -135,13 +97,13 @@ def plan_tiles(
     *,
     budget: float,
     element_size: int = 4,
-    options: RestoreOptions | None = None,
+    options: RestoreOptions | RunConfig | None = None,
 ) -> TilePlan:
     """Choose per-stage tile sizes so that each stage's activations fit ``budget`` bytes.
 
     ``height`` x ``width`` is the condition image (the diffusion stage's pixel
     size). Explicit sizes in ``options`` win; a stage whose whole image fits
-    runs untiled.
+    runs untiled. The plan depends on nothing but these arguments.
     """
     options = options or RestoreOptions()
     scale = element_size / 4
@@ -166,44 +128,23 @@ def plan_tiles(
     )
 
 
-def default_budget(device: torch.device) -> float:
-    """Bytes available for activations on ``device`` (a conservative share)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free * 0.6
-    # CPU: keep a whole 4K image pipeline within a few GB.
-    return 3e9
-
-
 def resize_short_side_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic (antialiased) resize so that the short side equals ``size``."""
-    h, w = x.shape[-2:]
-    if h <= w:
-        out = (size, max(1, int(w * size / h)))
-    else:
-        out = (max(1, int(h * size / w)), size)
-    return resize(x, out)
+    """Bicubic (antialiased) resize so that the short side equals ``size`` (clamped)."""
+    from diffbir.imaging.resize import short_side_size
+
+    return resize(x, short_side_size(*x.shape[-2:], size))
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic antialiased resize computed in float32, clamped to [0, 1]."""
+    """Bicubic antialiased resize computed in float32, clamped to [0, 1] (for display)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     out = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
     return out.clamp_(0, 1).to(x.dtype)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad the bottom and right edges up to a multiple of ``multiple`` (as the release)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    return F.pad(x, (0, pw, 0, ph))
-
-
 def output_size(lq_hw: tuple[int, int], upscale: float) -> tuple[int, int]:
-    """The size of the restored image for an input of ``lq_hw`` pixels."""
+    """The size of the restored image for an input of ``lq_hw`` pixels (truncated, as released)."""
     return (max(1, int(lq_hw[0] * upscale)), max(1, int(lq_hw[1] * upscale)))
 
 
@@ -267,7 +208,8 @@ class DiffBIRPipeline:
         YAML/JSON file) gives non-released architectures in the published
         constructor names: keys ``cleaner``, ``unet``, ``vae``, ``text``,
         ``controlnet``. An already loaded ``stage2`` model is used as is
-        (pipelines of one release share it).
+        (pipelines of one release share it). The CLIP vocabulary ships with
+        the package.
         """
         from diffbir.models.stage2 import load_stage2
         from diffbir.models.tokenizer import load_tokenizer
@@ -280,7 +222,7 @@ class DiffBIRPipeline:
         configs = load_model_config(model_config)
         wanted = [cleaner or preset.cleaner]
         if stage2 is None:
-            wanted += [sd or preset.sd, controlnet or preset.controlnet, TOKENIZER_FILE]
+            wanted += [sd or preset.sd, controlnet or preset.controlnet]
         paths = resolve_many(
             [str(name) for name in wanted],
             weights_dir=weights_dir,
@@ -289,7 +231,7 @@ class DiffBIRPipeline:
         )
         cleaner_path = paths[0]
         if stage2 is None:
-            sd_path, control_path, tokenizer_path = paths[1:]
+            sd_path, control_path = paths[1:]
             stage2 = load_stage2(
                 sd_path,
                 control_path,
@@ -298,7 +240,7 @@ class DiffBIRPipeline:
                 vae_config=configs.get("vae"),
                 text_config=configs.get("text"),
                 controlnet_config=configs.get("controlnet"),
-                tokenizer=load_tokenizer(tokenizer_path),
+                tokenizer=load_tokenizer(),
                 device=device,
                 dtype=dtype,
             )
@@ -311,7 +253,32 @@ class DiffBIRPipeline:
         self.stage2.controlnet = torch.compile(self.stage2.controlnet)
         return self
 
+    def resolve(self, options: RestoreOptions | None = None) -> RunConfig:
+        """The frozen settings of a run with ``options`` (this release's defaults for ``None``)."""
+        return resolve(self.preset, options)
+
     # ------------------------------------------------------------------- stages
+    @property
+    def cleaner_arch(self) -> str:
+        from diffbir.models.rrdbnet import RRDBNet
+        from diffbir.models.scunet import SCUNet
+
+        if isinstance(self.cleaner, RRDBNet):
+            return "rrdbnet"
+        if isinstance(self.cleaner, SCUNet):
+            return "scunet"
+        return "swinir"
+
+    def run_input(self, lq: torch.Tensor, upscale: float) -> torch.Tensor:
+        """What the release's loop hands its pipeline: same-size cleaners get the input
+        resized by ``upscale`` with Pillow's bicubic on the 8-bit image."""
+        from diffbir.imaging.resize import pil_bicubic
+
+        if self.cleaner_arch == "rrdbnet":
+            return lq.float()
+        h, w = lq.shape[-2:]
+        return pil_bicubic(lq, (int(h * upscale), int(w * upscale)))
+
     def clean(
         self,
         lq: torch.Tensor,
@@ -319,46 +286,46 @@ class DiffBIRPipeline:
         plan: TilePlan | None = None,
         min_side: int = MIN_DIFFUSION_SIDE,
     ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Stage 1. Returns the condition image ``I_reg`` and the final output size."""
+        """Stage 1 on the run input (see :meth:`run_input`). Returns ``I_reg`` (not
+        clamped) and the output size."""
+        from diffbir.imaging.resize import bicubic, resize_short_side
         from diffbir.imaging.tiling import tiled_apply
 
-        target = output_size(tuple(lq.shape[-2:]), upscale)
-        scale = int(getattr(self.cleaner, "scale", 1))
+        arch = self.cleaner_arch
         x = lq.to(self.device, torch.float32)
-        if scale == 1:
-            # Same-size cleaners see the bicubically upscaled input, as released.
-            x = resize(x, target)
-            if min(x.shape[-2:]) < min_side:
-                x = resize_short_side_to(x, min_side)
-        tile = plan.cleaner if plan else None
+        h, w = x.shape[-2:]
+        target = output_size((h, w), upscale) if arch == "rrdbnet" else (h, w)
+        scale = 4 if arch == "rrdbnet" else 1
         cleaner_dtype = next(self.cleaner.parameters()).dtype
+        tile = plan.cleaner if plan else None
+
+        def model(t: torch.Tensor) -> torch.Tensor:
+            return self.cleaner(t.to(cleaner_dtype)).float()
+
         with torch.no_grad():
             if tile is not None and max(x.shape[-2:]) > tile:
-                overlap = _overlap_pixels(tile, plan.overlap, 8)
                 out = tiled_apply(
-                    lambda t: self.cleaner(t.to(cleaner_dtype)).float(),
-                    x,
-                    tile=tile,
-                    overlap=overlap,
-                    scale=scale,
+                    model, x, tile=tile, overlap=_overlap_pixels(tile, plan.overlap, 8), scale=scale
                 )
+            elif arch == "swinir":
+                if min(h, w) < min_side:
+                    x = resize_short_side(x, min_side)
+                h0, w0 = x.shape[-2:]
+                out = model(pad_to_multiple(x, 64))[..., :h0, :w0]
             else:
-                out = self.cleaner(x.to(cleaner_dtype)).float()
-        out = out.clamp_(0, 1)
-        if scale != 1:
-            # BSRNet returns x4; bring it to the requested size (or the minimum).
+                out = model(x)
+        if arch == "rrdbnet":
             if min(target) < min_side:
-                out = resize_short_side_to(out, min_side)
-            else:
-                out = resize(out, target)
-        elif min(out.shape[-2:]) < min_side:
-            out = resize_short_side_to(out, min_side)
+                return resize_short_side(out, min_side), target
+            return bicubic(out, target), target
+        if min(out.shape[-2:]) < min_side:
+            out = resize_short_side(out, min_side)
         return out, target
 
     def encode_condition(
         self, image: torch.Tensor, tile: int | None, overlap: float
     ) -> torch.Tensor:
-        """VAE-encode ``image`` (already padded to a multiple of 64) to the condition latent."""
+        """VAE-encode ``image`` (already padded) to the condition latent (posterior mean x 0.18215)."""
         from diffbir.imaging.tiling import tiled_apply
 
         x = image.to(self.device, self.dtype)
@@ -369,23 +336,30 @@ class DiffBIRPipeline:
                 tile=tile,
                 overlap=_overlap_pixels(tile, overlap, 8),
                 scale=1 / 8,
-            ).to(self.dtype)
-        return self.stage2.encode_image(x)
+            ).float()
+        return self.stage2.encode_image(x).float()
 
     def decode(self, z: torch.Tensor, tile: int | None, overlap: float) -> torch.Tensor:
-        """VAE-decode latents to [0,1] images, tile by tile when ``tile`` is set (pixels)."""
+        """VAE-decode latents to images, ``(x + 1) / 2`` NOT clamped (the colour fix and
+        the final quantisation see the raw values, as released)."""
         from diffbir.imaging.tiling import tiled_apply
+        from diffbir.models.vae import decode_from_latent
+
+        vae = self.stage2.vae
+
+        def whole(t: torch.Tensor) -> torch.Tensor:
+            return decode_from_latent(vae, t.to(self.dtype), clamp=False).float()
 
         if tile is not None and max(z.shape[-2:]) * 8 > tile:
             latent_tile = tile // 8
             return tiled_apply(
-                lambda t: self.stage2.decode_latent(t).float(),
+                whole,
                 z,
                 tile=latent_tile,
                 overlap=_overlap_pixels(latent_tile, overlap, 1),
                 scale=8,
             )
-        return self.stage2.decode_latent(z).float()
+        return whole(z)
 
     def text_embedding(self, prompt: str) -> torch.Tensor:
         """The [1,77,D] embedding of ``prompt``, computed once per prompt."""
@@ -400,16 +374,10 @@ class DiffBIRPipeline:
             self._prompt_cache[prompt] = emb.to(self.device, self.dtype)
         return self._prompt_cache[prompt]
 
-    def prompts(self, options: RestoreOptions) -> tuple[str, str]:
+    def prompts(self, options: RestoreOptions | RunConfig) -> tuple[str, str]:
         """The (prompt, negative prompt) a call with ``options`` uses."""
-        preset = self.preset
-        prompt = options.prompt if options.prompt is not None else preset.prompt
-        negative = (
-            options.negative_prompt
-            if options.negative_prompt is not None
-            else preset.negative_prompt
-        )
-        return prompt, negative
+        config = options if isinstance(options, RunConfig) else self.resolve(options)
+        return config.prompt, config.negative_prompt
 
     def prepare_prompts(self, options: RestoreOptions, *, drop_text_encoder: bool = False) -> None:
         """Encode the prompts of ``options`` now; with ``drop_text_encoder`` free the
@@ -420,101 +388,136 @@ class DiffBIRPipeline:
             self.stage2.drop_text_encoder()
 
     # -------------------------------------------------------------------- call
-    def __call__(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> RestoreResult:
+    def __call__(self, lq: torch.Tensor, options: RestoreOptions | RunConfig | None = None) -> RestoreResult:
         return self.restore(lq, options)
 
-    def restore(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> RestoreResult:
-        """Restore a batch of images ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1])."""
-        from diffbir.diffusion.cfg import classifier_free_guidance
-        from diffbir.diffusion.samplers import (
-            GeneratorNoise,
-            default_spacing,
-            prepare_start,
-            sample,
-        )
+    def restore(
+        self, lq: torch.Tensor, options: RestoreOptions | RunConfig | None = None
+    ) -> RestoreResult:
+        """Restore a batch of images ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1]).
 
-        options = options or RestoreOptions()
-        options.validate()
+        Every image is restored as if it were alone with the run's seed. With
+        ``n_samples`` N > 1 each image gives N results (image-major order),
+        made ``samples_per_run`` at a time from the image's one random stream,
+        as the release's ``--n_samples``/``--batch_size`` do.
+        """
+        from diffbir.randomness import ImageStream
+
+        config = options if isinstance(options, RunConfig) else self.resolve(options)
         if lq.dim() == 3:
             lq = lq.unsqueeze(0)
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ConfigError(f"expected an RGB batch [B,3,H,W], got shape {tuple(lq.shape)}")
-        preset = self.preset
-        upscale = options.upscale if options.upscale is not None else preset.upscale
-        steps = options.steps or preset.steps
-        sampler_name = options.sampler or preset.sampler
-        cfg_scale = options.cfg_scale if options.cfg_scale is not None else preset.cfg_scale
-        prompt, negative = self.prompts(options)
-        timings: dict[str, float] = {}
-        batch = lq.shape[0]
+        streams = [ImageStream.seeded(config.seed, self.device) for _ in range(lq.shape[0])]
+        if config.n_samples == 1:
+            return self._run(lq, [(1, s) for s in streams], config)
+        parts = []
+        for index, stream in enumerate(streams):
+            done = 0
+            while done < config.n_samples:
+                rows = min(config.samples_per_run, config.n_samples - done)
+                image = lq[index : index + 1].expand(rows, -1, -1, -1)
+                parts.append(self._run(image, [(rows, stream)], config))
+                done += rows
+        return _concat_results(parts, config)
 
+    def _run(self, lq: torch.Tensor, groups, config: RunConfig) -> RestoreResult:
+        """One pass of the models over ``lq``'s rows; ``groups`` gives each row's stream."""
+        from diffbir.diffusion.denoiser import Denoiser
+        from diffbir.diffusion.registry import SamplerKnobs, run_sampler
+        from diffbir.imaging.resize import bicubic, to_uint8_levels
+        from diffbir.randomness import BatchNoise
+
+        timings: dict[str, float] = {}
+        rows = lq.shape[0]
+        noise = BatchNoise(groups)
         with torch.no_grad():
-            budget = options.max_memory or default_budget(self.device)
             element = torch.finfo(self.dtype).bits // 8
             with _timed(timings, "stage1", self.device):
-                target_hw = output_size(tuple(lq.shape[-2:]), upscale)
-                cond_hw = _condition_size(target_hw, options.min_side)
-                plan = plan_tiles(*cond_hw, budget=budget, element_size=element, options=options)
-                cond_img, target_hw = self.clean(lq, upscale, plan, options.min_side)
+                run_input = self.run_input(lq, config.upscale)
+                target_hw = output_size(tuple(lq.shape[-2:]), config.upscale)
+                cond_hw = _condition_size(target_hw, config.min_side)
+                plan = plan_tiles(
+                    *cond_hw, budget=config.max_memory, element_size=element, options=config
+                )
+                cond_img, target_hw = self.clean(run_input, config.upscale, plan, config.min_side)
             h0, w0 = cond_img.shape[-2:]
-            padded = pad_to_multiple(cond_img, 64)
+            tiled = plan.vae_encode is not None or plan.latent is not None
+            padded = pad_to_multiple(cond_img, 8 if tiled else 64)
             with _timed(timings, "encode", self.device):
                 cond_latent = self.encode_condition(padded, plan.vae_encode, plan.overlap)
-                cond_text = self.text_embedding(prompt).expand(batch, -1, -1)
-                uncond_text = self.text_embedding(negative).expand(batch, -1, -1)
-
-            generator = torch.Generator(self.device)
-            if options.seed is not None:
-                generator.manual_seed(options.seed)
+                cond_text = self.text_embedding(config.prompt).expand(rows, -1, -1)
+                uncond_text = self.text_embedding(config.negative_prompt).expand(rows, -1, -1)
+            h1, w1 = cond_latent.shape[-2:]
+            if config.start_point == "cond":
+                x_T = self.schedule.add_noise(
+                    cond_latent, noise(cond_latent), self.schedule.num_timesteps - 1
+                ).float()
             else:
-                generator.seed()
-            noise = GeneratorNoise(generator)
+                x_T = noise(cond_latent)
+            control = cond_latent
+            if config.noise_aug > 0:
+                control = self.schedule.add_noise(
+                    cond_latent, noise(cond_latent), config.noise_aug
+                ).float()
+            start_step = 0
+            if config.start_strength < 1:
+                from diffbir.diffusion.samplers import default_spacing, prepare_start
 
-            model_fn = self._denoiser(cond_latent, options.control_strength, plan)
-            model_fn = classifier_free_guidance(
-                model_fn,
-                cond_text,
-                uncond_text,
-                cfg_scale,
-                rescale="cosine" if options.cfg_rescale else "none",
+                x_T, start_step = prepare_start(
+                    cond_latent,
+                    None,
+                    self.schedule,
+                    config.steps,
+                    strength=config.start_strength,
+                    noise=noise,
+                    spacing=default_spacing(config.sampler, self.schedule),
+                    device=self.device,
+                )
+            denoiser = Denoiser(
+                model=self._network(control, config.control_strength, plan),
+                alphas_cumprod=self.schedule.alphas_cumprod,
+                prediction=self.preset.prediction,
+                cond=cond_text,
+                uncond=uncond_text,
+                cfg_scale=config.cfg_scale,
+                rescale_cfg=config.cfg_rescale,
+                rescale_needs_cfg_above_one=config.sampler != "dpm++_m2",
+                guidance=self._guidance(config, cond_latent, padded),
             )
-            guidance = self._guidance(options, cond_latent, padded)
-            from_cond = options.start_point == "cond" or options.start_strength < 1
-            start_latent = cond_latent if from_cond else None
-            x_t, start_step = prepare_start(
-                start_latent,
-                cond_latent.shape,
-                self.schedule,
-                steps,
-                strength=options.start_strength,
-                noise=noise,
-                spacing=default_spacing(sampler_name, self.schedule),
-                dtype=torch.float32,
-                device=self.device,
+            knobs = SamplerKnobs(
+                config.s_churn, config.s_tmin, config.s_tmax, config.s_noise, config.eta, config.order
             )
             with _timed(timings, "sample", self.device):
-                z0 = sample(
-                    sampler_name,
-                    model_fn,
-                    x_t,
+                z = run_sampler(
+                    config.sampler,
+                    denoiser,
+                    x_T,
                     self.schedule,
-                    steps,
-                    prediction=preset.prediction,
+                    config.steps,
                     noise=noise,
-                    guidance=guidance,
+                    brownian=noise.brownian,
+                    knobs=knobs,
                     start_step=start_step,
-                    progress=options.progress,
+                    progress=config.progress,
                 )
+                z = z[..., :h1, :w1]
             with _timed(timings, "decode", self.device):
-                image = self.decode(z0.to(self.dtype), plan.vae_decode, plan.overlap)
-                image = image[..., :h0, :w0]  # decode_latent already clamps
-                image = self._color_fix(image, cond_img, options.color_fix)
-                image = resize(image, target_hw)
+                image = self.decode(z, plan.vae_decode, plan.overlap)[..., :h0, :w0]
+                image = self._color_fix(image, cond_img, config.color_fix)
+                image = to_uint8_levels(bicubic(image, target_hw)).float().div_(255.0)
         timings["total"] = sum(timings.values())
-        return RestoreResult(image=image, stage1=cond_img, timings=timings, tiles=plan)
+        return RestoreResult(
+            image=image,
+            stage1=cond_img,
+            timings=timings,
+            tiles=plan,
+            config=config,
+            intermediates={"cond_latent": cond_latent, "x_T": x_T, "z": z},
+        )
 
     # ----------------------------------------------------------------- helpers
-    def _denoiser(
+    def _network(
         self, cond_latent: torch.Tensor, strength: float, plan: TilePlan
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """``model(x, t, context)`` over the whole latent or over blended latent tiles."""
@@ -526,7 +529,7 @@ class DiffBIRPipeline:
 
         def cond_for(batch: int) -> torch.Tensor:
             if batch not in repeated:
-                repeated[batch] = _repeat_to(cond_latent, batch)
+                repeated[batch] = _repeat_to(cond_latent.to(dtype), batch)
             return repeated[batch]
 
         def whole(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -554,23 +557,23 @@ class DiffBIRPipeline:
 
         return tiled
 
-    def _guidance(self, options: RestoreOptions, cond_latent: torch.Tensor, cond_img: torch.Tensor):
-        if options.guidance_scale <= 0:
+    def _guidance(self, config: RunConfig, cond_latent: torch.Tensor, cond_img: torch.Tensor):
+        if config.guidance_scale <= 0:
             return None
         from diffbir.diffusion.guidance import LatentGuidance
+        from diffbir.models.vae import decode_from_latent
 
-        pixel = options.guidance_space == "pixel"
+        pixel = config.guidance_space == "pixel"
+        vae = self.stage2.vae
         return LatentGuidance(
             cond_latent.float(),
-            options.guidance_scale,
-            start=options.guidance_start,
-            stop=options.guidance_stop,
-            repeat=options.guidance_repeat,
-            space=options.guidance_space,
-            loss=options.guidance_loss,
-            decode=(lambda z: self.stage2.decode_latent(z.to(self.dtype)).float())
-            if pixel
-            else None,
+            config.guidance_scale,
+            start=config.guidance_start,
+            stop=config.guidance_stop,
+            repeat=config.guidance_repeat,
+            space=config.guidance_space,
+            loss=config.guidance_loss,
+            decode=(lambda z: decode_from_latent(vae, z.to(self.dtype)).float()) if pixel else None,
             pixel_target=cond_img.float() if pixel else None,
         )
 
@@ -581,10 +584,26 @@ class DiffBIRPipeline:
         from diffbir.imaging.color import adain_color_fix, wavelet_color_fix
 
         fix = wavelet_color_fix if kind == "wavelet" else adain_color_fix
-        return fix(image.float(), reference.float()).clamp_(0, 1)
+        return fix(image.float(), reference.float())
 
 
-TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
+def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreResult:
+    timings: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return RestoreResult(
+        image=torch.cat([p.image for p in parts]),
+        stage1=torch.cat([p.stage1 for p in parts]),
+        timings=timings,
+        tiles=parts[0].tiles,
+        config=config,
+        intermediates={
+            key: torch.cat([p.intermediates[key] for p in parts]) for key in parts[0].intermediates
+        },
+    )
+
+
 MODEL_CONFIG_KEYS = ("cleaner", "unet", "vae", "text", "controlnet")
 CLEANER_ARCHS = ("swinir", "rrdbnet", "scunet")
 

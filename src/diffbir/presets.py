@@ -83,7 +83,7 @@ def _v1(task: str) -> Preset:
         controlnet="v1_face.pth" if face else "v1_general.pth",
         prediction="eps",
         schedule="sd",
-        sampler="ddpm",
+        sampler="spaced",
         steps=50,
         cfg_scale=1.0,
         upscale=4.0 if task == "sr" else 1.0,
@@ -105,7 +105,7 @@ def _v2(task: str) -> Preset:
         controlnet="v2.pth",
         prediction="eps",
         schedule="sd",
-        sampler="ddpm",
+        sampler="spaced",
         steps=50,
         cfg_scale=4.0,
         negative_prompt=V2_NEGATIVE_PROMPT,
@@ -124,8 +124,8 @@ def _v21(task: str) -> Preset:
         controlnet="DiffBIR_v2.1.pt",
         prediction="v",
         schedule="zsnr",
-        # The release defaults to 10 steps of an EDM-view SDE solver.
-        sampler="dpmpp_2m_sde",
+        # The published inference.py defaults: 10 steps of DPM-Solver++(3M) SDE, CFG 6.
+        sampler="edm_dpm++_3m_sde",
         steps=10,
         cfg_scale=6.0,
         prompt=V21_PROMPT,

@@ -9,7 +9,34 @@ from pathlib import Path
 from diffbir.cli.common import add_model_source_args
 from diffbir.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
 
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_2m_sde", "dpmpp_3m_sde")
+
+
+def _release_defaults(field: str) -> str:
+    """'v1 50, v2 50, v2.1 10': a preset field's value per release (sr task)."""
+    from diffbir.presets import get_preset
+
+    values = []
+    for version in VERSIONS:
+        value = getattr(get_preset(version, "sr"), field)
+        values.append(f"{version} {value if value != '' else 'empty'}")
+    return ", ".join(values)
+
+
+def _sampler_epilog() -> str:
+    from diffbir.diffusion.registry import describe_samplers
+
+    lines = describe_samplers().splitlines()
+    return (
+        "samplers (--sampler; the release's names first, then ours):\n  "
+        + "\n  ".join(lines)
+        + "\n\nThe release's flag spellings are accepted too (--cfg_scale, --pos_prompt, "
+        "--neg_prompt, --start_point_type, --noise_aug, --rescale_cfg, --s_churn, --s_tmin, "
+        "--s_tmax, --s_noise, --n_samples)."
+    )
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the epilog's line breaks kept."""
 
 
 def _memory(text: str) -> float:
@@ -33,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Stable Diffusion with the DiffBIR ControlNet regenerates realistic detail. "
             "The released weights are downloaded on first use (or read from --weights-dir)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        epilog=_sampler_epilog(),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
@@ -61,18 +89,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("sampling (defaults: the release's)")
     g.add_argument("--upscale", type=float, help="output scale (sr default 4, others 1)")
-    g.add_argument("--steps", type=int, help="sampling steps")
-    g.add_argument("--sampler", choices=SAMPLER_CHOICES, help="sampler")
-    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
-    g.add_argument("--cfg-rescale", action="store_true", help="cosine ramp of the CFG scale")
-    g.add_argument("--prompt", help="positive prompt")
-    g.add_argument("--negative-prompt", help="negative prompt")
-    g.add_argument("--strength", type=float, default=1.0, help="ControlNet control strength")
-    g.add_argument("--start-point", choices=("noise", "cond"), default="noise")
+    g.add_argument("--steps", type=int, help=f"sampling steps ({_release_defaults('steps')})")
     g.add_argument(
-        "--start-strength", type=float, default=1.0, help="< 1 starts from the noised condition"
+        "--sampler",
+        metavar="NAME",
+        help=f"sampler, see the list below ({_release_defaults('sampler')})",
     )
+    g.add_argument(
+        "--cfg-scale",
+        "--cfg_scale",
+        type=float,
+        help=f"classifier-free guidance scale, 1 = off ({_release_defaults('cfg_scale')})",
+    )
+    g.add_argument(
+        "--cfg-rescale",
+        "--rescale-cfg",
+        "--rescale_cfg",
+        action="store_true",
+        help="ramp the CFG scale from 1 at t=999 to 1+scale at t=0 (the release's rescale_cfg)",
+    )
+    g.add_argument(
+        "--prompt", "--pos-prompt", "--pos_prompt", help="positive prompt (v2.1: its long default)"
+    )
+    g.add_argument(
+        "--negative-prompt",
+        "--neg-prompt",
+        "--neg_prompt",
+        help="negative prompt (v2 and v2.1: the release's default)",
+    )
+    g.add_argument("--strength", type=float, default=1.0, help="ControlNet control strength")
+    g.add_argument(
+        "--start-point",
+        "--start-point-type",
+        "--start_point_type",
+        choices=("noise", "cond"),
+        default="noise",
+        help="start from noise, or from the condition latent noised to t=999",
+    )
+    g.add_argument(
+        "--start-strength",
+        type=float,
+        default=1.0,
+        help="< 1 starts part-way from the noised condition (our own samplers only)",
+    )
+    g.add_argument(
+        "--noise-aug",
+        "--noise_aug",
+        type=int,
+        default=0,
+        help="noise the condition latent to this timestep (more noise, more creative)",
+    )
+    g.add_argument(
+        "--n-samples",
+        "--n_samples",
+        type=int,
+        default=1,
+        help="results per input, named NAME_0, NAME_1, ... (made --batch-size at a time)",
+    )
+    g.add_argument("--s-churn", "--s_churn", type=float, default=0.0, help="edm_euler/heun/dpm_2 churn")
+    g.add_argument("--s-tmin", "--s_tmin", type=float, default=0.0, help="churn from this sigma")
+    g.add_argument("--s-tmax", "--s_tmax", type=float, default=300.0, help="churn up to this sigma")
+    g.add_argument("--s-noise", "--s_noise", type=float, default=1.0, help="noise scale (edm_*)")
+    g.add_argument("--eta", type=float, default=1.0, help="ancestral/SDE noise amount (edm_*)")
+    g.add_argument("--order", type=int, default=1, help="edm_lms order")
     g.add_argument("--seed", type=int, default=231, help="random seed (same seed, same result)")
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved settings of the run and exit",
+    )
     g = p.add_argument_group("latent image guidance (fidelity vs. realness)")
     g.add_argument("--guidance-scale", type=float, default=0.0, help="0 = off")
     g.add_argument("--guidance-space", choices=("latent", "pixel"), default="latent")
@@ -90,7 +175,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--skip-existing", action="store_true", help="resume: skip finished outputs")
     g.add_argument("-r", "--recursive", action="store_true", help="search folders recursively")
     g = p.add_argument_group("performance")
-    g.add_argument("--batch-size", type=int, default=1, help="images of equal size per batch")
+    g.add_argument(
+        "--batch-size",
+        "--batch_size",
+        type=int,
+        default=1,
+        help="rows per model pass: images of equal size, or the samples of one image",
+    )
     g.add_argument("--max-memory", type=_memory, help="activation budget for tiling, e.g. 4G")
     g.add_argument("--cleaner-tile", type=int, help="stage-1 tile size in pixels")
     g.add_argument("--vae-tile", type=int, help="VAE tile size in pixels")
@@ -123,6 +214,15 @@ def options_from_args(args: argparse.Namespace):
         control_strength=args.strength,
         start_point=args.start_point,
         start_strength=args.start_strength,
+        noise_aug=args.noise_aug,
+        n_samples=args.n_samples,
+        samples_per_run=args.batch_size,
+        s_churn=args.s_churn,
+        s_tmin=args.s_tmin,
+        s_tmax=args.s_tmax,
+        s_noise=args.s_noise,
+        eta=args.eta,
+        order=args.order,
         guidance_scale=args.guidance_scale,
         guidance_space=args.guidance_space,
         guidance_loss=args.guidance_loss,
@@ -150,6 +250,17 @@ def run(args: argparse.Namespace) -> int:
         from diffbir.errors import ConfigError
 
         raise ConfigError("batch size must be at least 1")
+    if args.print_config:
+        from diffbir.presets import get_preset
+        from diffbir.settings import resolve
+
+        config = resolve(get_preset(args.version, args.task), options)
+        print(config.describe(), end="")
+        if args.task == FACE_WHOLE:
+            face = resolve(get_preset(args.version, "face"), options)
+            print("# faces:")
+            print(face.describe(), end="")
+        return 0
     job = RestoreJob(
         inputs=args.inputs,
         output=args.output,

@@ -30,6 +30,7 @@ Decisions, so that callers need not guess:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import warnings
@@ -325,9 +326,15 @@ def _quantise(x: torch.Tensor, bit_depth: int) -> np.ndarray:
 
 
 def _encode_to(
-    fileobj: IO[bytes], pixels: np.ndarray, pillow_format: str, suffix: str, quality: int
+    fileobj: IO[bytes],
+    pixels: np.ndarray,
+    pillow_format: str,
+    suffix: str,
+    quality: int,
+    metadata: dict[str, str] | None = None,
 ) -> None:
-    """Encode ``[H, W, 3|4]`` pixels into ``fileobj`` in the given format."""
+    """Encode ``[H, W, 3|4]`` pixels into ``fileobj`` in the given format (PNG: with
+    ``metadata`` as text chunks)."""
     if pixels.dtype == np.uint16:
         import cv2  # Pillow cannot write 16-bit colour
 
@@ -344,6 +351,13 @@ def _encode_to(
         options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
     elif pillow_format == "WEBP":
         options = {"quality": quality, "lossless": quality >= 100}
+    elif pillow_format == "PNG" and metadata:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in metadata.items():
+            info.add_itxt(key, value)
+        options = {"pnginfo": info}
     image.save(fileobj, format=pillow_format, **options)
 
 
@@ -354,8 +368,12 @@ def write_image(
     alpha: torch.Tensor | None = None,
     quality: int = 95,
     bit_depth: int = 8,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``rgb`` (``[3, H, W]`` or ``[1, 3, H, W]`` in [0, 1]) to ``path`` atomically.
+
+    ``metadata`` (how the image was made) goes into PNG text chunks; for
+    other formats into ``<path>.json`` beside the image.
 
     Args:
         path: output file; the suffix picks the format (``.png .jpg .jpeg .webp
@@ -405,7 +423,14 @@ def write_image(
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: _encode_to(f, pixels, pillow_format, suffix, quality))
+        with_chunks = metadata if pillow_format == "PNG" and pixels.dtype == np.uint8 else None
+        _atomic_write(
+            path, lambda f: _encode_to(f, pixels, pillow_format, suffix, quality, with_chunks)
+        )
+        if metadata and with_chunks is None:
+            text = json.dumps(metadata, indent=1, ensure_ascii=False) + "\n"
+            sidecar = path.with_name(path.name + ".json")
+            _atomic_write(sidecar, lambda f: f.write(text.encode("utf-8")))
     except ImageWriteError:
         raise
     except OSError as err:

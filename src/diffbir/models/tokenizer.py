@@ -237,20 +237,25 @@ def write_hf_files(tokenizer: OpenCLIPTokenizer, folder: str | PathLike) -> tupl
     return vocab_path, merges_path
 
 
+def bundled_vocabulary() -> Path:
+    """The OpenCLIP BPE vocabulary shipped with the package (``models/data/``)."""
+    return Path(__file__).parent / "data" / BPE_GZ_NAME
+
+
 def load_tokenizer(
     source: str | PathLike | None = None, *, weights_dir: str | PathLike | None = None
 ) -> OpenCLIPTokenizer:
     """Load the OpenCLIP tokenizer.
 
     ``source`` is the gz vocabulary, or a folder holding it or ``vocab.json`` +
-    ``merges.txt``. ``None`` asks the weight registry for the released gz file
-    (downloading it into ``weights_dir`` or the cache when allowed). Raises
+    ``merges.txt``. ``None`` uses the copy shipped inside the package (the
+    release ships it in its tree too), so no download is ever needed for it;
+    ``weights_dir`` is accepted for compatibility and ignored then. Raises
     :class:`CheckpointError` when nothing usable is found.
     """
+    del weights_dir
     if source is None:
-        from diffbir import weights
-
-        source = weights.resolve(BPE_GZ_NAME, weights_dir=weights_dir)
+        source = bundled_vocabulary()
     path = Path(source)
     if path.is_dir():
         if (path / BPE_GZ_NAME).is_file():

@@ -214,9 +214,10 @@ def encode_to_latent(vae, x01: torch.Tensor) -> torch.Tensor:
     return posterior.mean * VAE_SCALE
 
 
-def decode_from_latent(vae, z: torch.Tensor) -> torch.Tensor:
-    """Decode a scaled latent to an NCHW RGB image in [0,1] (clamped)."""
+def decode_from_latent(vae, z: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+    """Decode a scaled latent to an NCHW RGB image ``(x + 1) / 2``, clamped to [0,1]
+    unless ``clamp`` is False (the release's restore path does not clamp here)."""
     ref = _param_like(vae)
     z = z.to(device=ref.device, dtype=ref.dtype) / VAE_SCALE
-    image = vae.decode(z).sample
-    return ((image + 1.0) / 2.0).clamp(0.0, 1.0)
+    image = (vae.decode(z).sample + 1.0) / 2.0
+    return image.clamp(0.0, 1.0) if clamp else image

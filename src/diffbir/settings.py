@@ -1,0 +1,210 @@
+"""Run settings: the user's overrides on top of the release's defaults, resolved once.
+
+:class:`RestoreOptions` is what a caller sets (``None`` = "the release's
+value"); :func:`resolve` turns it and a :class:`~diffbir.presets.Preset` into
+a frozen :class:`RunConfig`, the one description of a run that the CLI, the
+Python API, the web UI and whole-photo runs share, that ``--print-config``
+prints and that every written image records.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, fields
+
+from diffbir.errors import ConfigError
+from diffbir.presets import Preset
+
+# The diffusion models were trained on 512x512 crops; smaller conditions degrade.
+MIN_DIFFUSION_SIDE = 512
+# Activation budget for choosing tile sizes when none is given: a fixed figure,
+# so that the same command gives the same image on every machine.
+DEFAULT_MAX_MEMORY = 4e9
+
+
+@dataclass
+class RestoreOptions:
+    """Per-call knobs. ``None`` means "the release's value" (see :func:`resolve`)."""
+
+    upscale: float | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    cfg_scale: float | None = None
+    cfg_rescale: bool = False
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    control_strength: float = 1.0
+    start_point: str = "noise"  # "noise" | "cond"
+    start_strength: float = 1.0  # < 1 starts part-way (our own samplers only)
+    noise_aug: int = 0  # noise the condition latent to this timestep (the release's --noise_aug)
+    n_samples: int = 1  # outputs per input
+    samples_per_run: int = 1  # rows per model pass when n_samples > 1 (the release's --batch_size)
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 300.0
+    s_noise: float = 1.0
+    eta: float = 1.0
+    order: int = 1
+    guidance_scale: float = 0.0
+    guidance_space: str = "latent"  # "latent" | "pixel"
+    guidance_loss: str = "mse"  # "mse" | "weighted_mse"
+    guidance_start: int = 1001
+    guidance_stop: int = -1
+    guidance_repeat: int = 1
+    color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
+    seed: int | None = 231
+    cleaner_tile: int | None = None  # pixels; None = automatic
+    vae_tile: int | None = None  # pixels of the decoded image; None = automatic
+    latent_tile: int | None = None  # pixels (multiple of 64); None = automatic
+    tile_overlap: float = 0.25  # fraction of a tile
+    min_side: int = MIN_DIFFUSION_SIDE  # short side the diffusion stage works at, at least
+    # Bytes for the networks' activations; the full-resolution image buffers come on top.
+    max_memory: float | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot work."""
+        from diffbir.diffusion.registry import canonical
+
+        checks = [
+            (self.upscale is None or self.upscale > 0, "upscale must be positive"),
+            (self.steps is None or self.steps >= 1, "steps must be at least 1"),
+            (self.cfg_scale is None or self.cfg_scale >= 0, "cfg scale must be >= 0"),
+            (self.control_strength >= 0, "control strength must be >= 0"),
+            (self.start_point in ("noise", "cond"), "start point must be 'noise' or 'cond'"),
+            (0 < self.start_strength <= 1, "start strength must be in (0, 1]"),
+            (0 <= self.noise_aug <= 999, "noise aug must be a timestep in [0, 999]"),
+            (self.n_samples >= 1, "n samples must be at least 1"),
+            (self.samples_per_run >= 1, "samples per run must be at least 1"),
+            (self.s_noise >= 0 and self.s_churn >= 0, "s_churn and s_noise must be >= 0"),
+            (self.eta >= 0, "eta must be >= 0"),
+            (1 <= self.order <= 4, "order (edm_lms) must be 1 to 4"),
+            (self.guidance_scale >= 0, "guidance scale must be >= 0"),
+            (self.guidance_space in ("latent", "pixel"), "guidance space: 'latent' or 'pixel'"),
+            (
+                self.guidance_loss in ("mse", "weighted_mse"),
+                "guidance loss: 'mse' or 'weighted_mse'",
+            ),
+            (self.guidance_repeat >= 1, "guidance repeat must be at least 1"),
+            (
+                self.guidance_loss != "weighted_mse" or self.guidance_space == "pixel",
+                "the weighted_mse guidance loss works in pixel space: add --guidance-space pixel",
+            ),
+            (self.color_fix in ("wavelet", "adain", "none"), "colour fix: wavelet, adain, none"),
+            (0 <= self.tile_overlap < 1, "tile overlap must be in [0, 1)"),
+            (self.min_side >= 64 and self.min_side % 8 == 0, "min side: a multiple of 8, >= 64"),
+            (self.max_memory is None or self.max_memory > 0, "max memory must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for name in ("cleaner_tile", "vae_tile", "latent_tile"):
+            value = getattr(self, name)
+            if value is not None and (value < 64 or value % 64):
+                raise ConfigError(f"{name.replace('_', ' ')} must be a multiple of 64 pixels")
+        if self.sampler is not None:
+            canonical(self.sampler)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, resolved: nothing here is ``None`` but the tiles
+    (automatic) and ``max_memory`` (the fixed default)."""
+
+    version: str
+    task: str
+    upscale: float
+    steps: int
+    sampler: str
+    prediction: str
+    schedule: str
+    cfg_scale: float
+    cfg_rescale: bool
+    prompt: str
+    negative_prompt: str
+    control_strength: float
+    start_point: str
+    start_strength: float
+    noise_aug: int
+    n_samples: int
+    samples_per_run: int
+    s_churn: float
+    s_tmin: float
+    s_tmax: float
+    s_noise: float
+    eta: float
+    order: int
+    guidance_scale: float
+    guidance_space: str
+    guidance_loss: str
+    guidance_start: int
+    guidance_stop: int
+    guidance_repeat: int
+    color_fix: str
+    seed: int
+    cleaner_tile: int | None
+    vae_tile: int | None
+    latent_tile: int | None
+    tile_overlap: float
+    min_side: int
+    max_memory: float
+    progress: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """``key: value`` lines (YAML), as ``--print-config`` shows them."""
+        import yaml
+
+        data = {k: v for k, v in self.as_dict().items() if k != "progress"}
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+    def metadata(self) -> dict[str, str]:
+        """What a written image records of how it was made (text chunks / JSON)."""
+        keys = (
+            "version task upscale sampler steps cfg_scale cfg_rescale prompt negative_prompt "
+            "seed control_strength start_point noise_aug s_churn s_tmin s_tmax s_noise eta "
+            "order guidance_scale guidance_space guidance_loss guidance_start guidance_stop "
+            "guidance_repeat color_fix"
+        ).split()
+        data = self.as_dict()
+        return {key: str(data[key]) for key in keys}
+
+
+def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
+    """The run described by ``options`` for the release ``preset`` (its values for ``None``).
+
+    A ``None`` seed is drawn here, once, so the run (and what it records) is
+    reproducible.
+    """
+    from diffbir.diffusion.registry import canonical
+
+    options = options or RestoreOptions()
+    options.validate()
+    known = {f.name for f in fields(RunConfig)}
+    values = {k: v for k, v in asdict(options).items() if k in known}
+
+    def pick(value, default):
+        return default if value is None else value
+
+    values.update(
+        version=preset.version,
+        task=preset.task,
+        upscale=float(pick(options.upscale, preset.upscale)),
+        steps=int(pick(options.steps, preset.steps)),
+        sampler=canonical(pick(options.sampler, preset.sampler)),
+        prediction=preset.prediction,
+        schedule=preset.schedule,
+        cfg_scale=float(pick(options.cfg_scale, preset.cfg_scale)),
+        prompt=pick(options.prompt, preset.prompt),
+        negative_prompt=pick(options.negative_prompt, preset.negative_prompt),
+        seed=int(options.seed) if options.seed is not None else secrets.randbelow(2**31),
+        max_memory=float(pick(options.max_memory, DEFAULT_MAX_MEMORY)),
+    )
+    config = RunConfig(**values)
+    if config.start_strength < 1 and config.sampler.startswith(("edm_", "spaced", "ddim", "dpm++")):
+        raise ConfigError(
+            f"--start-strength below 1 works with our own samplers only, not {config.sampler}"
+        )
+    return config
