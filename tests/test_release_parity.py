@@ -147,12 +147,18 @@ def test_api_gives_the_release_image(name, pipelines, single_thread):
         ("cond_latent", result.intermediates["cond_latent"]),
         ("z", result.intermediates["z"]),
     ):
-        bar = 1e-3 if key == "z" and case["parameterization"] == "v" and case["sampler"] in LOOSE_Z else 1e-4
+        bar = (
+            1e-3
+            if key == "z" and case["parameterization"] == "v" and case["sampler"] in LOOSE_Z
+            else 1e-4
+        )
         err = _rel(got, _expanded(case, key, rows))
         assert err <= bar, f"{name}: {key} relative error {err:.2e} > {bar:.0e}"
     x_T = _expanded(case, "x_T", rows)
     if case["start_point_type"] == "noise":
-        assert torch.equal(result.intermediates["x_T"], x_T), f"{name}: x_T is not the release's draw"
+        assert torch.equal(result.intermediates["x_T"], x_T), (
+            f"{name}: x_T is not the release's draw"
+        )
     else:
         assert _rel(result.intermediates["x_T"], x_T) <= 1e-6
     out = (result.image * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -195,7 +201,9 @@ def test_cli_gives_the_release_image(name, model_config, tmp_path, single_thread
     assert main(_cli_args(case, inp, out, model_config)) == 0
     n = case["n_samples"]
     files = [out / "photo.png"] if n == 1 else [out / f"photo_{i}.png" for i in range(n)]
-    written = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))) for f in files])
+    written = torch.stack(
+        [torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files]
+    )
     _check_output(written, _expanded(case, "output_uint8", n), name)
     with Image.open(files[0]) as image:
         assert image.info["sampler"] == case["sampler"]

@@ -228,5 +228,9 @@ def test_two_processes_share_the_work(release, tmp_path):
     command += ["--steps", "1", "--min-side", "64", "--task", "denoise"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-2000:]  # bad.png failed on one rank
-    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png", "prompt.csv"]
     assert run.stderr.count("3 restored, 1 failed") == 1
+    # both processes appended their rows to one prompt.csv, under one header
+    rows = (out / "prompt.csv").read_text(encoding="utf-8").splitlines()
+    assert rows.count("file_name,pos_prompt,neg_prompt") == 1
+    assert sorted(row.split(",")[0] for row in rows[1:]) == ["0", "1", "2"]

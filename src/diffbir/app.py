@@ -67,7 +67,7 @@ def build_app(
     system temp directory, which gradio serves). Start it with :func:`launch`.
     """
     gr = require_gradio()
-    from diffbir.diffusion.registry import sampler_names
+    from diffbir.diffusion.names import sampler_names
     from diffbir.presets import TASK_CHOICES, VERSIONS
 
     factory = pipeline_factory or released_pipeline_factory(

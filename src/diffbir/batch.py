@@ -228,22 +228,33 @@ def _metadata(result, source: Path, index: int) -> dict[str, str] | None:
 
 def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> None:
     """One row per input in OUT/prompt.csv (file_name, pos_prompt, neg_prompt), as the
-    release writes it; appended in one write, so processes do not interleave rows."""
+    release writes it. The file is locked while a row is appended, so the processes of
+    a sharded run write one header and never interleave."""
     import csv
     import io
 
     path = output / "prompt.csv"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if not path.exists():
-        writer.writerow(["file_name", "pos_prompt", "neg_prompt"])
     name = str(out.relative_to(output).with_suffix(""))
-    writer.writerow([name, metadata.get("prompt", ""), metadata.get("negative_prompt", "")])
     try:
-        with open(path, "a", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
+        with open(path, "a+", encoding="utf-8", newline="") as f:
+            _lock(f)
+            f.seek(0, io.SEEK_END)
+            writer = csv.writer(f, lineterminator="\n")
+            if f.tell() == 0:
+                writer.writerow(["file_name", "pos_prompt", "neg_prompt"])
+            writer.writerow([name, metadata.get("prompt", ""), metadata.get("negative_prompt", "")])
+            f.flush()
     except OSError as exc:
         raise DiffBIRError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _lock(f) -> None:
+    """An exclusive advisory lock on ``f`` until it is closed (POSIX; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
 
 
 def _report(summary: JobSummary, path: Path, reason: str) -> None:

@@ -24,7 +24,6 @@ its order, so the same weights, photo, options and seed give its image:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +35,12 @@ import torch.nn.functional as F
 
 from diffbir.errors import ConfigError
 from diffbir.imaging.resize import pad_to_multiple
+from diffbir.loading import (
+    _load_stage1,
+    load_model_config,
+    parse_dtype,
+)
+from diffbir.planning import TilePlan, _condition_size, _overlap_pixels, plan_tiles
 from diffbir.presets import Preset, get_preset
 from diffbir.settings import MIN_DIFFUSION_SIDE, RestoreOptions, RunConfig, resolve
 
@@ -68,64 +73,6 @@ class RestoreResult:
     tiles: TilePlan | None = None
     config: RunConfig | None = None
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """Tile sizes in pixels of the image each stage sees; ``None`` = whole image."""
-
-    cleaner: int | None
-    vae_encode: int | None
-    vae_decode: int | None
-    latent: int | None
-    overlap: float
-
-    @property
-    def any(self) -> bool:
-        return any(t is not None for t in (self.cleaner, self.vae_encode, self.vae_decode, self.latent))
-
-
-# Rough peak activation bytes per pixel of the stage's image at fp32, measured on
-# SD 2.1-sized models (see benchmarks/): used only to choose tile sizes.
-_BYTES_PER_PIXEL = {"cleaner": 1_500, "vae_encode": 8_000, "vae_decode": 10_000, "latent": 4_000}
-_TILE_CHOICES = (2048, 1536, 1024, 768, 512, 384, 256)
-
-
-def plan_tiles(
-    height: int,
-    width: int,
-    *,
-    budget: float,
-    element_size: int = 4,
-    options: RestoreOptions | RunConfig | None = None,
-) -> TilePlan:
-    """Choose per-stage tile sizes so that each stage's activations fit ``budget`` bytes.
-
-    ``height`` x ``width`` is the condition image (the diffusion stage's pixel
-    size). Explicit sizes in ``options`` win; a stage whose whole image fits
-    runs untiled. The plan depends on nothing but these arguments.
-    """
-    options = options or RestoreOptions()
-    scale = element_size / 4
-
-    def choose(stage: str, explicit: int | None) -> int | None:
-        if explicit is not None:
-            return None if explicit >= max(height, width) else explicit
-        per_pixel = _BYTES_PER_PIXEL[stage] * scale
-        if height * width * per_pixel <= budget:
-            return None
-        for tile in _TILE_CHOICES:
-            if tile * tile * per_pixel <= budget and tile < max(height, width):
-                return tile
-        return _TILE_CHOICES[-1]
-
-    return TilePlan(
-        cleaner=choose("cleaner", options.cleaner_tile),
-        vae_encode=choose("vae_encode", options.vae_tile),
-        vae_decode=choose("vae_decode", options.vae_tile),
-        latent=choose("latent", options.latent_tile),
-        overlap=options.tile_overlap,
-    )
 
 
 def resize_short_side_to(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -325,41 +272,30 @@ class DiffBIRPipeline:
     def encode_condition(
         self, image: torch.Tensor, tile: int | None, overlap: float
     ) -> torch.Tensor:
-        """VAE-encode ``image`` (already padded) to the condition latent (posterior mean x 0.18215)."""
-        from diffbir.imaging.tiling import tiled_apply
+        """VAE-encode ``image`` (already padded) to the condition latent (posterior mean
+        x 0.18215); tile by tile with GroupNorm statistics shared over the whole image
+        when ``tile`` (pixels) is smaller than it."""
+        from diffbir.imaging.tiled_vae import tiled_encode
 
+        del overlap  # the tiled VAE computes margins around its tiles instead
         x = image.to(self.device, self.dtype)
         if tile is not None and max(x.shape[-2:]) > tile:
-            return tiled_apply(
-                self.stage2.encode_image,
-                x,
-                tile=tile,
-                overlap=_overlap_pixels(tile, overlap, 8),
-                scale=1 / 8,
-            ).float()
+            return tiled_encode(self.stage2.vae, x, tile).float()
         return self.stage2.encode_image(x).float()
 
     def decode(self, z: torch.Tensor, tile: int | None, overlap: float) -> torch.Tensor:
         """VAE-decode latents to images, ``(x + 1) / 2`` NOT clamped (the colour fix and
-        the final quantisation see the raw values, as released)."""
-        from diffbir.imaging.tiling import tiled_apply
+        the final quantisation see the raw values, as released). ``tile``: pixels of the
+        decoded image; tiles share GroupNorm statistics, so they cannot differ in tone."""
+        from diffbir.imaging.tiled_vae import tiled_decode
         from diffbir.models.vae import decode_from_latent
 
+        del overlap
         vae = self.stage2.vae
-
-        def whole(t: torch.Tensor) -> torch.Tensor:
-            return decode_from_latent(vae, t.to(self.dtype), clamp=False).float()
-
+        z = z.to(self.dtype)
         if tile is not None and max(z.shape[-2:]) * 8 > tile:
-            latent_tile = tile // 8
-            return tiled_apply(
-                whole,
-                z,
-                tile=latent_tile,
-                overlap=_overlap_pixels(latent_tile, overlap, 1),
-                scale=8,
-            )
-        return whole(z)
+            return tiled_decode(vae, z, max(1, tile // 8), clamp=False).float()
+        return decode_from_latent(vae, z, clamp=False).float()
 
     def text_embedding(self, prompt: str) -> torch.Tensor:
         """The [1,77,D] embedding of ``prompt``, computed once per prompt."""
@@ -388,7 +324,9 @@ class DiffBIRPipeline:
             self.stage2.drop_text_encoder()
 
     # -------------------------------------------------------------------- call
-    def __call__(self, lq: torch.Tensor, options: RestoreOptions | RunConfig | None = None) -> RestoreResult:
+    def __call__(
+        self, lq: torch.Tensor, options: RestoreOptions | RunConfig | None = None
+    ) -> RestoreResult:
         return self.restore(lq, options)
 
     def restore(
@@ -486,7 +424,12 @@ class DiffBIRPipeline:
                 guidance=self._guidance(config, cond_latent, padded),
             )
             knobs = SamplerKnobs(
-                config.s_churn, config.s_tmin, config.s_tmax, config.s_noise, config.eta, config.order
+                config.s_churn,
+                config.s_tmin,
+                config.s_tmax,
+                config.s_noise,
+                config.eta,
+                config.order,
             )
             with _timed(timings, "sample", self.device):
                 z = run_sampler(
@@ -602,79 +545,6 @@ def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreRes
             key: torch.cat([p.intermediates[key] for p in parts]) for key in parts[0].intermediates
         },
     )
-
-
-MODEL_CONFIG_KEYS = ("cleaner", "unet", "vae", "text", "controlnet")
-CLEANER_ARCHS = ("swinir", "rrdbnet", "scunet")
-
-
-def _load_stage1(path: Path, arch: str | None, configs: Mapping) -> torch.nn.Module:
-    """Load the cleaner; a ``cleaner`` config section may be keyed by architecture."""
-    from diffbir.checkpoint import load_state_dict
-    from diffbir.models.cleaner import infer_arch, load_cleaner
-
-    config = dict(configs.get("cleaner", {}))
-    if config and set(config) <= set(CLEANER_ARCHS):
-        weights = load_state_dict(path)
-        arch = arch or infer_arch(weights)
-        return load_cleaner(weights, arch=arch, **config.get(arch, {}))
-    return load_cleaner(path, arch=arch, **config)
-
-
-def load_model_config(source: Mapping | str | Path | None) -> dict:
-    """Architecture overrides from a mapping or a YAML/JSON file (see :meth:`from_preset`)."""
-    if source is None:
-        return {}
-    if not isinstance(source, Mapping):
-        import yaml
-
-        path = Path(source)
-        try:
-            source = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the model config ({exc})") from None
-        if not isinstance(source, Mapping):
-            raise ConfigError(f"{path}: the model config must be a mapping")
-    unknown = sorted(set(source) - set(MODEL_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"unknown model config section(s) {', '.join(unknown)}; "
-            f"expected {', '.join(MODEL_CONFIG_KEYS)}"
-        )
-    for key, value in source.items():
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"model config section {key!r} must be a mapping")
-    return {key: dict(value) for key, value in source.items()}
-
-
-def parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """``"fp32" | "fp16" | "bf16"`` (or a torch dtype) -> torch dtype; default by device."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if dtype not in table:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose fp32, fp16 or bf16")
-    return table[dtype]
-
-
-def _condition_size(target_hw: tuple[int, int], min_side: int) -> tuple[int, int]:
-    """The diffusion stage's pixel size for an output of ``target_hw``."""
-    h, w = target_hw
-    short = min(h, w)
-    if short < min_side:
-        factor = min_side / short
-        h, w = math.ceil(h * factor), math.ceil(w * factor)
-    return h, w
-
-
-def _overlap_pixels(tile: int, fraction: float, multiple: int) -> int:
-    """``fraction`` of ``tile`` as a multiple of ``multiple`` (at least one when > 0)."""
-    if fraction <= 0:
-        return 0
-    overlap = max(multiple, round(tile * fraction / multiple) * multiple)
-    return min(overlap, tile - multiple)
 
 
 def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:

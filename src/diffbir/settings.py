@@ -64,7 +64,7 @@ class RestoreOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
-        from diffbir.diffusion.registry import canonical
+        from diffbir.diffusion.names import canonical
 
         checks = [
             (self.upscale is None or self.upscale > 0, "upscale must be positive"),
@@ -178,7 +178,7 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
     A ``None`` seed is drawn here, once, so the run (and what it records) is
     reproducible.
     """
-    from diffbir.diffusion.registry import canonical
+    from diffbir.diffusion.names import canonical
 
     options = options or RestoreOptions()
     options.validate()

@@ -10,7 +10,6 @@ from diffbir.cli.common import add_model_source_args
 from diffbir.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
 
 
-
 def _release_defaults(field: str) -> str:
     """'v1 50, v2 50, v2.1 10': a preset field's value per release (sr task)."""
     from diffbir.presets import get_preset
@@ -23,7 +22,7 @@ def _release_defaults(field: str) -> str:
 
 
 def _sampler_epilog() -> str:
-    from diffbir.diffusion.registry import describe_samplers
+    from diffbir.diffusion.names import describe_samplers
 
     lines = describe_samplers().splitlines()
     return (
@@ -146,7 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="results per input, named NAME_0, NAME_1, ... (made --batch-size at a time)",
     )
-    g.add_argument("--s-churn", "--s_churn", type=float, default=0.0, help="edm_euler/heun/dpm_2 churn")
+    g.add_argument(
+        "--s-churn", "--s_churn", type=float, default=0.0, help="edm_euler/heun/dpm_2 churn"
+    )
     g.add_argument("--s-tmin", "--s_tmin", type=float, default=0.0, help="churn from this sigma")
     g.add_argument("--s-tmax", "--s_tmax", type=float, default=300.0, help="churn up to this sigma")
     g.add_argument("--s-noise", "--s_noise", type=float, default=1.0, help="noise scale (edm_*)")

@@ -60,7 +60,9 @@ def _churn(x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noise):
     return x, sigma_hat
 
 
-def sample_euler(denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+def sample_euler(
+    denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0
+):
     """Euler steps with optional churn (Karras et al. 2022, Algorithm 2)."""
     n = len(sigmas) - 1
     for i in range(n):
@@ -70,7 +72,9 @@ def sample_euler(denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=flo
     return x
 
 
-def sample_heun(denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+def sample_heun(
+    denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0
+):
     """Heun's second-order steps with optional churn (Karras et al. 2022, Algorithm 2)."""
     n = len(sigmas) - 1
     for i in range(n):
@@ -86,7 +90,9 @@ def sample_heun(denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=floa
     return x
 
 
-def sample_dpm_2(denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+def sample_dpm_2(
+    denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0
+):
     """DPM-Solver-2 midpoint steps in log sigma (Lu et al. 2022 with Karras et al.'s churn)."""
     n = len(sigmas) - 1
     for i in range(n):

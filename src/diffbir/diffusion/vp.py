@@ -100,7 +100,11 @@ class DiscreteVPTime:
     def alpha_sigma_lambda(self, t: torch.Tensor):
         log_alpha = self.log_alpha(t)
         log_sigma = 0.5 * torch.log(1.0 - torch.exp(2.0 * log_alpha))
-        return torch.exp(log_alpha), torch.sqrt(1.0 - torch.exp(2.0 * log_alpha)), log_alpha - log_sigma
+        return (
+            torch.exp(log_alpha),
+            torch.sqrt(1.0 - torch.exp(2.0 * log_alpha)),
+            log_alpha - log_sigma,
+        )
 
 
 def sample_dpmpp_2m_vp(denoiser, x, betas: torch.Tensor, steps: int, noise=None):
