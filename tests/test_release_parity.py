@@ -201,9 +201,7 @@ def test_cli_gives_the_release_image(name, model_config, tmp_path, single_thread
     assert main(_cli_args(case, inp, out, model_config)) == 0
     n = case["n_samples"]
     files = [out / "photo.png"] if n == 1 else [out / f"photo_{i}.png" for i in range(n)]
-    written = torch.stack(
-        [torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files]
-    )
+    written = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files])
     _check_output(written, _expanded(case, "output_uint8", n), name)
     with Image.open(files[0]) as image:
         assert image.info["sampler"] == case["sampler"]
