@@ -234,3 +234,78 @@ def test_two_processes_share_the_work(release, tmp_path):
     rows = (out / "prompt.csv").read_text(encoding="utf-8").splitlines()
     assert rows.count("file_name,pos_prompt,neg_prompt") == 1
     assert sorted(row.split(",")[0] for row in rows[1:]) == ["0", "1", "2"]
+
+
+def test_weights_dir_needs_only_the_released_weight_files(release, tmp_path):
+    # The CLIP vocabulary ships inside the package: nothing but weights in the folder.
+    weights, _ = release
+    assert not list(weights.glob("*.gz")) and not list(weights.glob("*.txt"))
+    src = _photo(tmp_path / "in.png")
+    assert _restore(release, [src], tmp_path / "out", "--version", "v2.1") == 0
+
+
+def test_print_config_shows_the_resolved_run_and_exits(tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "out"
+    code = main(["restore", "missing.png", "-o", str(out), "--version", "v2.1", "--print-config"])
+    assert code == 0 and not out.exists()  # nothing loaded, nothing written
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["sampler"], config["steps"], config["cfg_scale"]) == (
+        "edm_dpm++_3m_sde",
+        10,
+        6.0,
+    )
+    assert config["prompt"].startswith("Cinematic") and config["seed"] == 231
+    assert (config["prediction"], config["schedule"]) == ("v", "zsnr")
+    code = main(
+        ["restore", "x.png", "-o", str(out), "--version", "v2", "--steps", "20", "--print-config"]
+    )
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["sampler"], config["steps"], config["cfg_scale"]) == ("spaced", 20, 4.0)
+    assert config["negative_prompt"].startswith("low quality") and config["prompt"] == ""
+
+
+def test_help_lists_samplers_and_release_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one help line per option
+    with pytest.raises(SystemExit):
+        main(["restore", "--help"])
+    text = capsys.readouterr().out
+    assert "v1 50, v2 50, v2.1 10" in text  # --steps per release, not None
+    assert "v1 spaced, v2 spaced, v2.1 edm_dpm++_3m_sde" in text
+    assert "(default: None)" not in text
+    for name in ("spaced", "ddim", "dpm++_m2", "edm_lms", "edm_dpm++_3m_sde", "dpmpp_2m"):
+        assert f"\n  {name}: " in text
+
+
+def test_unknown_sampler_is_one_clear_error(tmp_path, capsys):
+    code = main(["restore", "x.png", "-o", str(tmp_path), "--sampler", "dpm_fast"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "unknown sampler 'dpm_fast'" in err and "edm_dpm++_3m_sde" in err
+
+
+def test_outputs_record_how_they_were_made(release, tmp_path):
+    import json
+
+    src = _photo(tmp_path / "in.png")
+    out = tmp_path / "out"
+    extra = ["--version", "v2", "--task", "denoise", "--seed", "7", "--prompt", "a cat"]
+    assert _restore(release, [src], out, *extra) == 0
+    with Image.open(out / "in.png") as image:
+        info = image.info
+    assert (info["version"], info["task"], info["sampler"]) == ("v2", "denoise", "spaced")
+    assert (info["seed"], info["steps"], info["prompt"]) == ("7", "2", "a cat")
+    assert info["cfg_scale"] == "4.0" and info["source"] == "in.png"
+    import csv
+
+    with open(out / "prompt.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [
+        ["file_name", "pos_prompt", "neg_prompt"],
+        ["in", "a cat", info["negative_prompt"]],
+    ]
+    # formats without text chunks get a JSON file beside the image
+    assert _restore(release, [src], tmp_path / "jpg", *extra, "--format", "jpg") == 0
+    sidecar = json.loads((tmp_path / "jpg" / "in.jpg.json").read_text(encoding="utf-8"))
+    assert sidecar["seed"] == "7" and sidecar["sampler"] == "spaced"

@@ -278,7 +278,9 @@ class DiffBIRPipeline:
         from diffbir.imaging.tiled_vae import tiled_encode
 
         del overlap  # the tiled VAE computes margins around its tiles instead
-        x = image.to(self.device, self.dtype)
+        # Contiguous on purpose: on CPU, GroupNorm over a channels-last tensor (what a
+        # batched cleaner can return) loses precision, enough to move the latent by 5%.
+        x = image.to(self.device, self.dtype).contiguous()
         if tile is not None and max(x.shape[-2:]) > tile:
             return tiled_encode(self.stage2.vae, x, tile).float()
         return self.stage2.encode_image(x).float()
@@ -292,7 +294,7 @@ class DiffBIRPipeline:
 
         del overlap
         vae = self.stage2.vae
-        z = z.to(self.dtype)
+        z = z.to(self.dtype).contiguous()
         if tile is not None and max(z.shape[-2:]) * 8 > tile:
             return tiled_decode(vae, z, max(1, tile // 8), clamp=False).float()
         return decode_from_latent(vae, z, clamp=False).float()

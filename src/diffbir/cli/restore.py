@@ -35,7 +35,13 @@ def _sampler_epilog() -> str:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the epilog's line breaks kept."""
+    """Defaults in the help (but not ``None``: those knobs name each release's
+    value in their own text), and the epilog's line breaks kept."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _memory(text: str) -> float:
