@@ -320,6 +320,37 @@ def test_higher_order_samplers_beat_euler():
         assert toy_ode_error(name, 20)[1] < 0.35 * euler, name
 
 
+def test_dpmpp_3m_is_third_order():
+    """The 3M extrapolation (eta 0) converges faster than 2M; a wrong d2 term makes it 2nd order."""
+    err_40, err_80 = (toy_ode_error("dpmpp_3m_ode", n)[1] for n in (40, 80))
+    assert err_80 / err_40 < 0.13
+    assert err_80 < 0.3 * toy_ode_error("dpmpp_2m", 80)[1]
+
+
+@pytest.mark.parametrize("name, prediction", [("sd", "eps"), ("zsnr", "v")])
+def test_vp_samplers_on_point_mass_data(schedules, name, prediction):
+    """Data x0 = MU exactly: the exact network output keeps eps constant along DDIM's path,
+    which ends at a_prev = alphas_cumprod[0] (not 1); spaced DDPM's last step lands on MU."""
+    schedule = schedules[name]
+    a_all = schedule.alphas_cumprod
+
+    def model(x, t, context):
+        a = float(a_all[int(t[0])])
+        eps = (x.double() - math.sqrt(a) * MU) / math.sqrt(1.0 - a)
+        out = eps if prediction == "eps" else math.sqrt(a) * eps - math.sqrt(1.0 - a) * MU
+        return out.float()
+
+    den = make_denoiser(model, schedule, prediction)
+    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    a_top, a_0 = float(a_all[751]), float(a_all[0])
+    eps_T = (x_T.double() - math.sqrt(a_top) * MU) / math.sqrt(1.0 - a_top)
+    expected = math.sqrt(a_0) * MU + math.sqrt(1.0 - a_0) * eps_T
+    out = run_sampler("ddim", den, x_T, schedule, 4, noise=CountingNoise())
+    torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=0)
+    out = run_sampler("spaced", den, x_T, schedule, 4, noise=CountingNoise())
+    torch.testing.assert_close(out, torch.full_like(out, MU), atol=1e-4, rtol=0)
+
+
 def test_float32_run_agrees_with_float64():
     z, x = toy_start((1, 4, 8, 8))
     for name in ("heun", "dpmpp_2m", "lms3"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from diffbir.errors import ConfigError
 from diffbir.pipeline import DiffBIRPipeline, RestoreOptions, RestoreResult, resize
 from diffbir.presets import FACE_WHOLE, get_preset
 
@@ -115,6 +116,8 @@ class WholePhotoPipeline:
         from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_image
 
         options = options or RestoreOptions()
+        if options.n_samples != 1:
+            raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
         if lq.dim() == 3:
             lq = lq.unsqueeze(0)
         default = get_preset(self.background.preset.version, FACE_WHOLE).upscale
@@ -123,6 +126,7 @@ class WholePhotoPipeline:
         face_options = replace(options, upscale=1.0)
         timings: dict[str, float] = {}
         images, stage1, faces, notes = [], [], [], []
+        config = None
 
         def restore_face(crop):
             result = self.face(image_to_tensor(crop), face_options)
@@ -131,6 +135,7 @@ class WholePhotoPipeline:
 
         for index in range(lq.shape[0]):
             background = self.background(lq[index : index + 1], bg_options)
+            config = background.config
             _add(timings, background.timings, "")
             size = tuple(background.image.shape[-2:])
             detection = tensor_to_image(resize(lq[index : index + 1].float(), size))
@@ -153,6 +158,7 @@ class WholePhotoPipeline:
             stage1=torch.cat(stage1),
             timings=timings,
             tiles=None,
+            config=config,
             faces=faces,
             notes=notes,
         )
