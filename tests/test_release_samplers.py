@@ -721,6 +721,17 @@ def test_rescaled_cfg(schedules):
     assert den.cfg_scale_at(0) == 3.0
 
 
+def test_dpm_solver_rescale_with_cfg_one_runs_the_cond_model_only(schedules):
+    """The reference: DPM-Solver ramps any scale but 1, and "cfg 1 skips guidance there"."""
+    den, model = cfg_denoiser(
+        schedules["zsnr"], 1.0, rescale_cfg=True, rescale_needs_cfg_above_one=False
+    )
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = den.model_output(x, 249.7464)
+    assert [rows for _, rows in model.calls] == [2]
+    torch.testing.assert_close(out, 0.1 * x + 2.0)
+
+
 def test_timestep_for_picks_the_nearest_grid_sigma(schedules):
     sigmas, timesteps = edm.release_sigmas(schedules["sd"].alphas_cumprod, 4)
     den = make_denoiser(RecordingModel(), schedules["sd"]).with_grid(sigmas, timesteps)

@@ -20,7 +20,9 @@ _API = {
     "load_stage2": "diffbir.models.stage2",
     "Stage2Model": "diffbir.models.stage2",
     "DiffBIRPipeline": "diffbir.pipeline",
-    "RestoreOptions": "diffbir.pipeline",
+    "RestoreOptions": "diffbir.settings",
+    "RunConfig": "diffbir.settings",
+    "resolve_settings": "diffbir.settings",
     "RestoreResult": "diffbir.pipeline",
     "WholePhotoPipeline": "diffbir.whole_photo",
     "get_preset": "diffbir.presets",
@@ -32,7 +34,11 @@ _API = {
 }
 
 # public names whose defining module calls them differently
-_ALIASES = {"resolve_weights": "resolve", "load_degradation": "load_pipeline"}
+_ALIASES = {
+    "resolve_weights": "resolve",
+    "load_degradation": "load_pipeline",
+    "resolve_settings": "resolve",
+}
 
 __all__ = ["__version__", *sorted(_API)]
 

@@ -90,7 +90,8 @@ class Denoiser:
         t = torch.as_tensor(t, device=x.device)
         t_batch = t.reshape(1).expand(x.shape[0])
         scale = self.cfg_scale_at(float(t))
-        if self.uncond is None or scale == 1.0:
+        # A scale of 1 (set, or ramped to exactly 1) needs the conditional branch only.
+        if self.uncond is None or self.cfg_scale == 1.0 or scale == 1.0:
             return self.model(x, t_batch, self.cond).float()
         both = self.model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), self._contexts())
         cond, uncond = both.float().chunk(2)
