@@ -10,6 +10,7 @@ prints and that every written image records.
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 from diffbir.errors import ConfigError
@@ -203,6 +204,15 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
         max_memory=float(pick(options.max_memory, DEFAULT_MAX_MEMORY)),
     )
     config = RunConfig(**values)
+    if config.sampler.startswith("edm_") and config.prediction == "eps":
+        warnings.warn(
+            f"{config.sampler} starts at sigma 1e4 as the release does, where an "
+            f"eps-prediction model ({config.version}) cannot denoise: its first estimate is "
+            "off by hundreds and the image degrades (the release's too); prefer spaced, "
+            "ddim, dpm++_m2 or our dpmpp_2m/euler/heun with this release",
+            UserWarning,
+            stacklevel=2,
+        )
     if config.start_strength < 1 and config.sampler.startswith(("edm_", "spaced", "ddim", "dpm++")):
         raise ConfigError(
             f"--start-strength below 1 works with our own samplers only, not {config.sampler}"
