@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from diffbir import stages
 from diffbir.errors import ConfigError
 from diffbir.imaging.resize import pad_to_multiple
 from diffbir.loading import (
@@ -43,6 +44,7 @@ from diffbir.loading import (
 from diffbir.planning import TilePlan, _condition_size, _overlap_pixels, plan_tiles
 from diffbir.presets import Preset, get_preset
 from diffbir.settings import MIN_DIFFUSION_SIDE, RestoreOptions, RunConfig, resolve
+from diffbir.stages import output_size
 
 __all__ = [
     "DiffBIRPipeline",
@@ -88,11 +90,6 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return x
     out = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
     return out.clamp_(0, 1).to(x.dtype)
-
-
-def output_size(lq_hw: tuple[int, int], upscale: float) -> tuple[int, int]:
-    """The size of the restored image for an input of ``lq_hw`` pixels (truncated, as released)."""
-    return (max(1, int(lq_hw[0] * upscale)), max(1, int(lq_hw[1] * upscale)))
 
 
 class DiffBIRPipeline:
@@ -207,24 +204,11 @@ class DiffBIRPipeline:
     # ------------------------------------------------------------------- stages
     @property
     def cleaner_arch(self) -> str:
-        from diffbir.models.rrdbnet import RRDBNet
-        from diffbir.models.scunet import SCUNet
-
-        if isinstance(self.cleaner, RRDBNet):
-            return "rrdbnet"
-        if isinstance(self.cleaner, SCUNet):
-            return "scunet"
-        return "swinir"
+        return stages.cleaner_arch(self.cleaner)
 
     def run_input(self, lq: torch.Tensor, upscale: float) -> torch.Tensor:
-        """What the release's loop hands its pipeline: same-size cleaners get the input
-        resized by ``upscale`` with Pillow's bicubic on the 8-bit image."""
-        from diffbir.imaging.resize import pil_bicubic
-
-        if self.cleaner_arch == "rrdbnet":
-            return lq.float()
-        h, w = lq.shape[-2:]
-        return pil_bicubic(lq, (int(h * upscale), int(w * upscale)))
+        """The cleaner's input (see :func:`diffbir.stages.run_input`)."""
+        return stages.run_input(lq, upscale, self.cleaner_arch)
 
     def clean(
         self,
@@ -233,71 +217,21 @@ class DiffBIRPipeline:
         plan: TilePlan | None = None,
         min_side: int = MIN_DIFFUSION_SIDE,
     ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Stage 1 on the run input (see :meth:`run_input`). Returns ``I_reg`` (not
-        clamped) and the output size."""
-        from diffbir.imaging.resize import bicubic, resize_short_side
-        from diffbir.imaging.tiling import tiled_apply
-
-        arch = self.cleaner_arch
+        """Stage 1 on the run input: ``I_reg`` (not clamped) and the output size."""
         x = lq.to(self.device, torch.float32)
-        h, w = x.shape[-2:]
-        target = output_size((h, w), upscale) if arch == "rrdbnet" else (h, w)
-        scale = 4 if arch == "rrdbnet" else 1
-        cleaner_dtype = next(self.cleaner.parameters()).dtype
-        tile = plan.cleaner if plan else None
-
-        def model(t: torch.Tensor) -> torch.Tensor:
-            return self.cleaner(t.to(cleaner_dtype)).float()
-
-        with torch.no_grad():
-            if tile is not None and max(x.shape[-2:]) > tile:
-                out = tiled_apply(
-                    model, x, tile=tile, overlap=_overlap_pixels(tile, plan.overlap, 8), scale=scale
-                )
-            elif arch == "swinir":
-                if min(h, w) < min_side:
-                    x = resize_short_side(x, min_side)
-                h0, w0 = x.shape[-2:]
-                out = model(pad_to_multiple(x, 64))[..., :h0, :w0]
-            else:
-                out = model(x)
-        if arch == "rrdbnet":
-            if min(target) < min_side:
-                return resize_short_side(out, min_side), target
-            return bicubic(out, target), target
-        if min(out.shape[-2:]) < min_side:
-            out = resize_short_side(out, min_side)
-        return out, target
+        return stages.clean(self.cleaner, x, upscale, plan=plan, min_side=min_side)
 
     def encode_condition(
         self, image: torch.Tensor, tile: int | None, overlap: float
     ) -> torch.Tensor:
-        """VAE-encode ``image`` (already padded) to the condition latent (posterior mean
-        x 0.18215); tile by tile with GroupNorm statistics shared over the whole image
-        when ``tile`` (pixels) is smaller than it."""
-        from diffbir.imaging.tiled_vae import tiled_encode
-
+        """The condition latent of ``image`` (see :func:`diffbir.stages.encode`)."""
         del overlap  # the tiled VAE computes margins around its tiles instead
-        # Contiguous on purpose: on CPU, GroupNorm over a channels-last tensor (what a
-        # batched cleaner can return) loses precision, enough to move the latent by 5%.
-        x = image.to(self.device, self.dtype).contiguous()
-        if tile is not None and max(x.shape[-2:]) > tile:
-            return tiled_encode(self.stage2.vae, x, tile).float()
-        return self.stage2.encode_image(x).float()
+        return stages.encode(self.stage2, image.to(self.device), tile, self.dtype)
 
     def decode(self, z: torch.Tensor, tile: int | None, overlap: float) -> torch.Tensor:
-        """VAE-decode latents to images, ``(x + 1) / 2`` NOT clamped (the colour fix and
-        the final quantisation see the raw values, as released). ``tile``: pixels of the
-        decoded image; tiles share GroupNorm statistics, so they cannot differ in tone."""
-        from diffbir.imaging.tiled_vae import tiled_decode
-        from diffbir.models.vae import decode_from_latent
-
+        """Images ``(x + 1) / 2`` of latents, not clamped (see :func:`diffbir.stages.decode`)."""
         del overlap
-        vae = self.stage2.vae
-        z = z.to(self.dtype).contiguous()
-        if tile is not None and max(z.shape[-2:]) * 8 > tile:
-            return tiled_decode(vae, z, max(1, tile // 8), clamp=False).float()
-        return decode_from_latent(vae, z, clamp=False).float()
+        return stages.decode(self.stage2.vae, z, tile, self.dtype)
 
     def text_embedding(self, prompt: str) -> torch.Tensor:
         """The [1,77,D] embedding of ``prompt``, computed once per prompt."""
@@ -449,7 +383,7 @@ class DiffBIRPipeline:
                 z = z[..., :h1, :w1]
             with _timed(timings, "decode", self.device):
                 image = self.decode(z, plan.vae_decode, plan.overlap)[..., :h0, :w0]
-                image = self._color_fix(image, cond_img, config.color_fix)
+                image = stages.color_fix(image, cond_img, config.color_fix)
                 image = to_uint8_levels(bicubic(image, target_hw)).float().div_(255.0)
         timings["total"] = sum(timings.values())
         return RestoreResult(
@@ -521,15 +455,6 @@ class DiffBIRPipeline:
             decode=(lambda z: decode_from_latent(vae, z.to(self.dtype)).float()) if pixel else None,
             pixel_target=cond_img.float() if pixel else None,
         )
-
-    @staticmethod
-    def _color_fix(image: torch.Tensor, reference: torch.Tensor, kind: str) -> torch.Tensor:
-        if kind == "none":
-            return image
-        from diffbir.imaging.color import adain_color_fix, wavelet_color_fix
-
-        fix = wavelet_color_fix if kind == "wavelet" else adain_color_fix
-        return fix(image.float(), reference.float())
 
 
 def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreResult:

@@ -1,0 +1,124 @@
+"""The stages of a restore, as the release's inference path runs them.
+
+Plain functions of the models they use; :class:`diffbir.pipeline.DiffBIRPipeline`
+calls them in order (run input -> clean -> encode -> sample -> decode -> colour
+fix). Nothing here is clamped before the final quantisation, as released.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffbir.imaging.resize import bicubic, pad_to_multiple, pil_bicubic, resize_short_side
+from diffbir.planning import TilePlan, _overlap_pixels
+
+
+def cleaner_arch(cleaner: torch.nn.Module) -> str:
+    """``"rrdbnet"`` (BSRNet, x4), ``"scunet"`` or ``"swinir"`` (same-size cleaners)."""
+    from diffbir.models.rrdbnet import RRDBNet
+    from diffbir.models.scunet import SCUNet
+
+    if isinstance(cleaner, RRDBNet):
+        return "rrdbnet"
+    if isinstance(cleaner, SCUNet):
+        return "scunet"
+    return "swinir"
+
+
+def output_size(lq_hw: tuple[int, int], upscale: float) -> tuple[int, int]:
+    """The size of the restored image for an input of ``lq_hw`` pixels (truncated, as released)."""
+    return (max(1, int(lq_hw[0] * upscale)), max(1, int(lq_hw[1] * upscale)))
+
+
+def run_input(lq: torch.Tensor, upscale: float, arch: str) -> torch.Tensor:
+    """What the release's loop hands its pipeline: same-size cleaners get the input
+    resized by ``upscale`` with Pillow's bicubic on the 8-bit image; BSRNet the input."""
+    if arch == "rrdbnet":
+        return lq.float()
+    h, w = lq.shape[-2:]
+    return pil_bicubic(lq, (int(h * upscale), int(w * upscale)))
+
+
+def clean(
+    cleaner: torch.nn.Module,
+    x: torch.Tensor,
+    upscale: float,
+    *,
+    plan: TilePlan | None,
+    min_side: int,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Stage 1 on the run input. Returns ``I_reg`` (not clamped) and the output size.
+
+    SwinIR: the short side raised to ``min_side`` first, zero-padded to a multiple
+    of 64, cropped back. SCUNet: run as is (it pads itself), raised after. BSRNet:
+    x4, then resized to the output size (or a ``min_side`` short side). Tiled when
+    the plan says so (the short side is then raised after, as the release's tiled
+    path does).
+    """
+    from diffbir.imaging.tiling import tiled_apply
+
+    arch = cleaner_arch(cleaner)
+    h, w = x.shape[-2:]
+    target = output_size((h, w), upscale) if arch == "rrdbnet" else (h, w)
+    scale = 4 if arch == "rrdbnet" else 1
+    dtype = next(cleaner.parameters()).dtype
+    tile = plan.cleaner if plan else None
+
+    def model(t: torch.Tensor) -> torch.Tensor:
+        return cleaner(t.to(dtype)).float()
+
+    with torch.no_grad():
+        if tile is not None and max(h, w) > tile:
+            overlap = _overlap_pixels(tile, plan.overlap, 8)
+            out = tiled_apply(model, x, tile=tile, overlap=overlap, scale=scale)
+        elif arch == "swinir":
+            if min(h, w) < min_side:
+                x = resize_short_side(x, min_side)
+            h0, w0 = x.shape[-2:]
+            out = model(pad_to_multiple(x, 64))[..., :h0, :w0]
+        else:
+            out = model(x)
+    if arch == "rrdbnet":
+        if min(target) < min_side:
+            return resize_short_side(out, min_side), target
+        return bicubic(out, target), target
+    if min(out.shape[-2:]) < min_side:
+        out = resize_short_side(out, min_side)
+    return out, target
+
+
+def encode(stage2, image: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """VAE posterior mean x 0.18215 of ``image`` (already padded), float32; tile by tile
+    with GroupNorm statistics shared over the whole image when ``tile`` (pixels) is
+    smaller than it."""
+    from diffbir.imaging.tiled_vae import tiled_encode
+
+    # Contiguous on purpose: on CPU, GroupNorm over a channels-last tensor (what a
+    # batched cleaner can return) is off by ~3% at 512x576, moving the latent by 5%.
+    x = image.to(dtype).contiguous()
+    if tile is not None and max(x.shape[-2:]) > tile:
+        return tiled_encode(stage2.vae, x, tile).float()
+    return stage2.encode_image(x).float()
+
+
+def decode(vae, z: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """VAE decode to ``(x + 1) / 2``, NOT clamped (the colour fix and the final
+    quantisation see the raw values, as released). ``tile``: pixels of the decoded
+    image; tiles share GroupNorm statistics, so they cannot differ in tone."""
+    from diffbir.imaging.tiled_vae import tiled_decode
+    from diffbir.models.vae import decode_from_latent
+
+    z = z.to(dtype).contiguous()
+    if tile is not None and max(z.shape[-2:]) * 8 > tile:
+        return tiled_decode(vae, z, max(1, tile // 8), clamp=False).float()
+    return decode_from_latent(vae, z, clamp=False).float()
+
+
+def color_fix(image: torch.Tensor, reference: torch.Tensor, kind: str) -> torch.Tensor:
+    """The release's wavelet colour fix toward ``reference`` (5 levels), AdaIN, or none."""
+    if kind == "none":
+        return image
+    from diffbir.imaging.color import adain_color_fix, wavelet_color_fix
+
+    fix = wavelet_color_fix if kind == "wavelet" else adain_color_fix
+    return fix(image.float(), reference.float())
