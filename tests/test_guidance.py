@@ -43,9 +43,9 @@ class CountingGuidance(LatentGuidance):
         self.step_scales = [*getattr(self, "step_scales", []), step_scale]
         return super().__call__(x0, t, step_scale)
 
-    def distance(self, x0):
+    def distance(self, x0, target=None):
         self.seen.append(self._t)
-        return super().distance(x0)
+        return super().distance(x0, target)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
@@ -220,8 +220,10 @@ def test_weighted_loss_ignores_errors_on_edges():
 
 def test_configuration_errors():
     t = _target()
-    with pytest.raises(ConfigError, match="pixel space only"):
+    with pytest.raises(ConfigError, match="pixel_target to find the edges"):
         LatentGuidance(t, 1.0, loss="weighted_mse")
+    with pytest.raises(ConfigError, match="mask"):
+        LatentGuidance(t, 1.0, mask=torch.ones(1, 3, 64, 64))
     with pytest.raises(ConfigError, match="decode"):
         LatentGuidance(None, 1.0, space="pixel", pixel_target=torch.rand(1, 3, 8, 8))
     with pytest.raises(ConfigError, match="pixel_target"):

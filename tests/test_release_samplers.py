@@ -46,7 +46,7 @@ def schedules():
 # -- helpers -------------------------------------------------------------------------------
 
 
-def exact_denoiser(x, sigma):
+def exact_denoiser(x, sigma, inner=False):
     return (S**2 * x + sigma**2 * MU) / (S**2 + sigma**2)
 
 
@@ -503,7 +503,7 @@ def test_dpm_2_ancestral_draws_only_in_its_midpoint_branch():
     noise = CountingNoise()
     calls = []
 
-    def counted(x, sigma):
+    def counted(x, sigma, inner=False):
         calls.append(float(sigma))
         return exact_denoiser(x, sigma)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from diffbir.errors import ConfigError
 from diffbir.presets import Preset
@@ -52,6 +53,9 @@ class RestoreOptions:
     guidance_start: int = 1001
     guidance_stop: int = -1
     guidance_repeat: int = 1
+    # Where guidance pulls: [1,1,H,W] (or [H,W]) weights in [0, 1] at the input's size
+    # (white: hold to the stage-1 result; black: leave the prior free); resized per image.
+    guidance_mask: Any = None
     color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
     seed: int | None = 231
     cleaner_tile: int | None = None  # pixels; None = automatic
@@ -87,10 +91,6 @@ class RestoreOptions:
                 "guidance loss: 'mse' or 'weighted_mse'",
             ),
             (self.guidance_repeat >= 1, "guidance repeat must be at least 1"),
-            (
-                self.guidance_loss != "weighted_mse" or self.guidance_space == "pixel",
-                "the weighted_mse guidance loss works in pixel space: add --guidance-space pixel",
-            ),
             (self.color_fix in ("wavelet", "adain", "none"), "colour fix: wavelet, adain, none"),
             (0 <= self.tile_overlap < 1, "tile overlap must be in [0, 1)"),
             (self.min_side >= 64 and self.min_side % 8 == 0, "min side: a multiple of 8, >= 64"),
@@ -105,6 +105,14 @@ class RestoreOptions:
                 raise ConfigError(f"{name.replace('_', ' ')} must be a multiple of 64 pixels")
         if self.sampler is not None:
             canonical(self.sampler)
+        if self.guidance_mask is not None:
+            import torch
+
+            mask = self.guidance_mask
+            if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3, 4):
+                raise ConfigError("the guidance mask must be a [H,W] or [1,1,H,W] tensor in [0,1]")
+            if mask.numel() == 0 or bool(mask.min() < 0) or bool(mask.max() > 1):
+                raise ConfigError("the guidance mask holds weights in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ class RunConfig:
     guidance_start: int
     guidance_stop: int
     guidance_repeat: int
+    guidance_mask: Any = field(compare=False, repr=False)
     color_fix: str
     seed: int
     cleaner_tile: int | None
@@ -152,7 +161,10 @@ class RunConfig:
     progress: bool
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Every setting by name; the guidance mask as ``"given"`` or ``None``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["guidance_mask"] = None if self.guidance_mask is None else "given"
+        return data
 
     def describe(self) -> str:
         """``key: value`` lines (YAML), as ``--print-config`` shows them."""
@@ -167,7 +179,7 @@ class RunConfig:
             "version task upscale sampler steps cfg_scale cfg_rescale prompt negative_prompt "
             "seed control_strength start_point noise_aug s_churn s_tmin s_tmax s_noise eta "
             "order guidance_scale guidance_space guidance_loss guidance_start guidance_stop "
-            "guidance_repeat color_fix"
+            "guidance_repeat guidance_mask color_fix"
         ).split()
         data = self.as_dict()
         return {key: str(data[key]) for key in keys}
@@ -184,7 +196,7 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
     options = options or RestoreOptions()
     options.validate()
     known = {f.name for f in fields(RunConfig)}
-    values = {k: v for k, v in asdict(options).items() if k in known}
+    values = {f.name: getattr(options, f.name) for f in fields(options) if f.name in known}
 
     def pick(value, default):
         return default if value is None else value

@@ -166,9 +166,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print the fully resolved settings of the run and exit",
     )
     g = p.add_argument_group("latent image guidance (fidelity vs. realness)")
-    g.add_argument("--guidance-scale", type=float, default=0.0, help="0 = off")
-    g.add_argument("--guidance-space", choices=("latent", "pixel"), default="latent")
-    g.add_argument("--guidance-loss", choices=("mse", "weighted_mse"), default="mse")
+    g.add_argument(
+        "--guidance-scale",
+        "--g-scale",
+        "--g_scale",
+        type=float,
+        default=0.0,
+        help="pull toward the stage-1 result, in the v2 release's --g_scale units (0 = off)",
+    )
+    g.add_argument(
+        "--guidance-space",
+        choices=("latent", "pixel"),
+        default="latent",
+        help="latent (the paper), or pixel (through the decoder; slower)",
+    )
+    g.add_argument(
+        "--guidance-loss",
+        choices=("mse", "weighted_mse"),
+        default="mse",
+        help="weighted_mse leaves edges free (v2's w_mse)",
+    )
+    g.add_argument(
+        "--guidance-mask",
+        metavar="FILE",
+        type=Path,
+        help="grey image: white holds to the stage-1 result, black leaves the prior free",
+    )
     g.add_argument("--guidance-start", type=int, default=1001, help="apply while t < start")
     g.add_argument("--guidance-stop", type=int, default=-1, help="... and t > stop")
     g.add_argument("--guidance-repeat", type=int, default=1, help="repeats per step")
@@ -206,6 +229,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _read_mask(path: Path):
+    """A grey-level mask file as a [1,1,H,W] tensor in [0, 1] (one-line error if unreadable)."""
+    from diffbir.imaging.io import read_image
+
+    image = read_image(path)
+    grey = image.rgb.mean(dim=0, keepdim=True)
+    if image.alpha is not None:  # a transparent mask: transparent pixels leave the prior free
+        grey = grey * image.alpha
+    return grey.unsqueeze(0)
+
+
 def options_from_args(args: argparse.Namespace):
     """The :class:`RestoreOptions` described by parsed CLI arguments."""
     from diffbir.pipeline import RestoreOptions
@@ -236,6 +270,7 @@ def options_from_args(args: argparse.Namespace):
         guidance_start=args.guidance_start,
         guidance_stop=args.guidance_stop,
         guidance_repeat=args.guidance_repeat,
+        guidance_mask=_read_mask(args.guidance_mask) if args.guidance_mask else None,
         color_fix="none" if args.no_color_fix else args.color_fix,
         seed=args.seed,
         cleaner_tile=args.cleaner_tile,

@@ -124,8 +124,14 @@ class Denoiser:
         index = (sigma.reshape(1) - self.sigmas).abs().argmin()
         return self.timesteps[index]
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The denoised estimate D(x, sigma) in the VE view (EDM preconditioning)."""
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, *, inner: bool = False
+    ) -> torch.Tensor:
+        """The denoised estimate D(x, sigma) in the VE view (EDM preconditioning).
+
+        ``inner``: a second evaluation within a step (Heun's corrector, a midpoint);
+        it gets the correction that guidance made to the step's first estimate
+        rather than a pull of its own, so every sampler is pulled once per step."""
         sigma = sigma.reshape(())
         c_in = 1.0 / (sigma**2 + 1.0) ** 0.5
         if self.prediction == "eps":
@@ -135,4 +141,12 @@ class Denoiser:
             c_out = -sigma / (sigma**2 + 1.0) ** 0.5
         t = self.timestep_for(sigma)
         out = self.model_output(x * c_in, t)
-        return self.guide(out * c_out + x * c_skip, float(t))
+        denoised = out * c_out + x * c_skip
+        if self.guidance is None:
+            return denoised
+        if inner:
+            delta = self.__dict__.get("_delta")
+            return denoised if delta is None else denoised + delta
+        guided = self.guide(denoised, float(t))
+        object.__setattr__(self, "_delta", None if guided is denoised else guided - denoised)
+        return guided

@@ -3,7 +3,9 @@
 Each sampler is a short function ``sample_x(denoiser, x, sigmas, noise, ...)``
 in the manner of k-diffusion's ``sampling.py``: ``denoiser(x, sigma)`` is the
 denoised estimate (:class:`~diffbir.diffusion.denoiser.Denoiser`), ``x`` the
-variance-exploding start ``x_T * sqrt(1 + sigmas[0]^2)``, ``sigmas`` a
+variance-exploding start ``x_T * sqrt(1 + sigmas[0]^2)``
+(``denoiser(x, sigma, inner=True)`` marks a step's second evaluation: a midpoint
+or corrector, which reuses the step's guidance correction), ``sigmas`` a
 descending float32 grid ending in 0 (:func:`release_sigmas` gives the
 release's), ``noise(like)`` a standard Gaussian draw and ``brownian(x,
 sigmas)`` a Brownian-tree noise sampler for the SDE solvers. Scalars are kept
@@ -85,7 +87,7 @@ def sample_heun(
             x = x + d * dt
             continue
         x_2 = x + d * dt
-        d_2 = (x_2 - denoiser(x_2, sigmas[i + 1])) / sigmas[i + 1]
+        d_2 = (x_2 - denoiser(x_2, sigmas[i + 1], inner=True)) / sigmas[i + 1]
         x = x + (d + d_2) / 2 * dt
     return x
 
@@ -103,7 +105,7 @@ def sample_dpm_2(
             continue
         sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
         x_2 = x + d * (sigma_mid - sigma_hat)
-        d_2 = (x_2 - denoiser(x_2, sigma_mid)) / sigma_mid
+        d_2 = (x_2 - denoiser(x_2, sigma_mid, inner=True)) / sigma_mid
         x = x + d_2 * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -130,7 +132,7 @@ def sample_dpm_2_ancestral(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
             continue
         sigma_mid = sigmas[i].log().lerp(down.log(), 0.5).exp()
         x_2 = x + d * (sigma_mid - sigmas[i])
-        d_2 = (x_2 - denoiser(x_2, sigma_mid)) / sigma_mid
+        d_2 = (x_2 - denoiser(x_2, sigma_mid, inner=True)) / sigma_mid
         x = x + d_2 * (down - sigmas[i])
         x = x + noise(x) * s_noise * up
     return x
@@ -186,7 +188,7 @@ def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
             h = t_next - t
             s = t + h / 2
             x_2 = (_sigma(s) / _sigma(t)) * x - (-h / 2).expm1() * denoised
-            denoised_2 = denoiser(x_2, _sigma(s))
+            denoised_2 = denoiser(x_2, _sigma(s), inner=True)
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
             x = x + noise(x) * s_noise * up
@@ -209,7 +211,7 @@ def sample_dpmpp_sde(denoiser, x, sigmas, noise, brownian, eta=1.0, s_noise=1.0,
         s_ = _t(down)
         x_2 = (_sigma(s_) / _sigma(t)) * x - (t - s_).expm1() * denoised
         x_2 = x_2 + tree(_sigma(t), _sigma(s)) * s_noise * up
-        denoised_2 = denoiser(x_2, _sigma(s))
+        denoised_2 = denoiser(x_2, _sigma(s), inner=True)
         down, up = ancestral_step(_sigma(t), _sigma(t_next), eta)
         t_next_ = _t(down)
         mixed = (1 - fac) * denoised + fac * denoised_2

@@ -42,6 +42,7 @@ supported with guidance (its tensors cannot enter autograd): this raises.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -81,6 +82,40 @@ def edge_weight_map(image: torch.Tensor, block: int = 2) -> torch.Tensor:
     return weight[..., :h, :w]
 
 
+def posterior_coef1(a_t: float, a_prev: float) -> float:
+    """``posterior_mean_coef1`` of a DDPM step from cumulative alpha ``a_t`` to ``a_prev``:
+    the weight of x0 in the posterior mean, ``(1 - a_t / a_prev) sqrt(a_prev) / (1 - a_t)``."""
+    if a_t >= 1.0:
+        return 1.0
+    return (1.0 - a_t / a_prev) * math.sqrt(a_prev) / (1.0 - a_t)
+
+
+def release_step_rescale(alphas_cumprod, timesteps) -> Callable[[int], float]:
+    """``t -> 1 / coef1`` of the step that starts at grid timestep ``t`` (the next grid
+    timestep below it, or the clean end): the v2 release's factor on the guidance step,
+    which makes one step move the posterior mean by exactly ``-3000 g dL/dz0``.
+
+    For the spaced sampler it is the release's ``1 / posterior_mean_coef1``; other
+    samplers get the factor of the same step on their own grid (nearest grid timestep
+    for midpoints), so a scale moves each sampler's estimate by the same fraction of
+    the gap per step.
+    """
+    a = [float(v) for v in alphas_cumprod]
+    grid = sorted({int(t) for t in timesteps})
+    factors = {}
+    for k, t in enumerate(grid):
+        a_prev = a[grid[k - 1]] if k > 0 else 1.0
+        factors[t] = 1.0 / posterior_coef1(a[t], a_prev)
+
+    def rescale(t: int) -> float:
+        t = int(t)
+        if t in factors:
+            return factors[t]
+        return factors[min(grid, key=lambda g: abs(g - t))]
+
+    return rescale
+
+
 class LatentGuidance:
     """Moves each step's z0_hat toward a target (latent or pixel space); see the module doc.
 
@@ -88,6 +123,17 @@ class LatentGuidance:
     Outside the range, or with ``scale == 0``, it returns ``x0_hat`` itself (the
     very same tensor, so a sampler's result is bitwise that of no guidance).
     Holds no mutable state: one instance can serve many runs.
+
+    ``scale`` multiplies the gradient as written (the paper's s; the v2 release's
+    ``--g_scale g`` is ``scale = 3000 g`` with ``step_rescale``). ``step_rescale(t)``
+    gives the per-step factor when the sampler passes none (see
+    :func:`release_step_rescale`). ``mask`` ([B|1,1,H,W] in [0, 1], pixel size):
+    where the pull applies (white holds to the target, black leaves the prior
+    free); area-averaged to the latent grid in latent space. ``latent_target``
+    (latent space): a callable giving the target of each gradient step instead of
+    the fixed ``target`` (the v2 release samples the encoder's posterior every
+    time). ``tile``/``tile_overlap`` (latent pixels, pixel space): the gradient is
+    taken tile by tile, decoding only the tile it guides, and blended.
     """
 
     def __init__(
@@ -103,6 +149,11 @@ class LatentGuidance:
         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
         pixel_target: torch.Tensor | None = None,
         rescale_by_posterior: bool = False,
+        step_rescale: Callable[[int], float] | None = None,
+        mask: torch.Tensor | None = None,
+        latent_target: Callable[[], torch.Tensor] | None = None,
+        tile: int | None = None,
+        tile_overlap: int = 0,
     ) -> None:
         if space not in SPACES:
             raise ConfigError(f"unknown guidance space {space!r}; expected one of {SPACES}")
@@ -113,15 +164,17 @@ class LatentGuidance:
         if int(repeat) < 1:
             raise ConfigError(f"guidance repeat must be >= 1, got {repeat}")
         if space == "latent":
-            if loss == "weighted_mse":
-                raise ConfigError("weighted_mse guidance is defined in pixel space only")
-            if target is None:
+            if target is None and latent_target is None:
                 raise ConfigError("latent guidance needs the target latent")
+            if loss == "weighted_mse" and pixel_target is None:
+                raise ConfigError("weighted_mse guidance needs pixel_target to find the edges")
         else:
             if decode is None:
                 raise ConfigError("pixel-space guidance needs a decode function")
             if pixel_target is None:
                 raise ConfigError("pixel-space guidance needs pixel_target (an image in [0, 1])")
+        if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1):
+            raise ConfigError("a guidance mask is a [B,1,H,W] tensor of weights in [0, 1]")
         self.target = None if target is None else target.detach()
         self.scale = float(scale)
         self.start = int(start)
@@ -132,28 +185,94 @@ class LatentGuidance:
         self.decode = decode
         self.pixel_target = None if pixel_target is None else pixel_target.detach()
         self.rescale_by_posterior = bool(rescale_by_posterior)
-        self.weight = None
+        self.step_rescale = step_rescale
+        self.latent_target = latent_target
+        self.tile = tile
+        self.tile_overlap = int(tile_overlap)
+        weight = None
         if loss == "weighted_mse":
-            self.weight = edge_weight_map(self.pixel_target.float())
+            weight = edge_weight_map(self.pixel_target.float())
+        if mask is not None:
+            mask = mask.detach().float().clamp(0, 1)
+            weight = mask if weight is None else weight * _fit(mask, weight.shape[-2:])
+        if weight is not None and space == "latent":
+            # The latent pixel covers an 8x8 block: its weight is the block's mean.
+            weight = _to_latent_grid(weight, self._latent_hw())
+        self.weight = weight
+
+    def _latent_hw(self) -> tuple[int, int]:
+        if self.target is not None:
+            return tuple(self.target.shape[-2:])
+        h, w = self.pixel_target.shape[-2:]
+        return h // 8, w // 8
 
     def active(self, t: int) -> bool:
         """Whether guidance applies at original timestep ``t`` (``stop < t + 1 < start``)."""
         return self.scale != 0.0 and self.stop < int(t) + 1 < self.start
 
-    def distance(self, x0: torch.Tensor) -> torch.Tensor:
+    def distance(self, x0: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """D per sample ([B]): mean (weighted) squared error of f(x0) to the target."""
         if self.space == "latent":
-            pred, target = x0, self.target.to(device=x0.device, dtype=x0.dtype)
+            target = self.target if target is None else target
+            pred, target = x0, target.to(device=x0.device, dtype=x0.dtype)
         else:
             pred = self.decode(x0).float() * 2.0 - 1.0
             target = self.pixel_target.to(device=pred.device, dtype=pred.dtype) * 2.0 - 1.0
+            target = _fit(target, pred.shape[-2:])
         err = (pred - target).pow(2)
         if self.weight is not None:
-            err = err * self.weight.to(device=err.device, dtype=err.dtype)
+            weight = _fit(self.weight.to(device=err.device, dtype=err.dtype), err.shape[-2:])
+            err = err * weight
         return err.flatten(1).mean(dim=1)
 
-    def __call__(self, x0: torch.Tensor, t: int, step_scale: float = 1.0) -> torch.Tensor:
-        """``x0`` after ``repeat`` steps ``x0 -= scale * step_scale * grad D`` (or ``x0`` itself)."""
+    def gradient(self, z: torch.Tensor) -> torch.Tensor:
+        """d(sum of D)/dz0 at ``z`` (whole image, or tile by tile in pixel space)."""
+        if self.space == "pixel" and self.tile is not None and max(z.shape[-2:]) > self.tile:
+            return self._tiled_gradient(z)
+        target = self.latent_target() if self.latent_target is not None else None
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            loss = self.distance(z, target).sum()
+            (grad,) = torch.autograd.grad(loss, z)
+        return grad
+
+    def _tiled_gradient(self, z: torch.Tensor) -> torch.Tensor:
+        """The pixel loss's gradient from overlapping latent tiles, each decoded alone;
+        a tile's loss is its share of the whole image's mean, and the tiles' gradients
+        are blended with the smooth weights of :mod:`diffbir.imaging.tiling`."""
+        from diffbir.imaging.tiling import blend_weights, tile_spans
+
+        h, w = z.shape[-2:]
+        full = self.pixel_target.to(z.device, torch.float32) * 2.0 - 1.0
+        weight_full = None if self.weight is None else self.weight.to(z.device, torch.float32)
+        numel = 3 * full.shape[-2] * full.shape[-1]
+        grad = torch.zeros_like(z, dtype=torch.float32)
+        norm = torch.zeros((1, 1, h, w), device=z.device)
+        rows = tile_spans(h, self.tile, self.tile_overlap)
+        cols = tile_spans(w, self.tile, self.tile_overlap)
+        for y0, y1 in rows:
+            for x0, x1 in cols:
+                blend = blend_weights(
+                    y1 - y0, x1 - x0, self.tile_overlap,
+                    top=y0 > 0, bottom=y1 < h, left=x0 > 0, right=x1 < w,
+                ).to(z.device)  # fmt: skip
+                piece = z[..., y0:y1, x0:x1].detach()
+                with torch.enable_grad():
+                    piece.requires_grad_(True)
+                    pred = self.decode(piece).float() * 2.0 - 1.0
+                    region = (..., slice(8 * y0, 8 * y1), slice(8 * x0, 8 * x1))
+                    err = (pred - _fit(full[region], pred.shape[-2:])).pow(2)
+                    if weight_full is not None:
+                        err = err * _fit(weight_full[region], err.shape[-2:])
+                    (g,) = torch.autograd.grad(err.sum() / numel, piece)
+                grad[..., y0:y1, x0:x1] += g.float() * blend
+                norm[..., y0:y1, x0:x1] += blend
+        return (grad / norm.clamp_min(1e-12)).to(z.dtype)
+
+    def __call__(self, x0: torch.Tensor, t: int, step_scale: float | None = None) -> torch.Tensor:
+        """``x0`` after ``repeat`` steps ``x0 -= scale * step_scale * grad D`` (or ``x0`` itself).
+
+        ``step_scale`` None: ``step_rescale(t)`` when set, else 1."""
         if not self.active(t):
             return x0
         if torch.is_inference_mode_enabled():
@@ -161,11 +280,26 @@ class LatentGuidance:
                 "latent image guidance needs autograd: run the sampler under torch.no_grad(), "
                 "not torch.inference_mode()"
             )
+        if step_scale is None:
+            step_scale = self.step_rescale(t) if self.step_rescale is not None else 1.0
         z = x0.detach().clone()
         for _ in range(self.repeat):
-            with torch.enable_grad():
-                z.requires_grad_(True)
-                loss = self.distance(z).sum()
-                (grad,) = torch.autograd.grad(loss, z)
-            z = (z - (self.scale * step_scale) * grad).detach()
+            z = (z - (self.scale * step_scale) * self.gradient(z)).detach()
         return z
+
+
+def _fit(x: torch.Tensor, hw) -> torch.Tensor:
+    """``x`` cropped or zero-padded (bottom/right) to ``hw``: padding of the image is
+    where the model saw zeros, and it carries no target."""
+    h, w = hw
+    x = x[..., :h, :w]
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph > 0 or pw > 0:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x
+
+
+def _to_latent_grid(weight: torch.Tensor, latent_hw) -> torch.Tensor:
+    """Pixel weights [B,1,H,W] -> the mean over each 8x8 block, at the latent size."""
+    h, w = latent_hw
+    return F.avg_pool2d(_fit(weight, (8 * h, 8 * w)), 8)

@@ -37,6 +37,26 @@ def prepares_edm_start(name: str) -> bool:
     return canonical(name).startswith("edm_")
 
 
+def grid_timesteps(name: str, schedule: NoiseSchedule, steps: int) -> list[int]:
+    """The model timesteps sampler ``name`` evaluates at (descending), for per-step factors
+    such as the guidance rescale; ``dpm++_m2``'s float times are rounded."""
+    name = canonical(name)
+    if name.startswith("edm_"):
+        _, timesteps = edm.release_sigmas(schedule.alphas_cumprod, steps)
+        return [int(t) for t in timesteps[:-1]]  # the appended 0 is the clean end
+    if name == "spaced":
+        return schedule.timesteps_for(steps, "iddpm")
+    if name == "ddim":
+        return sorted(vp.ddim_timesteps(schedule.num_timesteps, steps), reverse=True)
+    if name == "dpm++_m2":
+        time = vp.DiscreteVPTime(schedule.betas)
+        ts = torch.linspace(1.0, 1.0 / time.total_n, steps + 1)[:-1]
+        return [int(round(float((t - 1.0 / time.total_n) * 1000.0))) for t in ts]
+    from .samplers import default_spacing
+
+    return schedule.timesteps_for(steps, default_spacing(name, schedule))
+
+
 def run_sampler(
     name: str,
     denoiser: Denoiser,

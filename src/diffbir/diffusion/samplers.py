@@ -141,6 +141,7 @@ class _Run:
         self.schedule = schedule
         self.prediction = prediction
         self.guidance = guidance
+        self.delta = None  # the guidance correction of the current step's first estimate
         self.in_dtype = x.dtype
         self.work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.a = schedule.alphas_cumprod.tolist()
@@ -157,14 +158,23 @@ class _Run:
         return math.sqrt(self.a[t]), math.sqrt(1.0 - self.a[t])
 
     def denoise(
-        self, x: torch.Tensor, t: int, step_scale: float = 1.0
+        self, x: torch.Tensor, t: int, step_scale: float = 1.0, *, inner: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0_hat, eps_hat) at original timestep t, guidance applied to x0_hat."""
+        """(x0_hat, eps_hat) at original timestep t, guidance applied to x0_hat.
+
+        ``inner``: a step's second evaluation (Heun's corrector) reuses the correction
+        guidance made to the step's first estimate, so a step is pulled once."""
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = self.model_fn(x.to(self.in_dtype), t_batch).to(self.work_dtype)
         x0 = self.schedule.to_x0(x, out, t, self.prediction)
         if self.guidance is not None:
-            guided = self.guidance(x0, t, step_scale) if step_scale != 1.0 else self.guidance(x0, t)
+            if inner:
+                guided = x0 if self.delta is None else x0 + self.delta
+            else:
+                guided = (
+                    self.guidance(x0, t, step_scale) if step_scale != 1.0 else self.guidance(x0, t)
+                )
+                self.delta = None if guided is x0 else guided - x0
             if guided is not x0:
                 return guided, self.schedule.eps_from_x0(x, guided, t)
         return x0, self.schedule.to_eps(x, out, t, self.prediction)
@@ -352,7 +362,7 @@ def sample_heun(
         if t_next < 0 or alpha == 0.0:
             xt = x_euler
         else:
-            _, eps2 = run.denoise(x_euler, t_next)
+            _, eps2 = run.denoise(x_euler, t_next, inner=True)
             # trapezoid on d(x/alpha)/dsigma = eps between the two VE sigmas
             s_ve, s_ve_n = sigma / alpha, sigma_n / alpha_n
             xt = alpha_n * (xt / alpha + 0.5 * (eps + eps2) * (s_ve_n - s_ve))
