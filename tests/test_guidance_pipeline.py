@@ -139,7 +139,7 @@ def test_tiled_pixel_guidance_decodes_only_its_tiles():
     torch.manual_seed(0)
     vae = build_vae(vae_config_from_ldm({
         "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3,
-        "ch": 16, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
+        "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
         "dropout": 0.0,
     }, 4)).eval()  # fmt: skip
     shapes = []
@@ -153,10 +153,11 @@ def test_tiled_pixel_guidance_decodes_only_its_tiles():
     common = dict(space="pixel", decode=decode, pixel_target=target)
     whole = LatentGuidance(None, 1.0, **common).gradient(z0)
     shapes.clear()
-    tiled = LatentGuidance(None, 1.0, **common, tile=12, tile_overlap=4).gradient(z0)
-    assert shapes and all(h <= 12 and w <= 12 for h, w in shapes)
+    tiled = LatentGuidance(None, 1.0, **common, tile=16, tile_overlap=8).gradient(z0)
+    assert shapes and all(h <= 16 and w <= 16 for h, w in shapes)
     cosine = torch.nn.functional.cosine_similarity(whole.flatten(), tiled.flatten(), dim=0)
-    assert cosine > 0.9, float(cosine)
+    # each tile is decoded with its own GroupNorm statistics: close, not equal
+    assert cosine > 0.93, float(cosine)  # measured 0.968
 
 
 def _photo(path, size=16):
