@@ -113,6 +113,25 @@ def test_form_values_map_to_options():
     assert options.progress is True
 
 
+def test_fidelity_slider_and_mask_upload(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    mask = np.zeros((8, 12), np.uint8)
+    mask[:, :6] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    options = FormValues(
+        guidance_scale=0.3, guidance_loss="weighted_mse", guidance_mask=str(tmp_path / "mask.png")
+    ).to_options()
+    assert options.guidance_scale == 0.3 and options.guidance_loss == "weighted_mse"
+    assert options.guidance_mask.shape == (1, 1, 8, 12)
+    assert options.guidance_mask[..., :6].min() == 1 and options.guidance_mask[..., 6:].max() == 0
+    assert FormValues().to_options().guidance_mask is None
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(DiffBIRError, match="bad.png"):
+        FormValues(guidance_mask=str(tmp_path / "bad.png")).to_options()
+
+
 def test_form_values_random_seed_and_empty_prompt():
     options = FormValues(seed=-1, prompt=None, negative_prompt=None).to_options()
     assert options.seed is None

@@ -154,11 +154,26 @@ def build_app(
                         )
                 with gr.Accordion("Fidelity guidance", open=False):
                     gr.Markdown(
-                        "Pulls the result toward the stage-1 output: more fidelity, less invention."
+                        "Pulls the result toward the stage-1 output: more fidelity, less "
+                        "invention. The scale is the v2 release's `--g_scale`."
+                    )
+                    g_scale = gr.Slider(
+                        0, 1, value=0, step=0.01, label="Fidelity (0 = off)", elem_id="fidelity"
                     )
                     with gr.Row():
-                        g_scale = gr.Slider(0, 2000, value=0, step=10, label="Scale (0 = off)")
                         g_space = gr.Dropdown(["latent", "pixel"], value="latent", label="Space")
+                        g_loss = gr.Dropdown(
+                            ["mse", "weighted_mse"],
+                            value="mse",
+                            label="Loss (weighted: edges free)",
+                        )
+                    g_mask = gr.Image(
+                        type="filepath",
+                        image_mode="L",
+                        label="Fidelity mask (optional): white holds to stage 1, black is free",
+                        sources=["upload"],
+                        height=160,
+                    )
                     with gr.Row():
                         g_start = gr.Number(value=1001, precision=0, label="Apply while t <")
                         g_stop = gr.Number(value=-1, precision=0, label="... and t >")
@@ -233,7 +248,8 @@ def build_app(
             version: "version", task: "task", upscale: "upscale", steps: "steps",
             sampler: "sampler", cfg_scale: "cfg_scale", prompt: "prompt",
             negative: "negative_prompt", strength: "control_strength",
-            g_scale: "guidance_scale", g_space: "guidance_space",
+            g_scale: "guidance_scale", g_space: "guidance_space", g_loss: "guidance_loss",
+            g_mask: "guidance_mask",
             g_start: "guidance_start", g_stop: "guidance_stop", color_fix: "color_fix",
             seed: "seed", cleaner_tile: "cleaner_tile", vae_tile: "vae_tile",
             latent_tile: "latent_tile", overlap: "tile_overlap",

@@ -55,6 +55,8 @@ class FormValues:
     control_strength: float = 1.0
     guidance_scale: float = 0.0
     guidance_space: str = "latent"
+    guidance_loss: str = "mse"
+    guidance_mask: str | None = None  # path of an uploaded grey image (white: hold)
     guidance_start: int = 1001
     guidance_stop: int = -1
     color_fix: str = "wavelet"
@@ -81,6 +83,8 @@ class FormValues:
             control_strength=float(self.control_strength),
             guidance_scale=float(self.guidance_scale),
             guidance_space=self.guidance_space,
+            guidance_loss=self.guidance_loss,
+            guidance_mask=_read_form_mask(self.guidance_mask),
             guidance_start=int(self.guidance_start),
             guidance_stop=int(self.guidance_stop),
             color_fix=self.color_fix,
@@ -94,6 +98,14 @@ class FormValues:
         )
         options.validate()
         return options
+
+
+def _read_form_mask(path: str | None):
+    if not path:
+        return None
+    from diffbir.imaging.io import read_mask
+
+    return read_mask(path, max_pixels=DEFAULT_MAX_PIXELS)
 
 
 def release_defaults(version: str, task: str) -> dict[str, Any]:

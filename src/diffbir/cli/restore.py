@@ -229,15 +229,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _read_mask(path: Path):
-    """A grey-level mask file as a [1,1,H,W] tensor in [0, 1] (one-line error if unreadable)."""
-    from diffbir.imaging.io import read_image
+def _mask(path: Path | None):
+    if path is None:
+        return None
+    from diffbir.imaging.io import read_mask
 
-    image = read_image(path)
-    grey = image.rgb.mean(dim=0, keepdim=True)
-    if image.alpha is not None:  # a transparent mask: transparent pixels leave the prior free
-        grey = grey * image.alpha
-    return grey.unsqueeze(0)
+    return read_mask(path)
 
 
 def options_from_args(args: argparse.Namespace):
@@ -270,7 +267,7 @@ def options_from_args(args: argparse.Namespace):
         guidance_start=args.guidance_start,
         guidance_stop=args.guidance_stop,
         guidance_repeat=args.guidance_repeat,
-        guidance_mask=_read_mask(args.guidance_mask) if args.guidance_mask else None,
+        guidance_mask=_mask(args.guidance_mask),
         color_fix="none" if args.no_color_fix else args.color_fix,
         seed=args.seed,
         cleaner_tile=args.cleaner_tile,

@@ -468,3 +468,16 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_mask(path: str | os.PathLike[str], **kwargs) -> torch.Tensor:
+    """A grey-level mask file as a ``[1, 1, H, W]`` float tensor in [0, 1].
+
+    Colour files are averaged over their channels; transparent pixels count as black.
+    Errors as :func:`read_image` (one line naming the file).
+    """
+    image = read_image(path, **kwargs)
+    grey = image.rgb.mean(dim=0, keepdim=True)
+    if image.alpha is not None:
+        grey = grey * image.alpha
+    return grey.unsqueeze(0)
