@@ -202,3 +202,23 @@ def test_guidance_mask_file(release, tmp_path, capsys, single_thread):
                 tmp_path / "bad.png")  # fmt: skip
     assert code == 1
     assert "bad.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("space", ["latent", "pixel"])
+def test_guidance_in_bfloat16(release, space, single_thread):
+    # The models in bf16 (as on a GPU with --dtype bf16): the guidance gradient flows
+    # through the half-precision decoder into the float32 sampler state.
+    from diffbir.pipeline import DiffBIRPipeline
+
+    folder, config = release
+    pipe = DiffBIRPipeline.from_preset(
+        "v2.1", "sr", weights_dir=folder, model_config=config, download=False,
+        progress=False, device="cpu", dtype="bf16",
+    )  # fmt: skip
+    scale = SCALES[space][-1]
+    plain = _run(pipe, "edm_dpm++_3m_sde", guidance_start=999)
+    guided = _run(
+        pipe, "edm_dpm++_3m_sde", guidance_scale=scale, guidance_space=space, guidance_start=999
+    )
+    assert torch.isfinite(guided.intermediates["z"]).all()
+    assert _distance(pipe, guided, space) < _distance(pipe, plain, space)
