@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="continue from the newest checkpoint of the output dir, or from a checkpoint folder",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output dir that holds a run: delete its config.yaml, "
+        "checkpoints, logs, samples and exported models first (other files are kept); "
+        "without --resume or --overwrite such a dir is refused",
+    )
+    p.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved config as YAML and exit (a starting point for your own)",
@@ -74,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     make_task = make_stage1_task if args.stage == "stage1" else make_stage2_task
-    train(cfg, make_task, resume=args.resume, progress=not args.quiet)
+    train(cfg, make_task, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     return 0

@@ -9,9 +9,13 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step_00001000/`` holding
 * ``rng_<rank>.pt``: the torch (CPU and CUDA), NumPy and Python random states of each process;
 * ``state.json``: the step and what the data position is derived from.
 
-Folders are written under a temporary name and renamed when complete, so an interrupted
-save never looks like a checkpoint. FSDP and DeepSpeed shard their states: with them the
-model/optimizer part is ``accelerator.save_state`` into ``accelerate/``.
+A checkpoint appears whole or not at all: its files are written into the sibling
+``step_N.tmp``, flushed to disk (files and folder), and the folder is renamed to ``step_N``
+(an existing ``step_N`` is first renamed to ``step_N.old``, deleted after). Only names
+``step_<digits>`` holding ``state.json`` count as checkpoints, so the ``.tmp``/``.old``
+folders of a killed save are never resumed from; the next run removes them
+(:func:`diffbir.training.outputs.remove_temporaries`). FSDP and DeepSpeed shard their states:
+with them the model/optimizer part is ``accelerator.save_state`` into ``accelerate/``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import torch
 from safetensors.torch import save_file
 
 from diffbir.errors import CheckpointError
+from diffbir.training.outputs import CHECKPOINTS, fsync_dir, fsync_tree
 
-CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"step_(\d+)$")
 
 
@@ -62,6 +66,10 @@ def find_checkpoint(output_dir: str | Path, resume: str) -> Path:
     path = Path(resume)
     if not (path / "state.json").is_file():
         raise CheckpointError(f"--resume {resume}: not a training checkpoint (no state.json)")
+    try:
+        int(json.loads((path / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"--resume {resume}: state.json is unreadable") from None
     return path
 
 
@@ -135,8 +143,14 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        fsync_tree(tmp)
+        aside = final.with_name(final.name + ".old")
+        if final.exists():  # the same step saved again (a resume from an earlier checkpoint)
+            shutil.rmtree(aside, ignore_errors=True)
+            final.rename(aside)
         tmp.rename(final)
+        fsync_dir(final.parent)
+        shutil.rmtree(aside, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

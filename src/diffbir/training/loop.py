@@ -41,7 +41,11 @@ class Task(Protocol):
         """Validation with the (unwrapped, possibly EMA) trainable module; metrics to log."""
 
     def export(self, output_dir: Path, module: nn.Module) -> list[Path]:
-        """Write the trained model where ``diffbir restore`` can load it."""
+        """Write the trained model for ``diffbir restore`` into ``output_dir``; its entries.
+
+        ``output_dir`` is a staging folder: the loop moves the entries into the run's folder
+        with :func:`~diffbir.training.outputs.publish`, the first one (the weights) last.
+        """
 
 
 # ---------------------------------------------------------------------- data order
@@ -206,15 +210,21 @@ def train(
     make_task: Callable[[TrainConfig, torch.device], Task],
     *,
     resume: str | None = None,
+    overwrite: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
     accelerator=None,
 ) -> TrainResult:
     """Train ``make_task(cfg, device)`` for ``cfg.run.max_steps`` optimizer steps.
 
-    ``resume``: ``"latest"`` or a checkpoint folder. ``stop_after``: return after this
-    many steps of this call (an interruption, for tests and time-boxed jobs). The trained
-    model is exported to ``cfg.run.output_dir`` when ``max_steps`` is reached.
+    ``resume``: ``"latest"`` or a checkpoint folder. Without it, an output folder that
+    already holds a run is refused unless ``overwrite``, which deletes that run's files first
+    (:func:`~diffbir.training.outputs.clear_run`). ``stop_after``: return after this many
+    steps of this call (an interruption, for tests and time-boxed jobs). The trained model is
+    exported to ``cfg.run.output_dir`` when ``max_steps`` is reached.
+
+    Nothing is written before the output place, the checkpoint to resume, an earlier run and
+    the data sources have been checked.
     """
     from diffbir.training.checkpointing import (
         find_checkpoint,
@@ -223,13 +233,30 @@ def train(
         save_checkpoint,
     )
     from diffbir.training.ema import EMA
+    from diffbir.training.outputs import (
+        CONFIG_FILE,
+        check_output_dir,
+        clear_run,
+        publish,
+        refuse_earlier_run,
+        remove_temporaries,
+        staging_dir,
+    )
 
     acc = accelerator or _make_accelerator(cfg)
     run = cfg.run
     out = Path(run.output_dir)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(cfg, out / "config.yaml")
+    check_output_dir(out)
+    folder = find_checkpoint(out, resume) if resume is not None else None
+    if folder is None and not overwrite:
+        refuse_earlier_run(out)
+    if folder is not None and overwrite and _inside(folder, out):
+        raise ConfigError(
+            f"--overwrite would delete {folder}, the checkpoint --resume continues from: "
+            "give one of the two"
+        )
+    if cfg.val.every:
+        _check_source(cfg, cfg.val.source)
 
     # Same initial weights on every process; then the task's own randomness.
     torch.manual_seed(run.seed)
@@ -243,6 +270,15 @@ def train(
         rank=acc.process_index,
         world_size=acc.num_processes,
     )
+    # Everything is checked (on every process, before any of them writes): now write.
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if overwrite:
+            clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)
+        _write_config(cfg, out / CONFIG_FILE)
+    acc.wait_for_everyone()
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -255,8 +291,7 @@ def train(
     ema = EMA(acc.unwrap_model(task.trainable), run.ema_decay) if run.ema_decay else None
 
     step = 0
-    if resume is not None:
-        folder = find_checkpoint(out, resume)
+    if folder is not None:
         info = load_checkpoint(acc, folder, model=task.trainable, optimizer=optimizer, ema=ema)
         step = int(info["step"])
         if info.get("num_processes", acc.num_processes) != acc.num_processes:
@@ -338,7 +373,8 @@ def train(
     if step >= run.max_steps:
         acc.wait_for_everyone()
         if acc.is_main_process:
-            result.exported = task.export(out, _final_module(acc, task, ema))
+            staged = task.export(staging_dir(out), _final_module(acc, task, ema))
+            result.exported = publish(staged, out)
             for path in result.exported:
                 acc.print(f"diffbir: wrote {path}")
     if acc.log_with:
@@ -394,4 +430,17 @@ def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
 def _write_config(cfg: TrainConfig, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from diffbir.training.outputs import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_source(cfg: TrainConfig, source: str | None) -> None:
+    """Raise the data set's one-line error now if ``source`` lists no usable image."""
+    from diffbir.training.data import dataset_from_config
+
+    dataset_from_config(cfg.data, source, train=False, seed=cfg.run.seed, prompts=False)

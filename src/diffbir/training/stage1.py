@@ -92,8 +92,10 @@ class Stage1Task:
         }
 
     def export(self, output_dir: Path, module: nn.Module) -> list[Path]:
-        """``cleaner.safetensors`` (published key layout) + ``model_config.json``.
+        """``cleaner.safetensors`` (published key layout) + ``model_config.json``, weights first.
 
+        Written into the loop's staging folder and published whole: the weights file arrives
+        last, so beside it the model config always matches (``outputs.publish``).
         ``diffbir restore --cleaner OUT/cleaner.safetensors --model-config OUT/model_config.json``
         loads it (the model config is needed only for a non-released architecture).
         """

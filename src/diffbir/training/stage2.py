@@ -236,7 +236,9 @@ class Stage2Task:
 
         ``diffbir restore --controlnet OUT/controlnet.safetensors`` (and
         ``load_stage2(sd, controlnet=...)``) take it like a released ControlNet. With a
-        randomly initialised SD (tests), the whole model is also saved to ``sd/``.
+        randomly initialised SD (tests), the whole model is also saved to ``sd/``. Written
+        into the loop's staging folder and published whole, ``controlnet.safetensors`` last
+        (``outputs.publish``): when it is there, the files beside it belong to it.
         """
         from safetensors.torch import save_file
 
