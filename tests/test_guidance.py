@@ -236,3 +236,22 @@ def test_configuration_errors():
         LatentGuidance(t, -1.0)
     with pytest.raises(ConfigError, match="repeat"):
         LatentGuidance(t, 1.0, repeat=0)
+
+
+def test_release_units_fraction_of_the_gap_and_overshoot_warning():
+    from diffbir.diffusion.guidance import release_step_rescale
+
+    grid = SD.timesteps_for(50, "iddpm")
+    rescale = release_step_rescale(SD.alphas_cumprod, grid)
+    # the spaced chain's 1/coef1: 1 at the last step (to the clean end)
+    assert rescale(0) == pytest.approx(1.0 / SD.respace(50).posterior_mean_coef1[0].item())
+    target = torch.zeros(1, 4, 64, 64)  # a 512x512 image's latent
+    # v2's --g_scale 0.01 at 512x512 with 50 spaced steps: the first step moves the
+    # estimate 22% of the way to the target, the last 0.4%
+    g = LatentGuidance(target, 3000 * 0.01, step_rescale=rescale)
+    assert g.max_fraction() == pytest.approx(0.2237, rel=1e-3)
+    with pytest.warns(UserWarning, match="overshoots"):
+        LatentGuidance(target, 3000 * 0.1, step_rescale=rescale)
+    # skipping the noisiest steps removes the overshoot
+    late = LatentGuidance(target, 3000 * 0.1, step_rescale=rescale, start=300)
+    assert late.max_fraction() < 1.0

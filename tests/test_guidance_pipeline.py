@@ -177,15 +177,25 @@ def _cli(release, *args):
 
 
 def test_readme_example_runs_as_written(release, tmp_path, single_thread):
-    # README: diffbir restore photo.jpg -o out/ --guidance-scale 0.5 --guidance-loss weighted_mse
+    # README: diffbir restore photo.jpg -o out/ --guidance-scale 0.5 --guidance-space pixel
+    #           --guidance-loss weighted_mse
+    # and:      diffbir restore photo.jpg -o out/ --guidance-scale 0.02 --guidance-mask mask.png
     photo = _photo(tmp_path / "photo.png")
     code = _cli(
         release, photo, "-o", tmp_path / "out", "--guidance-scale", "0.5",
-        "--guidance-loss", "weighted_mse",
+        "--guidance-space", "pixel", "--guidance-loss", "weighted_mse",
     )  # fmt: skip
     assert code == 0 and (tmp_path / "out" / "photo.png").exists()
     with Image.open(tmp_path / "out" / "photo.png") as image:
         assert image.info["guidance_scale"] == "0.5"
+        assert image.info["guidance_space"] == "pixel"
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(mask)
+    code = _cli(
+        release, photo, "-o", tmp_path / "latent", "--guidance-scale", "0.02",
+        "--guidance-mask", mask,
+    )  # fmt: skip
+    assert code == 0 and (tmp_path / "latent" / "photo.png").exists()
 
 
 def test_guidance_mask_file(release, tmp_path, capsys, single_thread):

@@ -43,6 +43,7 @@ supported with guidance (its tensors cannot enter autograd): this raises.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -113,6 +114,7 @@ def release_step_rescale(alphas_cumprod, timesteps) -> Callable[[int], float]:
             return factors[t]
         return factors[min(grid, key=lambda g: abs(g - t))]
 
+    rescale.factors = factors  # grid timestep -> factor, for the overshoot check
     return rescale
 
 
@@ -199,6 +201,32 @@ class LatentGuidance:
             # The latent pixel covers an 8x8 block: its weight is the block's mean.
             weight = _to_latent_grid(weight, self._latent_hw())
         self.weight = weight
+        self._warn_if_overshooting()
+
+    def max_fraction(self) -> float | None:
+        """Latent MSE only: the largest fraction of the gap to the target that one guided
+        step moves the estimate (``2 scale rescale(t) / (C H W)``), over the active steps."""
+        factors = getattr(self.step_rescale, "factors", None)
+        if self.space != "latent" or factors is None or self.scale == 0.0:
+            return None
+        active = [f for t, f in factors.items() if self.active(t)]
+        if not active:
+            return None
+        numel = 4 * self._latent_hw()[0] * self._latent_hw()[1]
+        return 2.0 * self.scale * max(active) / numel
+
+    def _warn_if_overshooting(self) -> None:
+        fraction = self.max_fraction()
+        if fraction is None or fraction <= 1.0:
+            return
+        warnings.warn(
+            f"guidance: this scale moves the estimate {fraction:.1f} times the gap to the "
+            "stage-1 latent in the first guided step (latent space, this image size), so it "
+            f"overshoots; scales up to {1.0 / fraction:.3g} of it stay within one gap per "
+            "step, or raise --guidance-stop/lower --guidance-start to skip the noisiest steps",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _latent_hw(self) -> tuple[int, int]:
         if self.target is not None:
