@@ -8,6 +8,7 @@ functions, so ``import diffbir.app`` works without it.
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from diffbir.app_core import (
     released_pipeline_factory,
     restore_uploads,
 )
-from diffbir.errors import DiffBIRError
+from diffbir.errors import DiffBIRError, printable
 
 log = logging.getLogger(__name__)
 
@@ -322,28 +323,91 @@ def launch(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     block: bool = True,
     quiet: bool = False,
+    on_ready: Callable[[str], None] | None = None,
 ):
     """Serve ``demo`` on ``host:port`` (loopback unless told otherwise).
 
-    ``block=False`` returns at once with the server running in the background
-    (close it with ``demo.close()``). Returns the local URL.
+    The address is checked first (:func:`check_address`), so a busy or invalid
+    port is a one-line :class:`DiffBIRError`. ``on_ready(local_url)`` is called
+    once the server answers. ``block=False`` returns at once with the server
+    running in the background (close it with ``demo.close()``). Returns the
+    local URL.
     """
     gr = require_gradio()
-    _, local_url, _ = demo.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        prevent_thread_lock=not block,
-        max_file_size=int(max_upload_mb * 1024 * 1024),
-        quiet=quiet,
-        show_error=True,
-        ssr_mode=False,
-        mcp_server=False,
-        inbrowser=False,
-        theme=_theme(gr),
-        css=_CSS,
-    )
+    if port is not None:
+        check_address(host, port)
+    try:
+        _, local_url, _ = demo.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            prevent_thread_lock=True,
+            max_file_size=int(max_upload_mb * 1024 * 1024),
+            quiet=quiet,
+            show_error=True,
+            ssr_mode=False,
+            mcp_server=False,
+            inbrowser=False,
+            theme=_theme(gr),
+            css=_CSS,
+        )
+    except OSError as exc:  # taken between the check and the start, or refused by uvicorn
+        reason = " ".join(str(exc).split(". ")[0].split())
+        raise DiffBIRError(
+            f"could not start the web UI on {display_url(host, port)}: {printable(reason)}"
+        ) from None
+    if on_ready is not None:
+        on_ready(local_url)
+    if block:
+        demo.block_thread()
     return local_url
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise a one-line :class:`DiffBIRError` unless a server could listen on ``host:port``.
+
+    Binds (and closes at once) a socket on every address ``host`` resolves to,
+    as the server will, so a busy port, an unknown host or a port that needs
+    privileges is reported before anything is loaded or printed.
+    """
+    import errno
+    import socket
+
+    where = display_url(host, port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise DiffBIRError(f"--port must be in 1..65535, got {printable(port)}")
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        infos = socket.getaddrinfo(
+            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise DiffBIRError(
+            f"--host {printable(host)}: not a known host name or address of this machine"
+        ) from None
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                reason = "the port is busy (another program listens there); choose another --port"
+            elif exc.errno == errno.EACCES:
+                reason = "permission denied (ports below 1024 usually need administrator rights)"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                reason = f"{printable(host)} is not an address of this machine (see --host)"
+            else:
+                reason = printable(exc.strerror or exc)
+            raise DiffBIRError(f"cannot serve on {where}: {reason}") from None
+
+
+def display_url(host: str, port: int | None) -> str:
+    """``http://host:port`` as messages print it (IPv6 in brackets, control characters escaped)."""
+    shown = printable(host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"  # IPv6
+    return f"http://{shown}" + (f":{port}" if port is not None else "")
 
 
 def _theme(gr):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diffbir.errors import DiffBIRError, ImageReadError
+from diffbir.planning import MAX_OUTPUT_PIXELS
 
 #: Inputs larger than this many pixels are refused (2048 x 2048); the x4 result
 #: of such an image is already 67 megapixels.
@@ -25,8 +26,9 @@ DEFAULT_MAX_PIXELS = 2048 * 2048
 DEFAULT_MAX_UPLOAD_MB = 50
 #: Most images restored by one click.
 DEFAULT_MAX_FILES = 16
-# Results larger than this are refused before any work (a 2048^2 input at x8 would be 268 MP).
-DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
+#: Results larger than this are refused before any work (a 2048^2 input at x8 would be
+#: 268 MP): the limit ``diffbir restore`` applies too.
+DEFAULT_MAX_OUTPUT_PIXELS = MAX_OUTPUT_PIXELS
 #: Finished runs whose files are kept on disk for download; older ones are removed.
 KEEP_RUNS = 8
 

@@ -1,21 +1,29 @@
 """Batch restoration of files: inputs -> pipeline -> atomic outputs, resumable.
 
-:class:`RestoreJob` is what ``diffbir restore`` runs. It collects the inputs,
-skips finished outputs when resuming, reports a bad file and carries on with
-the rest, and shards the work across processes when started with
-``accelerate launch`` (one model per GPU, each output written once).
+:class:`RestoreJob` is what ``diffbir restore`` runs. Before any model is
+loaded it collects the inputs (a missing path, an empty folder, a broken link,
+an unreadable file or a result above :data:`~diffbir.planning.MAX_OUTPUT_PIXELS`
+is reported in one line and skipped), refuses a run that would overwrite one of
+its inputs, checks that the output folder can be written, and removes the
+temporary files a killed earlier run left there. It then skips finished outputs
+when resuming, reports a file that fails (running out of memory included) and
+carries on with the rest, and shards the work across processes when started
+with ``accelerate launch`` (one model per GPU, each output written once).
 """
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from diffbir.errors import DiffBIRError
+from diffbir.errors import DiffBIRError, is_out_of_memory, printable
 from diffbir.presets import FACE_WHOLE
 
 
@@ -28,6 +36,8 @@ class JobSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     main_process: bool = True  # False on the other processes of a sharded run
+    fatal: str | None = None  # why the run stopped early (the models could not load), if so
+    interrupted: int | None = None  # the exit status of a run stopped by Ctrl+C or SIGTERM
 
     def describe(self) -> str:
         parts = [f"{self.restored} restored"]
@@ -35,12 +45,23 @@ class JobSummary:
             parts.append(f"{self.skipped} skipped (already done)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
+        if self.fatal is not None:
+            parts.append("stopped: the models could not be loaded")
+        if self.interrupted is not None:
+            parts.append("interrupted")
         return "diffbir: " + ", ".join(parts)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed, nothing stopped the run."""
+        return not self.failed and self.fatal is None and self.interrupted is None
 
     def merge(self, other: JobSummary) -> None:
         self.restored += other.restored
         self.skipped += other.skipped
         self.failed.extend(other.failed)
+        self.fatal = self.fatal or other.fatal
+        self.interrupted = self.interrupted or other.interrupted
         for key, value in other.timings.items():
             self.timings[key] = self.timings.get(key, 0.0) + value
 
@@ -62,48 +83,94 @@ class RestoreJob:
     batch_size: int = 1
     progress: bool = True
     verbose: bool = False
+    # The output factor, to refuse results above diffbir.planning.MAX_OUTPUT_PIXELS before
+    # any model loads (None: options.upscale; when that is None too, the pipeline checks).
+    upscale: float | None = None
 
-    def plan(self) -> list[tuple[object, Path]]:
-        """(input item, output path) for every input, in a stable order."""
+    def plan(self, problems: list[tuple[str, str]] | None = None) -> list[tuple[object, Path]]:
+        """(input item, output path) for every input, in a stable order.
+
+        With ``problems``, a source that gives no image is appended to it as
+        ``(source, message)`` and the others are still planned; without, it raises.
+
+        Raises:
+            DiffBIRError: two inputs would write one file, or an output would overwrite
+                an input (both refuse the whole run: nothing has been written yet).
+        """
         from diffbir.imaging.paths import collect_inputs, output_paths_for
 
-        items = collect_inputs(self.inputs, recursive=self.recursive)
+        items = collect_inputs(self.inputs, recursive=self.recursive, problems=problems)
         # output_paths_for also refuses two inputs that would write one file.
-        return list(zip(items, output_paths_for(items, self.output, suffix=self.suffix)))
+        work = list(zip(items, output_paths_for(items, self.output, suffix=self.suffix)))
+        self._refuse_overwriting_inputs(work)
+        return work
 
     def run(self, loader: dict, pipeline=None) -> JobSummary:
         """Restore every planned input. ``loader`` holds the arguments of
         :meth:`DiffBIRPipeline.from_preset` (plus ``compile``); the pipeline is
-        only loaded when there is something to do. A ready ``pipeline`` may be
-        passed instead."""
+        only loaded when there is something to do, after the inputs and the
+        output folder have been checked. A ready ``pipeline`` may be passed instead.
+
+        Every input that cannot be used is reported in one line and counted in the
+        summary's ``failed``; the others complete. A load failure ends the run with
+        ``fatal`` set; Ctrl+C (or SIGTERM, which ``diffbir restore`` turns into
+        ``SystemExit``) with ``interrupted`` set, in a single process."""
         from tqdm.auto import tqdm
 
         from diffbir.distributed import Shard
 
+        started = time.time()
+        if self.output.exists() and not self.output.is_dir():
+            raise DiffBIRError(
+                f"-o {printable(self.output)}: exists and is not a folder; name a folder"
+            )
         shard = Shard.current()
-        work = self.plan()
         summary = JobSummary()
+        problems: list[tuple[str, str]] = []
+        work = self.plan(problems)
+        if shard.rank == 0:
+            for source, reason in problems:
+                _report(summary, source, reason)
         todo = []
         for item, out in shard.take(work):
             if self.skip_existing and all(p.exists() for p in self.sample_paths(out)):
                 summary.skipped += 1
-            else:
-                todo.append((item, out))
-        if todo and pipeline is None:
-            pipeline = _load_pipeline(loader, shard)
-            # A batch run uses one pair of prompts: encode them and free the text encoder.
-            pipeline.prepare_prompts(self.options, drop_text_encoder=True)
-        bar = tqdm(
-            total=len(todo),
-            desc="restoring" if shard.world == 1 else f"restoring [{shard.rank}]",
-            unit="img",
-            disable=not self.progress or not todo,
-            position=shard.rank,
-        )
-        with bar:
-            for group in self._batches(todo, summary):
-                self._restore_group(pipeline, group, summary)
-                bar.update(len(group))
+                continue
+            reason = self._size_problem(item)
+            if reason is not None:
+                _report(summary, item.path, reason)
+                continue
+            todo.append((item, out))
+        if todo:
+            from diffbir.imaging.io import check_writable_folder
+
+            check_writable_folder(self.output)  # before minutes of model loading
+        if shard.rank == 0 and work:
+            self._remove_stale_temp_files(work, started)
+        try:
+            if todo and pipeline is None:
+                try:
+                    pipeline = _load_pipeline(loader, shard)
+                    # A batch run uses one pair of prompts: encode them, free the text encoder.
+                    pipeline.prepare_prompts(self.options, drop_text_encoder=True)
+                except DiffBIRError as exc:
+                    summary.fatal = str(exc)
+                    todo = []
+            bar = tqdm(
+                total=len(todo),
+                desc="restoring" if shard.world == 1 else f"restoring [{shard.rank}]",
+                unit="img",
+                disable=not self.progress or not todo,
+                position=shard.rank,
+            )
+            with bar:
+                for group in self._batches(todo, summary):
+                    self._restore_group(pipeline, group, summary)
+                    bar.update(len(group))
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if shard.world > 1:
+                raise  # the other processes stop too; no summary to gather
+            summary.interrupted = 130 if isinstance(stop, KeyboardInterrupt) else _code(stop)
         total = shard.gather(summary)
         total.main_process = shard.rank == 0
         return total
@@ -117,6 +184,84 @@ class RestoreJob:
         return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
 
     # ---------------------------------------------------------------- internals
+    def _written_paths(self, out: Path) -> list[Path]:
+        """Every file the run may write for the input whose output is ``out``."""
+        paths = list(self.sample_paths(out))
+        if self.suffix.lower() != ".png":
+            paths += [p.with_name(p.name + ".json") for p in paths]  # metadata sidecars
+        relative = out.relative_to(self.output)
+        if self.save_stage1:
+            paths.append(self.output / "stage1" / relative)
+        if self.compare:
+            paths.append(self.output / "compare" / relative)
+        return paths
+
+    def _refuse_overwriting_inputs(self, work: list) -> None:
+        """Refuse, before anything is written, a run whose output folder is one of its
+        input folders or whose outputs include one of its input files."""
+        out_dir = _real(self.output)
+        for source in self.inputs:
+            if Path(source).is_dir() and _real(Path(source)) == out_dir:
+                raise DiffBIRError(
+                    f"-o {printable(self.output)} is an input folder: the restorations "
+                    "would overwrite or mix with the originals; choose another output folder"
+                )
+        inputs = {_real(item.path): item.path for item, _ in work}
+        csv = _real(self.output / "prompt.csv")
+        if csv in inputs:
+            raise DiffBIRError(
+                f"{printable(inputs[csv])} is an input and would be overwritten by the run's "
+                "prompt.csv; choose another output folder"
+            )
+        for _, out in work:
+            for path in self._written_paths(out):
+                source = inputs.get(_real(path))
+                if source is None:
+                    continue
+                what = "its restoration" if path == out else printable(path)
+                raise DiffBIRError(
+                    f"-o {printable(self.output)}: {what} would overwrite the input "
+                    f"{printable(source)}; choose an output folder that holds no input"
+                )
+
+    def _size_problem(self, item) -> str | None:
+        """Why ``item`` cannot be restored, found from its header alone (unreadable, or a
+        result above the output limit), or None."""
+        from diffbir.imaging.io import read_image_size
+        from diffbir.planning import MAX_OUTPUT_PIXELS, check_output_size
+
+        try:
+            size = read_image_size(item.path)
+            upscale = self.upscale if self.upscale is not None else self.options.upscale
+            if upscale is not None:
+                check_output_size(size, upscale, max_pixels=MAX_OUTPUT_PIXELS)
+        except DiffBIRError as exc:
+            return str(exc)
+        return None
+
+    def _remove_stale_temp_files(self, work: list, started: float) -> None:
+        """Remove the hidden temporary files a killed run left beside this run's outputs
+        (only our own pattern, older than this run, of no live process)."""
+        from diffbir.imaging.io import remove_stale_temp_files
+
+        folders: set[Path] = set()
+        for _, out in work:
+            folders.update(path.parent for path in self._written_paths(out))
+        if self.save_faces:
+            faces = self.output / "faces"
+            for kind in ("cropped", "restored"):
+                folders.update(
+                    faces / kind / out.relative_to(self.output).parent for _, out in work
+                )
+        removed = []
+        for folder in sorted(folders):
+            removed += remove_stale_temp_files(folder, before=started)
+        if removed and self.verbose:
+            print(
+                f"diffbir: removed {len(removed)} temporary file(s) left by a killed run",
+                file=sys.stderr,
+            )
+
     def _batches(self, todo: list, summary: JobSummary):
         """Read images ahead and yield groups of equal size (at most batch_size)."""
         from diffbir.imaging.io import read_image
@@ -128,6 +273,11 @@ class RestoreJob:
             except DiffBIRError as exc:
                 _report(summary, item.path, str(exc))
                 continue
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                _report(summary, item.path, _oom_message(exc))
+                continue
             # With several samples per input, the batch holds one input's samples.
             per_batch = self.batch_size if getattr(self.options, "n_samples", 1) == 1 else 1
             if group and (len(group) == per_batch or group[0][2].rgb.shape != image.rgb.shape):
@@ -138,58 +288,65 @@ class RestoreJob:
             yield group
 
     def _restore_group(self, pipeline, group: list, summary: JobSummary) -> None:
-        from diffbir.imaging.io import write_image
-
-        batch = torch.stack([image.rgb for _, _, image in group])
+        out_of_memory = None
         try:
+            batch = torch.stack([image.rgb for _, _, image in group])
             result = pipeline(batch, self.options)
         except DiffBIRError as exc:
             for item, _, _ in group:
                 _report(summary, item.path, str(exc))
             return
-        except torch.cuda.OutOfMemoryError:
+        except Exception as exc:
+            # Out of memory on these images (CUDA's, or the CPU allocator's / MemoryError):
+            # one line each, and the rest of the batch goes on.
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = _oom_message(exc)
+        if out_of_memory is not None:
+            _free_memory()  # outside the handler, so the failed frames are gone
             for item, _, _ in group:
-                _report(
-                    summary,
-                    item.path,
-                    "out of memory: lower --max-memory or set --latent-tile/--vae-tile, "
-                    "or use --dtype fp16/bf16",
-                )
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+                _report(summary, item.path, out_of_memory)
             return
         for key, value in result.timings.items():
             summary.timings[key] = summary.timings.get(key, 0.0) + value
-        n_samples = getattr(self.options, "n_samples", 1)
         for index, (item, out, image) in enumerate(group):
-            metadata = _metadata(result, item.path, index)
             try:
-                for sample, path in enumerate(self.sample_paths(out)):
-                    restored = result.image[index * n_samples + sample]
-                    write_image(
-                        path, restored, alpha=image.alpha, quality=self.quality, metadata=metadata
-                    )
-                if self.save_stage1:
-                    stage1_path = self.output / "stage1" / out.relative_to(self.output)
-                    write_image(stage1_path, result.stage1[index * n_samples], quality=self.quality)
-                if self.compare:
-                    compare_path = self.output / "compare" / out.relative_to(self.output)
-                    first = result.image[index * n_samples]
-                    write_image(compare_path, side_by_side(image.rgb, first), quality=self.quality)
-                if self.save_faces:
-                    self._write_faces(result, index, out)
-                if metadata:
-                    _append_prompt_csv(self.output, out, metadata)
+                self._write_outputs(result, index, out, image, item.path)
             except DiffBIRError as exc:
                 _report(summary, item.path, str(exc))
                 continue
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                _report(summary, item.path, _oom_message(exc))
+                continue
             summary.restored += 1
             notes = getattr(result, "notes", None)
-            if notes and notes[index]:
-                print(f"diffbir: {item.path}: {notes[index]}", file=sys.stderr)
+            if notes and index < len(notes) and notes[index]:
+                print(f"diffbir: {printable(item.path)}: {notes[index]}", file=sys.stderr)
             if self.verbose:
                 stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-                print(f"{item.path} -> {out} ({stages})", file=sys.stderr)
+                print(f"{printable(item.path)} -> {printable(out)} ({stages})", file=sys.stderr)
+
+    def _write_outputs(self, result, index: int, out: Path, image, source: Path) -> None:
+        from diffbir.imaging.io import write_image
+
+        n_samples = getattr(self.options, "n_samples", 1)
+        metadata = _metadata(result, source, index)
+        for sample, path in enumerate(self.sample_paths(out)):
+            restored = result.image[index * n_samples + sample]
+            write_image(path, restored, alpha=image.alpha, quality=self.quality, metadata=metadata)
+        if self.save_stage1:
+            stage1_path = self.output / "stage1" / out.relative_to(self.output)
+            write_image(stage1_path, result.stage1[index * n_samples], quality=self.quality)
+        if self.compare:
+            compare_path = self.output / "compare" / out.relative_to(self.output)
+            first = result.image[index * n_samples]
+            write_image(compare_path, side_by_side(image.rgb, first), quality=self.quality)
+        if self.save_faces:
+            self._write_faces(result, index, out)
+        if metadata:
+            _append_prompt_csv(self.output, out, metadata)
 
     def _write_faces(self, result, index: int, out: Path) -> None:
         """Aligned input crops and restored crops of a whole-photo result."""
@@ -257,14 +414,44 @@ def _lock(f) -> None:
     fcntl.flock(f.fileno(), fcntl.LOCK_EX)
 
 
-def _report(summary: JobSummary, path: Path, reason: str) -> None:
+def _report(summary: JobSummary, path: Path | str, reason: str) -> None:
+    """Count ``path`` as failed and say why, on one line that names it once."""
+    shown = printable(path)
+    reason = " ".join(str(reason).split())
+    # Messages that start with the file (read errors name it, sources name themselves)
+    # are not prefixed with it again.
+    for prefix in (shown, printable(Path(path).name)):
+        if reason.startswith(prefix + ": "):
+            reason = reason[len(prefix) + 2 :]
+            break
     summary.failed.append((str(path), reason))
-    print(
-        f"diffbir: skipped {reason}"
-        if str(path) in reason
-        else f"diffbir: skipped {path}: {reason}",
-        file=sys.stderr,
+    print(f"diffbir: skipped {shown}: {reason}", file=sys.stderr)
+
+
+def _oom_message(exc: BaseException) -> str:
+    where = "GPU" if "CUDA" in str(exc) else "CPU"
+    return (
+        f"out of memory ({where}): lower --max-memory or set --latent-tile/--vae-tile/"
+        "--cleaner-tile, lower --upscale or --batch-size, or use --dtype fp16/bf16 on a GPU"
     )
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _real(path: Path) -> Path:
+    """``path`` with links and ``..`` resolved (it need not exist), for comparing places."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return Path(os.path.abspath(path))
+
+
+def _code(stop: SystemExit) -> int:
+    return stop.code if isinstance(stop.code, int) else 1
 
 
 def _load_pipeline(loader: dict, shard):

@@ -17,12 +17,16 @@ from pathlib import Path
 
 import torch
 
-from diffbir.errors import CheckpointError
+from diffbir.errors import CheckpointError, printable
 
 StateDict = dict[str, torch.Tensor]
 
 # Wrapper keys seen in released checkpoints, in order of preference.
 _WRAPPERS = ("state_dict", "params", "params_ema", "model", "module")
+# Suffixes of the weights files a folder may hold (named in the error for a folder).
+_WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
+# The longest part of a library's error message quoted in ours.
+_DETAIL_LIMIT = 200
 
 
 def load_state_dict(
@@ -38,10 +42,13 @@ def load_state_dict(
     if isinstance(source, Mapping):
         return _flatten(source, "<state dict>")
     path = Path(source)
+    shown = printable(path)
+    if path.is_dir():
+        raise CheckpointError(f"{shown}: is a folder, not a weights file{_folder_hint(path)}")
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
+        raise CheckpointError(f"{shown}: no such weights file")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty, not a checkpoint")
+        raise CheckpointError(f"{shown}: the file is empty, not a checkpoint")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -49,13 +56,26 @@ def load_state_dict(
         try:
             raw = load_file(str(path), device=str(device))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+            raise CheckpointError(
+                f"{shown}: not a readable safetensors file ({_first_line(exc, with_type=False)})"
+            ) from None
     else:
         raw = _torch_load(path, device)
-    return _flatten(raw, str(path))
+    return _flatten(raw, shown)
+
+
+def _folder_hint(folder: Path) -> str:
+    try:
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHTS_SUFFIXES)
+    except OSError:
+        return ""
+    if not found:
+        return " (it holds no weights file)"
+    return f"; pass the weights file in it: {_preview([printable(n) for n in found], 3)}"
 
 
 def _torch_load(path: Path, device: str | torch.device) -> object:
+    shown = printable(path)
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -64,17 +84,17 @@ def _torch_load(path: Path, device: str | torch.device) -> object:
         # something (a function, a class); anything else is bytes it cannot parse.
         if "GLOBAL" in detail:
             raise CheckpointError(
-                f"{path}: refused to load: the pickle asks for code beyond plain tensors "
+                f"{shown}: refused to load: the pickle asks for code beyond plain tensors "
                 f"and containers, which could run arbitrary commands ({detail})"
             ) from None
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint, or a damaged one ({detail})"
+            f"{shown}: not a PyTorch checkpoint, or a damaged one ({detail})"
         ) from None
     except Exception as exc:
         # A damaged or foreign file can make the unpickler raise nearly anything
         # (KeyError, IndexError, struct.error, RuntimeError from the zip reader...).
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint or truncated ({_first_line(exc)})"
+            f"{shown}: not a PyTorch checkpoint or truncated ({_first_line(exc)})"
         ) from None
 
 
@@ -83,14 +103,33 @@ def _unpickler_detail(message: str) -> str:
     for key in ("GLOBAL", "Unsupported"):
         found = next((line for line in lines if key in line), None)
         if found:
-            return found[:200]
+            return _shorten(found)
     useful = [line for line in lines if not line.startswith("Check the documentation")]
-    return (useful[-1] if useful else "unreadable pickle")[:200]
+    return _shorten(useful[-1] if useful else "unreadable pickle")
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, *, with_type: bool = True) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    first = _shorten(text[0])
+    return f"{type(exc).__name__}: {first}" if with_type else first
+
+
+def _shorten(text: str, limit: int = _DETAIL_LIMIT) -> str:
+    """``text`` on one line, cut after a sentence (or, failing that, a word and "...").
+
+    Library messages can run long; quoting a part must not stop mid-sentence.
+    """
+    text = printable(" ".join(text.split()))
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    end = head.rfind(". ")
+    if end >= limit // 3:  # whole sentences only
+        return head[: end + 1]
+    cut = head.rfind(" ")
+    return (head[:cut] if cut >= limit // 3 else head).rstrip(" ,;:") + "..."
 
 
 def _flatten(obj: object, origin: str) -> StateDict:
@@ -102,7 +141,8 @@ def _flatten(obj: object, origin: str) -> StateDict:
     while not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
-            raise CheckpointError(f"{origin}: holds no tensors (keys: {_preview(list(obj))})")
+            keys = [printable(k) for k in obj]
+            raise CheckpointError(f"{origin}: holds no tensors (keys: {_preview(keys)})")
         obj = inner
     out: StateDict = {}
     for key, value in obj.items():
@@ -116,8 +156,10 @@ def _flatten(obj: object, origin: str) -> StateDict:
 
 
 def _preview(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    """``a, b, c`` or, past ``limit`` names, ``a, b, c and 123 more``."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
 def check_keys(
@@ -131,10 +173,10 @@ def check_keys(
     The message lists missing keys, unexpected keys and shape mismatches,
     a few of each, so a wrong architecture or config is easy to recognise.
     """
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    missing = [printable(k) for k in expected if k not in state_dict]
+    unexpected = [printable(k) for k in state_dict if k not in expected]
     wrong = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k])}"
+        f"{printable(k)}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k])}"
         for k in expected
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
     ]

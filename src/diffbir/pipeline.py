@@ -41,9 +41,23 @@ from diffbir.loading import (
     load_model_config,
     parse_dtype,
 )
-from diffbir.planning import TilePlan, _condition_size, _overlap_pixels, plan_tiles
+from diffbir.planning import (
+    MAX_DIFFUSION_SIDE,
+    TilePlan,
+    _condition_size,
+    _overlap_pixels,
+    check_output_size,
+    diffusion_min_side,
+    plan_tiles,
+)
 from diffbir.presets import Preset, get_preset
-from diffbir.settings import MIN_DIFFUSION_SIDE, RestoreOptions, RunConfig, resolve
+from diffbir.settings import (
+    MIN_DIFFUSION_SIDE,
+    RestoreOptions,
+    RunConfig,
+    resolve,
+    resolve_device,
+)
 from diffbir.stages import output_size
 
 __all__ = [
@@ -75,6 +89,7 @@ class RestoreResult:
     tiles: TilePlan | None = None
     config: RunConfig | None = None
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
+    notes: list[str | None] = field(default_factory=list)  # per image: a remark or None
 
 
 def resize_short_side_to(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -160,7 +175,7 @@ class DiffBIRPipeline:
         from diffbir.weights import resolve_many
 
         preset = get_preset(version, task)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device)  # one line naming what exists, if it does not
         dtype = parse_dtype(dtype, device)
 
         configs = load_model_config(model_config)
@@ -305,16 +320,27 @@ class DiffBIRPipeline:
         timings: dict[str, float] = {}
         rows = lq.shape[0]
         noise = BatchNoise(groups)
+        # Sizes are planned before any memory is spent: the result within the documented
+        # limit, and the diffusion stage's long side bounded for very elongated images.
+        check_output_size(tuple(lq.shape[-2:]), config.upscale)
+        target_hw = output_size(tuple(lq.shape[-2:]), config.upscale)
+        min_side = diffusion_min_side(target_hw, config.min_side)
+        note = None
+        if min_side < config.min_side:
+            note = (
+                f"{target_hw[1]}x{target_hw[0]} is too elongated to raise its short side to "
+                f"{config.min_side}: the diffusion stage works at a short side of {min_side} "
+                f"(long side at most {MAX_DIFFUSION_SIDE})"
+            )
         with torch.no_grad():
             element = torch.finfo(self.dtype).bits // 8
             with _timed(timings, "stage1", self.device):
                 run_input = self.run_input(lq, config.upscale)
-                target_hw = output_size(tuple(lq.shape[-2:]), config.upscale)
-                cond_hw = _condition_size(target_hw, config.min_side)
+                cond_hw = _condition_size(target_hw, min_side)
                 plan = plan_tiles(
                     *cond_hw, budget=config.max_memory, element_size=element, options=config
                 )
-                cond_img, target_hw = self.clean(run_input, config.upscale, plan, config.min_side)
+                cond_img, target_hw = self.clean(run_input, config.upscale, plan, min_side)
             h0, w0 = cond_img.shape[-2:]
             tiled = plan.vae_encode is not None or plan.latent is not None
             padded = pad_to_multiple(cond_img, 8 if tiled else 64)
@@ -393,6 +419,7 @@ class DiffBIRPipeline:
             tiles=plan,
             config=config,
             intermediates={"cond_latent": cond_latent, "x_T": x_T, "z": z},
+            notes=[note] * rows,
         )
 
     # ----------------------------------------------------------------- helpers
@@ -502,6 +529,7 @@ def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreRes
         intermediates={
             key: torch.cat([p.intermediates[key] for p in parts]) for key in parts[0].intermediates
         },
+        notes=[note for p in parts for note in p.notes],
     )
 
 

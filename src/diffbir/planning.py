@@ -4,12 +4,28 @@ The plan depends only on the image size, the dtype's width and the activation
 budget (``--max-memory``, or the fixed default of
 :data:`diffbir.settings.DEFAULT_MAX_MEMORY`), never on the memory that happens
 to be free, so the same command gives the same image on every machine.
+
+Sizes are planned here too, before any memory is spent: the largest result a
+run may ask for (:data:`MAX_OUTPUT_PIXELS`, shared by the CLI and the web UI)
+and the diffusion stage's size for very elongated images
+(:func:`diffusion_min_side`, which keeps its long side within
+:data:`MAX_DIFFUSION_SIDE`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from diffbir.errors import ConfigError
+
+#: Largest result, in pixels, that ``diffbir restore`` and the web UI accept (8192 x
+#: 8192, 67 megapixels); larger ones are refused before any model is loaded.
+MAX_OUTPUT_PIXELS = 8192 * 8192
+#: Longest side, in pixels, that raising the short side to ``--min-side`` may give the
+#: diffusion stage: a 3x2000 strip raised to a 512 short side would be 512x341,333
+#: (175 megapixels per buffer); images more elongated than 16:1 are raised less.
+MAX_DIFFUSION_SIDE = 8192
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,8 @@ def plan_tiles(
 
 
 def _condition_size(target_hw: tuple[int, int], min_side: int) -> tuple[int, int]:
-    """The diffusion stage's pixel size for an output of ``target_hw``."""
+    """The diffusion stage's pixel size for an output of ``target_hw`` (``min_side`` as
+    :func:`diffusion_min_side` gives it), rounded up: used to choose tiles."""
     h, w = target_hw
     short = min(h, w)
     if short < min_side:
@@ -91,3 +108,46 @@ def _overlap_pixels(tile: int, fraction: float, multiple: int) -> int:
         return 0
     overlap = max(multiple, round(tile * fraction / multiple) * multiple)
     return min(overlap, tile - multiple)
+
+
+def check_output_size(
+    lq_hw: tuple[int, int], upscale: float, *, max_pixels: int | None = MAX_OUTPUT_PIXELS
+) -> tuple[int, int]:
+    """The result's ``(height, width)`` for an input of ``lq_hw`` at ``upscale``, or a
+    :class:`ConfigError` (one line) when it would be empty or above ``max_pixels``."""
+    h, w = lq_hw
+    if not math.isfinite(upscale) or upscale <= 0:
+        raise ConfigError(f"--upscale must be a positive finite number, got {upscale}")
+    rows, cols = h * upscale, w * upscale
+    if rows < 1 or cols < 1:
+        raise ConfigError(
+            f"the result of this {w}x{h} image at --upscale {upscale:g} would be "
+            f"{cols:.2f}x{rows:.2f} pixels; raise --upscale"
+        )
+    out_h, out_w = int(rows), int(cols)
+    if max_pixels is not None and out_h * out_w > max_pixels:
+        side = math.isqrt(max_pixels)
+        raise ConfigError(
+            f"the result would be {out_w}x{out_h} pixels, above the limit of "
+            f"{max_pixels:,} pixels ({side}x{side}); lower --upscale"
+        )
+    return out_h, out_w
+
+
+def diffusion_min_side(
+    target_hw: tuple[int, int], min_side: int, max_side: int = MAX_DIFFUSION_SIDE
+) -> int:
+    """The short side the diffusion stage raises an image of ``target_hw`` to: ``min_side``,
+    unless that would make its long side longer than ``max_side`` (and than it already
+    is); then the largest short side that keeps the long side within ``max_side``, at
+    least the image's own (not raised at all)."""
+    from diffbir.imaging.resize import short_side_size
+
+    h, w = target_hw
+    short, long = min(h, w), max(h, w)
+    if short >= min_side or max(short_side_size(h, w, min_side)) <= max(max_side, long):
+        return min_side
+    side = max(short, (short * max_side) // long)
+    while side > short and max(short_side_size(h, w, side)) > max_side:
+        side -= 1
+    return side

@@ -9,12 +9,15 @@ prints and that every written image records.
 
 from __future__ import annotations
 
+import math
+import numbers
 import secrets
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from diffbir.errors import ConfigError
+from diffbir.planning import MAX_DIFFUSION_SIDE
 from diffbir.presets import Preset
 
 # The diffusion models were trained on 512x512 crops; smaller conditions degrade.
@@ -22,6 +25,15 @@ MIN_DIFFUSION_SIDE = 512
 # Activation budget for choosing tile sizes when none is given: a fixed figure,
 # so that the same command gives the same image on every machine.
 DEFAULT_MAX_MEMORY = 4e9
+#: The smallest ``--max-memory``: below it every stage runs at the smallest tiles anyway,
+#: and a bare "1" is far more likely a forgotten unit than a budget.
+MIN_MAX_MEMORY = 100e6
+#: Seeds are what ``torch.Generator.manual_seed`` takes without wrapping: 0..2**64-1.
+MAX_SEED = 2**64 - 1
+#: The schedules have 1000 timesteps: no sampler can take more steps (ddim half as many).
+MAX_STEPS = 1000
+#: Results per input: each is a file, and a run plans every file before it starts.
+MAX_SAMPLES = 1000
 
 
 @dataclass
@@ -68,33 +80,80 @@ class RestoreOptions:
     progress: bool = False
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for values that cannot work."""
+        """Raise :class:`ConfigError` (one line naming the option) for values that cannot
+        work: every number finite and in its range, every name known."""
         from diffbir.diffusion.names import canonical
 
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is None or isinstance(value, bool):
+                continue
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"{_named(name)} must be a finite number, got {value!r}")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            ):
+                raise ConfigError(f"{_named(name)} must be a whole number, got {value!r}")
         checks = [
             (self.upscale is None or self.upscale > 0, "upscale must be positive"),
             (self.steps is None or self.steps >= 1, "steps must be at least 1"),
+            (
+                self.steps is None or self.steps <= MAX_STEPS,
+                f"steps (--steps) must be at most {MAX_STEPS} (ddim: {MAX_STEPS // 2})",
+            ),
             (self.cfg_scale is None or self.cfg_scale >= 0, "cfg scale must be >= 0"),
             (self.control_strength >= 0, "control strength must be >= 0"),
             (self.start_point in ("noise", "cond"), "start point must be 'noise' or 'cond'"),
             (0 < self.start_strength <= 1, "start strength must be in (0, 1]"),
             (0 <= self.noise_aug <= 999, "noise aug must be a timestep in [0, 999]"),
             (self.n_samples >= 1, "n samples must be at least 1"),
+            (
+                self.n_samples <= MAX_SAMPLES,
+                f"n samples (--n-samples) must be at most {MAX_SAMPLES}",
+            ),
             (self.samples_per_run >= 1, "samples per run must be at least 1"),
             (self.s_noise >= 0 and self.s_churn >= 0, "s_churn and s_noise must be >= 0"),
             (self.eta >= 0, "eta must be >= 0"),
             (1 <= self.order <= 4, "order (edm_lms) must be 1 to 4"),
             (self.guidance_scale >= 0, "guidance scale must be >= 0"),
-            (self.guidance_space in ("latent", "pixel"), "guidance space: 'latent' or 'pixel'"),
+            (
+                self.guidance_space in ("latent", "pixel"),
+                "guidance space: 'latent' or 'pixel'",
+            ),
             (
                 self.guidance_loss in ("mse", "weighted_mse"),
                 "guidance loss: 'mse' or 'weighted_mse'",
             ),
             (self.guidance_repeat >= 1, "guidance repeat must be at least 1"),
-            (self.color_fix in ("wavelet", "adain", "none"), "colour fix: wavelet, adain, none"),
+            (
+                self.color_fix in ("wavelet", "adain", "none"),
+                "colour fix: wavelet, adain, none",
+            ),
             (0 <= self.tile_overlap < 1, "tile overlap must be in [0, 1)"),
-            (self.min_side >= 64 and self.min_side % 8 == 0, "min side: a multiple of 8, >= 64"),
-            (self.max_memory is None or self.max_memory > 0, "max memory must be positive"),
+            (
+                self.min_side >= 64 and self.min_side % 8 == 0,
+                "min side: a multiple of 8, >= 64",
+            ),
+            (
+                self.min_side <= MAX_DIFFUSION_SIDE,
+                f"min side (--min-side) must be at most {MAX_DIFFUSION_SIDE}",
+            ),
+            (
+                self.max_memory is None or self.max_memory > 0,
+                "max memory must be positive",
+            ),
+            (
+                self.max_memory is None or self.max_memory >= MIN_MAX_MEMORY,
+                f"max memory (--max-memory) must be at least {MIN_MAX_MEMORY / 1e6:.0f}M (bytes, or "
+                f"with a unit: 4G, 512M), got {self.max_memory!r}",
+            ),
+            (
+                self.seed is None or 0 <= self.seed <= MAX_SEED,
+                f"seed (--seed) must be in 0..{MAX_SEED} (what torch.Generator takes), "
+                f"got {self.seed!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -111,8 +170,30 @@ class RestoreOptions:
             mask = self.guidance_mask
             if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3, 4):
                 raise ConfigError("the guidance mask must be a [H,W] or [1,1,H,W] tensor in [0,1]")
-            if mask.numel() == 0 or bool(mask.min() < 0) or bool(mask.max() > 1):
+            if mask.numel() == 0 or not bool(torch.isfinite(mask).all()):
                 raise ConfigError("the guidance mask holds weights in [0, 1]")
+            if bool(mask.min() < 0) or bool(mask.max() > 1):
+                raise ConfigError("the guidance mask holds weights in [0, 1]")
+
+
+# RestoreOptions fields that are numbers; each must be finite (NaN and inf refused).
+_FLOAT_FIELDS = (
+    "upscale cfg_scale control_strength start_strength s_churn s_tmin s_tmax s_noise eta "
+    "guidance_scale tile_overlap max_memory"
+).split()
+_INT_FIELDS = (
+    "steps noise_aug n_samples samples_per_run order guidance_start guidance_stop "
+    "guidance_repeat seed cleaner_tile vae_tile latent_tile min_side"
+).split()
+# Option names as the CLI spells them, where they differ from the field's.
+_FLAGS = {"control_strength": "strength", "samples_per_run": "batch-size"}
+
+
+def _named(field_name: str) -> str:
+    """``cfg_scale`` -> ``cfg scale (--cfg-scale)``: how a message names an option, for the
+    API's and the web UI's users and the command's alike."""
+    flag = "--" + _FLAGS.get(field_name, field_name.replace("_", "-"))
+    return f"{field_name.replace('_', ' ')} ({flag})"
 
 
 @dataclass(frozen=True)
@@ -225,8 +306,64 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
             UserWarning,
             stacklevel=2,
         )
+    if config.sampler == "ddim" and config.steps > MAX_STEPS // 2:
+        # The release's DDIM grid strides by 1000 // steps, which must be at least 2.
+        raise ConfigError(
+            f"steps (--steps): ddim takes at most {MAX_STEPS // 2}, got {config.steps}"
+        )
+    if config.sampler == "dpm++_m2" and config.steps < 2:
+        raise ConfigError(f"steps (--steps): dpm++_m2 needs at least 2, got {config.steps}")
     if config.start_strength < 1 and config.sampler.startswith(("edm_", "spaced", "ddim", "dpm++")):
         raise ConfigError(
             f"--start-strength below 1 works with our own samplers only, not {config.sampler}"
         )
     return config
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on, as ``--device`` spells them."""
+    import torch
+
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        names += ["cuda"] + [f"cuda:{i}" for i in range(count)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        names += ["xpu"] + [f"xpu:{i}" for i in range(xpu.device_count())]
+    return names
+
+
+def resolve_device(device=None):
+    """``device`` (``None``: CUDA when present, else the CPU) as a ``torch.device`` that
+    exists on this machine, or a :class:`ConfigError` in one line that names what does."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = available_devices()
+    listed = ", ".join(available)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        from diffbir.errors import printable
+
+        raise ConfigError(
+            f"--device {printable(device)!s}: not a device name; available here: {listed}"
+        ) from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type in ("cuda", "xpu", "mps"):
+        kind = resolved.type
+        if kind not in available:
+            raise ConfigError(
+                f"--device {resolved}: no {kind.upper()} device on this machine "
+                f"(or torch was built without it); available here: {listed}"
+            )
+        if resolved.index is not None and str(resolved) not in available and kind != "mps":
+            raise ConfigError(f"--device {resolved}: no such {kind} device; available: {listed}")
+        return resolved
+    raise ConfigError(f"--device {resolved}: not supported; available here: {listed}")

@@ -33,7 +33,7 @@ from os import PathLike
 from pathlib import Path
 from types import MappingProxyType
 
-from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError
+from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
 
 _HF_DIFFBIR = "https://huggingface.co/lxq007/DiffBIR/resolve/main"
 _HF_DIFFBIR_V2 = "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main"
@@ -52,6 +52,10 @@ _OPEN_CLIP_LICENSE = "MIT (https://github.com/mlfoundations/open_clip/blob/main/
 OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "DIFFBIR_OFFLINE")
 _TRUE = {"1", "true", "yes", "on"}
 _USER_AGENT = "diffbir/{version} (python-urllib; +https://github.com/XPixelGroup/DiffBIR)"
+
+
+class SizeMismatchWarning(UserWarning):
+    """A local copy of a released file has another size than the published one (used anyway)."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ def get(name: str, *, registry: Mapping[str, WeightFile] = REGISTRY) -> WeightFi
     close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "`diffbir download` lists them."
     raise DiffBIRError(
-        f"{name!r} is neither an existing file nor a released weights file name; {hint}"
+        f"{printable(repr(name))} is neither an existing file or folder nor a released "
+        f"weights file name; {hint}"
     )
 
 
@@ -292,9 +297,12 @@ def resolve(
     progress: bool = True,
     registry: Mapping[str, WeightFile] = REGISTRY,
 ) -> Path:
-    """Return a local path for ``name``: an existing file, or a released file found or fetched.
+    """Return a local path for ``name``: an existing file or folder, or a released file.
 
-    Order: ``name`` as a path to an existing file; ``weights_dir`` (else
+    Order: ``name`` as a path to an existing file or folder (a saved model
+    folder, which the loaders open: ``Stage2Model.save_pretrained`` output, a
+    ControlNet ``save_pretrained`` folder, or the output folder of
+    ``diffbir train stage2``); ``weights_dir`` (else
     ``DIFFBIR_WEIGHTS_DIR``) under the released name; ``cache_dir`` (else
     :func:`default_cache_dir`); then, when ``download`` is true and neither
     ``HF_HUB_OFFLINE`` nor ``DIFFBIR_OFFLINE`` is set, a download into the
@@ -305,11 +313,11 @@ def resolve(
     when the download fails.
     """
     as_path = Path(name).expanduser()
-    if as_path.is_file():
+    if as_path.is_file() or as_path.is_dir():
         return as_path
     text = os.fspath(name)
     if text not in registry and (os.sep in text or "/" in text):
-        raise WeightsNotFoundError(f"{text}: no such weights file")
+        raise WeightsNotFoundError(f"{printable(text)}: no such weights file or folder")
     file = get(text, registry=registry)
     wdir, cdir = _folders(weights_dir, cache_dir)
     found = _find(file, [d for d in (wdir, cdir) if d is not None])
@@ -323,7 +331,7 @@ def resolve(
         except DownloadError as exc:
             # Without network access the user needs to know where the file goes.
             raise DownloadError(
-                f"{exc}. Or fetch {file.url} yourself and put it in {dest} "
+                f"{exc}. Or fetch {file.url} yourself and put it in {printable(dest)} "
                 "(or in a folder passed with --weights-dir / DIFFBIR_WEIGHTS_DIR)."
             ) from None
     reason = f"offline mode is on ({offline})" if offline else "downloading was not allowed"
@@ -343,26 +351,37 @@ def resolve_many(names: Sequence[str | PathLike], **kwargs) -> list[Path]:
             paths.append(resolve(name, **kwargs))
         except (WeightsNotFoundError, DownloadError) as exc:
             failures.append((os.fspath(name), exc))
-    if len(failures) == 1:
-        raise failures[0][1]
     if failures:
-        registry = kwargs.get("registry", REGISTRY)
-        lines = [f"{len(failures)} weights files are missing:"]
-        for name, _ in failures:
-            url = registry[name].url if name in registry else "(not a released file)"
-            lines.append(f"  {name}  {url}")
-        lines.append(
-            "Put them in a folder passed with --weights-dir (or DIFFBIR_WEIGHTS_DIR), or run "
-            f"`diffbir download {' '.join(name for name, _ in failures)}` once online. "
-            f"First error: {failures[0][1]}"
-        )
-        kind = (
-            WeightsNotFoundError
-            if all(isinstance(exc, WeightsNotFoundError) for _, exc in failures)
-            else DownloadError
-        )
-        raise kind("\n".join(lines))
+        raise missing_files_error(failures, registry=kwargs.get("registry", REGISTRY))
     return paths
+
+
+def missing_files_error(
+    failures: Sequence[tuple[str, DiffBIRError]],
+    *,
+    registry: Mapping[str, WeightFile] = REGISTRY,
+) -> DiffBIRError:
+    """One error that names every ``(name, error)`` pair (see :func:`resolve_many`).
+
+    With a single failure its own error is returned.
+    """
+    if len(failures) == 1:
+        return failures[0][1]
+    lines = [f"{len(failures)} weights files are missing:"]
+    for name, _ in failures:
+        url = registry[name].url if name in registry else "(not a released file)"
+        lines.append(f"  {printable(name)}  {url}")
+    lines.append(
+        "Put them in a folder passed with --weights-dir (or DIFFBIR_WEIGHTS_DIR), or run "
+        f"`diffbir download {' '.join(printable(name) for name, _ in failures)}` once online. "
+        f"First error: {failures[0][1]}"
+    )
+    kind = (
+        WeightsNotFoundError
+        if all(isinstance(exc, WeightsNotFoundError) for _, exc in failures)
+        else DownloadError
+    )
+    return kind("\n".join(lines))
 
 
 def download(
@@ -396,7 +415,10 @@ def _download(
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DownloadError(f"cannot create the folder {dest} for {file.name}: {exc}") from None
+        raise DownloadError(
+            f"cannot create the folder {printable(dest)} for {file.name}: "
+            f"{printable(exc.strerror or exc)}"
+        ) from None
     final = dest / file.name
     part = dest / (file.name + ".part")
     with _download_lock(dest / (file.name + ".lock")) as waited:
@@ -563,8 +585,9 @@ def _warn_on_size(path: Path, file: WeightFile) -> None:
     actual = path.stat().st_size
     if actual != file.size:
         warnings.warn(
-            f"{path} has {actual} bytes but the released {file.name} has {file.size}; "
-            "using it anyway",
+            f"{printable(path)} has {actual} bytes but the released {file.name} has "
+            f"{file.size}; using it anyway",
+            SizeMismatchWarning,
             stacklevel=4,
         )
 
@@ -577,7 +600,7 @@ def _mirrored(file: WeightFile) -> WeightFile:
 def _missing_message(file: WeightFile, dest: Path, reason: str) -> str:
     return (
         f"the weights file {file.name} ({file.description}) is not on this machine and "
-        f"{reason}. Download it from {file.url} and put it in {dest} (or in a folder passed "
-        f"with --weights-dir / DIFFBIR_WEIGHTS_DIR), or, once online, run "
+        f"{reason}. Download it from {file.url} and put it in {printable(dest)} (or in a "
+        f"folder passed with --weights-dir / DIFFBIR_WEIGHTS_DIR), or, once online, run "
         f"`diffbir download {file.name}`."
     )

@@ -10,8 +10,13 @@ Degrade high-quality images into low-quality ones, to build test sets. Each LQ i
 goes to OUT/lq/<same relative path>.png (with --save-hq, the matching HQ, cropped or
 sharpened as the pipeline makes it, to OUT/hq/). The draws of an image depend only on
 --seed and its path relative to the input folder, so an interrupted run resumes where
-it stopped (existing outputs are skipped) and writes identical files. Unreadable images
-are reported and skipped; the exit status is then 1.
+it stopped (existing outputs are skipped) and writes identical files. Missing inputs
+and unreadable images are reported and skipped; the exit status is then 1.
+
+Options and the pipeline are checked before any image is read: --device must exist
+here, --size is 8..8192, and a pipeline file may hold only finite numbers, kernels of
+size at most 201 and resizes that never exceed 8x the HQ size per side (see
+diffbir.degradation.config for every limit).
 """
 
 _EPILOG = """\
@@ -76,6 +81,10 @@ def image_seed(seed: int, relative: Path) -> list[int]:
     return [int(seed), int.from_bytes(digest[:8], "little")]
 
 
+#: Largest --size: an S x S crop, then at most 8x per side in the pipeline's resizes.
+MAX_SIZE = 8192
+
+
 def run(args: argparse.Namespace) -> int:
     """Degrade every input image; return 1 if any could not be read or written."""
     import sys
@@ -85,23 +94,37 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from diffbir.degradation.pipelines import load_pipeline
-    from diffbir.errors import ConfigError, DiffBIRError
+    from diffbir.errors import ConfigError, DiffBIRError, printable
     from diffbir.imaging.io import read_image, write_image
     from diffbir.imaging.paths import collect_inputs, output_paths_for
     from diffbir.training.data import crop_to_size
 
-    if args.size is not None and args.size < 8:
-        raise ConfigError(f"--size must be at least 8, got {args.size}")
+    # Every option is checked before anything is read or written.
+    if args.size is not None and not 8 <= args.size <= MAX_SIZE:
+        raise ConfigError(f"--size must be in 8..{MAX_SIZE}, got {args.size}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
+    if args.output.exists() and not args.output.is_dir():
+        raise ConfigError(f"-o {printable(args.output)}: exists and is not a folder")
+    device = check_device(args.device)
     pipeline = load_pipeline(args.pipeline)
-    device = torch.device(args.device)
-    items = collect_inputs(args.inputs, recursive=args.recursive)
+
+    def report(where: object, reason: str) -> None:
+        line = f"diffbir degrade: skipped {printable(where)}: {printable(reason)}"
+        tqdm.write(line, file=sys.stderr)
+
+    problems: list[tuple[str, str]] = []
+    items = collect_inputs(args.inputs, recursive=args.recursive, problems=problems)
+    for _source, reason in problems:
+        # The reason names the source already; print it once.
+        tqdm.write(f"diffbir degrade: skipped: {printable(reason)}", file=sys.stderr)
     lq_paths = output_paths_for(items, args.output / "lq", suffix=".png")
     hq_paths = output_paths_for(items, args.output / "hq", suffix=".png")
 
-    failed = skipped = 0
+    failed, skipped = len(problems), 0
     jobs = tqdm(
         list(zip(items, lq_paths, hq_paths)),
-        desc=f"degrade ({pipeline.name})",
+        desc=f"degrade ({printable(pipeline.name)})",
         unit="img",
         disable=args.quiet,
     )
@@ -122,9 +145,87 @@ def run(args: argparse.Namespace) -> int:
                 write_image(hq_path, pair.hq[0].cpu())
         except DiffBIRError as err:
             failed += 1
-            tqdm.write(f"diffbir degrade: skipped {item.path}: {err}", file=sys.stderr)
+            report(item.path, _without_name(str(err), item.path))
+        except (MemoryError, RuntimeError) as err:
+            if not _is_out_of_memory(err):
+                raise
+            failed += 1
+            pair = hq = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            report(item.path, "out of memory (try a smaller --size or a smaller image)")
     jobs.close()
     if not args.quiet:
-        made = len(items) - failed - skipped
-        print(f"{made} written, {skipped} already present, {failed} failed -> {args.output}")
+        made = len(items) - (failed - len(problems)) - skipped
+        print(
+            f"{made} written, {skipped} already present, {failed} failed "
+            f"-> {printable(args.output)}"
+        )
     return 1 if failed else 0
+
+
+def _without_name(message: str, path: Path) -> str:
+    """``message`` without a leading ``<file name>: `` (the skip line names the file)."""
+    from diffbir.errors import printable
+
+    for prefix in (f"{printable(path)}: ", f"{printable(path.name)}: "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine can use, by name (``cpu`` first)."""
+    import torch
+
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        names += ["cuda"] + [f"cuda:{i}" for i in range(count)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        names += ["xpu"] + [f"xpu:{i}" for i in range(xpu.device_count())]
+    return names
+
+
+def check_device(name: str):
+    """``torch.device(name)`` if this machine has it, else a one-line :class:`ConfigError`."""
+    import torch
+
+    from diffbir.errors import ConfigError, printable
+
+    available = available_devices()
+    shown = printable(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(
+            f"--device {shown}: not a device name; available here: {', '.join(available)}"
+        ) from None
+    if device.type == "cpu":
+        return device
+    plain = device.type if device.index is None else f"{device.type}:{device.index}"
+    if plain in available:
+        return device
+    why = ""
+    if device.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            why = " (this PyTorch build has no CUDA support)"
+        elif not torch.cuda.is_available():
+            why = " (no CUDA device is visible)"
+        else:
+            count = torch.cuda.device_count()
+            why = f" (this machine has {count} CUDA device{'s' if count != 1 else ''})"
+    raise ConfigError(
+        f"--device {shown}: not available{why}; available here: {', '.join(available)}"
+    )

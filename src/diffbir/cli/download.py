@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 _DESCRIPTION = """\
@@ -48,20 +50,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """List the registry, or make sure the named files are present locally."""
     from diffbir import weights
+    from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
 
-    if not args.names and not args.all:
-        _print_listing(weights, args.weights_dir)
-        return 0
-    names = list(weights.REGISTRY) if args.all else []
-    names += [n for n in args.names if n not in names]
-    files = [weights.get(n) for n in names]  # reject every unknown name before any download
-    for file in files:
-        path = weights.resolve(
-            file.name, weights_dir=args.weights_dir, download=True, progress=not args.quiet
-        )
-        if not args.quiet:
-            print(f"{file.name}: {path}")
+    with _notes():
+        if not args.names and not args.all:
+            _print_listing(weights, args.weights_dir)
+            return 0
+        names = list(weights.REGISTRY) if args.all else []
+        names += [n for n in args.names if n not in names]
+        files = [weights.get(n) for n in names]  # reject every unknown name before any download
+        # Go on past a file that cannot be had, then name every such file in one error.
+        failures: list[tuple[str, DiffBIRError]] = []
+        for file in files:
+            try:
+                path = weights.resolve(
+                    file.name, weights_dir=args.weights_dir, download=True, progress=not args.quiet
+                )
+            except (WeightsNotFoundError, DownloadError) as exc:
+                failures.append((file.name, exc))
+                continue
+            if not args.quiet:
+                print(f"{file.name}: {printable(path)}")
+        if failures:
+            raise weights.missing_files_error(failures)
     return 0
+
+
+@contextlib.contextmanager
+def _notes() -> Iterator[None]:
+    """Print the registry's size warnings as one-line notes instead of Python warnings."""
+    import sys
+    import warnings
+
+    from diffbir.errors import printable
+    from diffbir.weights import SizeMismatchWarning
+
+    seen: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # Only the registry's own warning is reformatted; any other keeps its usual form.
+        if not issubclass(category, SizeMismatchWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        text = f"diffbir: note: {printable(message)}"
+        if text not in seen:
+            seen.add(text)
+            print(text, file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SizeMismatchWarning)
+        warnings.showwarning = show
+        yield
 
 
 def _print_listing(weights, weights_dir: Path | None) -> None:

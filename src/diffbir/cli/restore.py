@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from diffbir.cli.common import add_model_source_args
@@ -280,26 +281,80 @@ def options_from_args(args: argparse.Namespace):
     )
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The command's own values, checked before anything is read, loaded or written."""
+    import math
+
+    from diffbir.errors import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    if not 1 <= args.quality <= 100:
+        raise ConfigError(f"--quality must be within 1..100, got {args.quality}")
+    if args.task == FACE_WHOLE:
+        if args.max_faces < 1:
+            raise ConfigError("--max-faces must be at least 1")
+        if not math.isfinite(args.min_face_size) or args.min_face_size < 0:
+            raise ConfigError(
+                f"--min-face-size must be a finite number >= 0, got {args.min_face_size}"
+            )
+        if args.n_samples != 1:
+            raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
+
+
+def _resolved(args: argparse.Namespace, options):
+    """The run's settings (release defaults + options), resolved now so that a value that
+    cannot work (steps for the sampler, ...) is refused before any file is touched."""
+    import warnings
+
+    from diffbir.presets import get_preset
+    from diffbir.settings import resolve
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pipeline warns once, when it runs
+        return resolve(get_preset(args.version, args.task), options)
+
+
+@contextmanager
+def _sigterm_as_exit():
+    """SIGTERM (a scheduler's kill, torchrun stopping a job) ends the run as Ctrl+C does:
+    through the cleanup, so no temporary file outlives it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from diffbir.batch import RestoreJob
 
+    _check_arguments(args)
     options = options_from_args(args)
-    options.validate()
-    if args.batch_size < 1:
-        from diffbir.errors import ConfigError
-
-        raise ConfigError("batch size must be at least 1")
+    config = _resolved(args, options)
     if args.print_config:
         from diffbir.presets import get_preset
         from diffbir.settings import resolve
 
-        config = resolve(get_preset(args.version, args.task), options)
         print(config.describe(), end="")
         if args.task == FACE_WHOLE:
             face = resolve(get_preset(args.version, "face"), options)
             print("# faces:")
             print(face.describe(), end="")
         return 0
+    from diffbir.settings import resolve_device
+
+    resolve_device(args.device)  # one line naming the devices there are
     job = RestoreJob(
         inputs=args.inputs,
         output=args.output,
@@ -314,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         verbose=args.verbose,
+        upscale=config.upscale,
     )
     loader = dict(
         version=args.version,
@@ -330,17 +386,18 @@ def run(args: argparse.Namespace) -> int:
         model_config=args.model_config,
     )
     if args.task == FACE_WHOLE:
-        if args.max_faces < 1:
-            from diffbir.errors import ConfigError
-
-            raise ConfigError("max faces must be at least 1")
         loader.update(
             face_detector=args.face_detector,
             only_center=args.only_center_face,
             min_face_size=args.min_face_size,
             max_faces=args.max_faces,
         )
-    summary = job.run(loader)
+    with _sigterm_as_exit():
+        summary = job.run(loader)
     if summary.main_process:
+        if summary.fatal is not None:
+            print(f"diffbir: error: {summary.fatal}", file=sys.stderr)
         print(summary.describe(), file=sys.stderr)
-    return 1 if summary.failed else 0
+    if summary.interrupted is not None:
+        return summary.interrupted
+    return 0 if summary.ok else 1

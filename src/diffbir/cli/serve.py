@@ -39,12 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffbir.app import build_app, launch, require_gradio
+    from diffbir.app import build_app, check_address, display_url, launch, require_gradio
     from diffbir.errors import ConfigError
 
     require_gradio()
     if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.max_files < 1:
         raise ConfigError("--max-upload-mb, --max-pixels and --max-files must be positive")
+    # A busy or invalid address is reported before the page is built, in one line.
+    check_address(args.host, args.port)
     demo = build_app(
         weights_dir=args.weights_dir,
         model_config=args.model_config,
@@ -55,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_files=args.max_files,
     )
-    print(f"diffbir: serving on http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr)
+
+    def ready(_local_url: str) -> None:
+        url = display_url(args.host, args.port)
+        print(f"diffbir: serving on {url} (Ctrl+C stops)", file=sys.stderr, flush=True)
+
     launch(
         demo,
         host=args.host,
@@ -64,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         # gradio's own banner suggests launch(share=True); it is only useful for the link.
         quiet=not args.share,
+        on_ready=ready,
     )
     return 0

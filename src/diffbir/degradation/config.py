@@ -17,10 +17,19 @@ Stage types: ``blur``, ``sinc``, ``resize``, ``noise``, ``jpeg`` and ``random_or
 list of stage lists applied in a random order). Every stage takes ``probability``. Ranges
 are ``[low, high]``; angles may be written with ``pi`` (``pi``, ``-pi``, ``pi/3``,
 ``2*pi/3``). Every mistake raises :class:`~diffbir.errors.ConfigError` naming the field.
+
+Limits, checked when the configuration is read, so that a typo cannot exhaust memory
+later: every number is finite (no ``.nan``/``.inf``); kernel sizes, ``pad_to`` and the
+sharpening ``radius`` are at most 201; blur sigmas lie in [0.001, 1000] and Gaussian
+noise sigmas in [0, 255]; a ``random_order`` stage has 2 to 6 groups; and, in the worst
+case over every range and every order, resize stages never make an image larger than 8
+times the HQ size per side. When parameters are drawn for an image, a resize to more
+than 64 megapixels (or than the HQ image, when that is larger) is refused too.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -30,9 +39,21 @@ from typing import Any
 
 from diffbir.degradation.kernels import KERNEL_TYPES
 from diffbir.degradation.ops import RESIZE_MODES
-from diffbir.errors import ConfigError
+from diffbir.errors import ConfigError, printable
 
 Range = tuple[float, float]
+
+#: Largest kernel size (blur, sinc, ``pad_to``) and unsharp-mask radius: a kernel of size K
+#: costs K^2 per pixel (or an FFT padded by K); the presets use at most 41.
+MAX_KERNEL_SIZE = 201
+#: Blur sigmas outside this range overflow the covariance (kernels of NaN).
+SIGMA_LIMITS = (1e-3, 1e3)
+#: Gaussian noise sigma is on the 0..255 scale: 255 already drowns the image.
+MAX_NOISE_SIGMA = 255.0
+#: Worst-case enlargement, per side, of any intermediate image relative to the HQ size.
+MAX_ENLARGEMENT = 8.0
+#: A random_order stage shuffles at most this many groups (720 orders).
+MAX_RANDOM_ORDER_GROUPS = 6
 
 
 @dataclass(frozen=True)
@@ -140,45 +161,67 @@ _PI_EXPR = re.compile(r"^\s*(-)?\s*(\d+(?:\.\d*)?)?\s*\*?\s*pi\s*(?:/\s*(\d+(?:\
 
 
 def _number(value: Any, where: str) -> float:
+    number = _parse_number(value)
+    if number is None:
+        raise ConfigError(
+            f"{where}: expected a number (or an expression like pi/3), got {_shown(value)}"
+        )
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: must be a finite number, got {_shown(value)}")
+    return number
+
+
+def _parse_number(value: Any) -> float | None:
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return None
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range
+            return math.inf
     if isinstance(value, str):
         m = _PI_EXPR.match(value.lower())
         if m:
             sign = -1.0 if m.group(1) else 1.0
             mult = float(m.group(2)) if m.group(2) else 1.0
             div = float(m.group(3)) if m.group(3) else 1.0
-            return sign * mult * math.pi / div
+            return sign * mult * math.pi / div if div else math.inf
         try:
             return float(value)
         except ValueError:
-            pass
-    raise ConfigError(f"{where}: expected a number (or an expression like pi/3), got {value!r}")
+            return None
+    return None
 
 
-def _range(value: Any, where: str, *, low: float | None = None) -> Range:
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr`` of a user value, shortened, on one line (for messages)."""
+    text = printable(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _range(value: Any, where: str, *, low: float | None = None, high: float | None = None) -> Range:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ConfigError(f"{where}: expected a range [low, high], got {value!r}")
+        raise ConfigError(f"{where}: expected a range [low, high], got {_shown(value)}")
     lo, hi = _number(value[0], where), _number(value[1], where)
     if lo > hi:
-        raise ConfigError(f"{where}: low must not exceed high, got [{value[0]}, {value[1]}]")
+        raise ConfigError(f"{where}: low must not exceed high, got [{lo:g}, {hi:g}]")
     if low is not None and lo < low:
-        raise ConfigError(f"{where}: values must be >= {low}, got [{value[0]}, {value[1]}]")
+        raise ConfigError(f"{where}: values must be >= {low:g}, got [{lo:g}, {hi:g}]")
+    if high is not None and hi > high:
+        raise ConfigError(f"{where}: values must be <= {high:g}, got [{lo:g}, {hi:g}]")
     return (lo, hi)
 
 
 def _prob(value: Any, where: str) -> float:
     p = _number(value, where)
     if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"{where}: a probability must be in [0, 1], got {value!r}")
+        raise ConfigError(f"{where}: a probability must be in [0, 1], got {_shown(value)}")
     return p
 
 
 def _probs(value: Any, n: int, where: str) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or len(value) != n:
-        raise ConfigError(f"{where}: expected {n} probabilities, got {value!r}")
+        raise ConfigError(f"{where}: expected {n} probabilities, got {_shown(value)}")
     probs = tuple(_number(v, where) for v in value)
     if any(p < 0 for p in probs) or sum(probs) <= 0:
         raise ConfigError(f"{where}: probabilities must be >= 0 with a positive sum")
@@ -190,7 +233,11 @@ def _odd_sizes(value: Any, where: str) -> tuple[int, ...]:
     sizes = []
     for v in items:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 != 1:
-            raise ConfigError(f"{where}: kernel sizes must be positive odd integers, got {v!r}")
+            raise ConfigError(
+                f"{where}: kernel sizes must be positive odd integers, got {_shown(v)}"
+            )
+        if v > MAX_KERNEL_SIZE:
+            raise ConfigError(f"{where}: kernel sizes must be at most {MAX_KERNEL_SIZE}, got {v}")
         sizes.append(v)
     if not sizes:
         raise ConfigError(f"{where}: give at least one kernel size")
@@ -202,8 +249,8 @@ def _names(value: Any, allowed: tuple[str, ...], where: str) -> tuple[str, ...]:
     if not items:
         raise ConfigError(f"{where}: give at least one of {list(allowed)}")
     for v in items:
-        if v not in allowed:
-            raise ConfigError(f"{where}: unknown value {v!r}; choose from {list(allowed)}")
+        if not isinstance(v, str) or v not in allowed:
+            raise ConfigError(f"{where}: unknown value {_shown(v)}; choose from {list(allowed)}")
     return tuple(items)
 
 
@@ -211,10 +258,12 @@ def _fields(body: Any, allowed: set[str], where: str) -> dict[str, Any]:
     if body is None:
         body = {}
     if not isinstance(body, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of fields, got {body!r}")
-    unknown = sorted(set(body) - allowed)
+        raise ConfigError(f"{where}: expected a mapping of fields, got {_shown(body)}")
+    unknown = sorted(map(str, set(body) - allowed))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        raise ConfigError(
+            f"{where}: unknown field(s) {_shown(unknown)}; allowed: {sorted(allowed)}"
+        )
     return dict(body)
 
 
@@ -238,19 +287,18 @@ def _parse_blur(body: Any, where: str) -> BlurStage:
     kernel_prob = _probs(
         f.get("kernel_prob", [1.0] * len(kernel_list)), len(kernel_list), f"{where}.kernel_prob"
     )
-    sigma_x = _range(f["sigma_x"], f"{where}.sigma_x")
-    sigma_y = _range(f.get("sigma_y", list(sigma_x)), f"{where}.sigma_y")
-    if sigma_x[0] <= 0 or sigma_y[0] <= 0:
-        raise ConfigError(f"{where}: kernel sigmas must be > 0")
+    lo, hi = SIGMA_LIMITS
+    sigma_x = _range(f["sigma_x"], f"{where}.sigma_x", low=lo, high=hi)
+    sigma_y = _range(f.get("sigma_y", list(sigma_x)), f"{where}.sigma_y", low=lo, high=hi)
     cutoff_raw = f.get("sinc_cutoff", ["pi/3", "pi"])
     if isinstance(cutoff_raw, Mapping):
         cutoff = []
         for key, rng in cutoff_raw.items():
             try:
                 min_size = int(key)
-            except ValueError:
+            except (TypeError, ValueError, OverflowError):
                 raise ConfigError(
-                    f"{where}.sinc_cutoff: keys are kernel sizes, got {key!r}"
+                    f"{where}.sinc_cutoff: keys are kernel sizes, got {_shown(key)}"
                 ) from None
             cutoff.append((min_size, _range(rng, f"{where}.sinc_cutoff.{key}", low=1e-6)))
         cutoff.sort()
@@ -298,7 +346,7 @@ def _parse_resize(body: Any, where: str) -> ResizeStage:
         raise ConfigError(f"{where}.base: must be 'current' or 'hq', got {base!r}")
     divisor = _number(f.get("divisor", 1.0), f"{where}.divisor")
     if divisor <= 0:
-        raise ConfigError(f"{where}.divisor: must be > 0, got {divisor}")
+        raise ConfigError(f"{where}.divisor: must be > 0, got {divisor:g}")
     if "downsample" in f and "updown_prob" in f:
         raise ConfigError(f"{where}: give either 'downsample' or 'updown_prob', not both")
     downsample = None
@@ -328,7 +376,9 @@ def _parse_noise(body: Any, where: str) -> NoiseStage:
     if gaussian_prob < 1 and "poisson_scale" not in f:
         raise ConfigError(f"{where}: missing 'poisson_scale' (gaussian_prob < 1)")
     return NoiseStage(
-        gaussian_sigma=_range(f.get("gaussian_sigma", [0, 0]), f"{where}.gaussian_sigma", low=0),
+        gaussian_sigma=_range(
+            f.get("gaussian_sigma", [0, 0]), f"{where}.gaussian_sigma", low=0, high=MAX_NOISE_SIGMA
+        ),
         poisson_scale=_range(f.get("poisson_scale", [0, 0]), f"{where}.poisson_scale", low=0),
         gaussian_prob=gaussian_prob,
         gray_prob=_prob(f.get("gray_prob", 0.0), f"{where}.gray_prob"),
@@ -342,7 +392,9 @@ def _parse_jpeg(body: Any, where: str) -> JpegStage:
         raise ConfigError(f"{where}: missing required field 'quality'")
     lo, hi = _range(f["quality"], f"{where}.quality")
     if lo < 1 or hi > 100 or lo != int(lo) or hi != int(hi):
-        raise ConfigError(f"{where}.quality: must be integers in 1..100, got {f['quality']!r}")
+        raise ConfigError(
+            f"{where}.quality: must be integers in 1..100, got {_shown(f['quality'])}"
+        )
     return JpegStage(
         quality=(int(lo), int(hi)),
         probability=_prob(f.get("probability", 1.0), f"{where}.probability"),
@@ -350,8 +402,8 @@ def _parse_jpeg(body: Any, where: str) -> JpegStage:
 
 
 def _parse_random_order(body: Any, where: str) -> RandomOrderStage:
-    if not isinstance(body, (list, tuple)) or len(body) < 2:
-        raise ConfigError(f"{where}: expected a list of at least two stage lists")
+    if not isinstance(body, (list, tuple)) or not 2 <= len(body) <= MAX_RANDOM_ORDER_GROUPS:
+        raise ConfigError(f"{where}: expected a list of 2 to {MAX_RANDOM_ORDER_GROUPS} stage lists")
     groups = tuple(_parse_stages(group, f"{where}[{i}]") for i, group in enumerate(body))
     return RandomOrderStage(groups=groups)
 
@@ -375,16 +427,118 @@ def _parse_stages(items: Any, where: str) -> tuple[Stage, ...]:
         if not isinstance(item, Mapping) or len(item) != 1:
             raise ConfigError(
                 f"{here}: each stage is a mapping with one key, the stage type "
-                f"({', '.join(_STAGE_PARSERS)}), got {item!r}"
+                f"({', '.join(_STAGE_PARSERS)}), got {_shown(item)}"
             )
         ((kind, body),) = item.items()
-        parser = _STAGE_PARSERS.get(kind)
+        parser = _STAGE_PARSERS.get(kind) if isinstance(kind, str) else None
         if parser is None:
             raise ConfigError(
-                f"{here}: unknown stage type {kind!r}; choose from {list(_STAGE_PARSERS)}"
+                f"{here}: unknown stage type {_shown(kind)}; choose from {list(_STAGE_PARSERS)}"
             )
         stages.append(parser(body, f"{here}.{kind}"))
     return tuple(stages)
+
+
+# ---------------------------------------------------------------- size bounds
+
+
+# How large can an intermediate image get? Each stage list maps the side x of its input
+# (relative to the HQ side) to at most max(m * x, c): a resize of the current size scales
+# (m = growth), one of the HQ size resets (c = growth / divisor). Such maps compose and
+# take maxima in the same form, so the worst case over every range and every order of a
+# random_order stage is exact and cheap.
+Growth = tuple[float, float]  # (m, c): x -> max(m * x, c)
+_IDENTITY: Growth = (1.0, 0.0)
+
+
+def _then(first: Growth, second: Growth) -> Growth:
+    return (second[0] * first[0], max(second[0] * first[1], second[1]))
+
+
+def _either(a: Growth, b: Growth) -> Growth:
+    return (max(a[0], b[0]), max(a[1], b[1]))
+
+
+def _at(g: Growth, x: float) -> float:
+    return max(g[0] * x, g[1])
+
+
+def _resize_growth(stage: ResizeStage) -> Growth:
+    if stage.downsample is not None:
+        factor = 1.0 / stage.downsample[0]
+    elif stage.updown_prob is not None:
+        up, down, keep = stage.updown_prob
+        factors = [1.0] if keep > 0 else []
+        factors += [stage.up_range[1]] if up > 0 else []
+        factors += [stage.down_range[1]] if down > 0 else []
+        factor = max(factors)
+    else:
+        factor = 1.0
+    # A stage that may not apply (probability < 1) may also keep the size as it is.
+    keeps = stage.probability < 1
+    if stage.base == "current":
+        return (max(factor, 1.0) if keeps else factor, 0.0)
+    return (1.0 if keeps else 0.0, factor / stage.divisor)
+
+
+def _stage_growth(stage: Stage) -> tuple[Growth, Growth]:
+    """(final size map, largest size seen on the way) of one stage."""
+    if isinstance(stage, ResizeStage):
+        g = _resize_growth(stage)
+        return g, _either(g, _IDENTITY)
+    if isinstance(stage, RandomOrderStage):
+        groups = [_list_growth(group) for group in stage.groups]
+        final: Growth = (0.0, 0.0)
+        peak: Growth = _IDENTITY
+        for order in itertools.permutations(range(len(groups))):
+            current = _IDENTITY
+            for g in order:
+                peak = _either(peak, _then(current, groups[g][1]))
+                current = _then(current, groups[g][0])
+            final = _either(final, current)
+        return final, peak
+    return _IDENTITY, _IDENTITY
+
+
+def _list_growth(stages: tuple[Stage, ...]) -> tuple[Growth, Growth]:
+    current, peak = _IDENTITY, _IDENTITY
+    for stage in stages:
+        final, seen = _stage_growth(stage)
+        peak = _either(peak, _then(current, seen))
+        current = _then(current, final)
+    return current, peak
+
+
+def _growth_field(stage: ResizeStage) -> str:
+    """The field of a resize stage that sets its largest factor (for messages)."""
+    if stage.downsample is not None:
+        field = "downsample"
+    elif stage.updown_prob is not None:
+        up, down, _ = stage.updown_prob
+        big_up = up > 0 and (down <= 0 or stage.up_range[1] >= stage.down_range[1])
+        field = "up_range" if big_up else "down_range"
+    else:
+        field = "base"
+    if stage.base == "hq" and stage.divisor < 1:
+        field = "divisor"
+    return f"resize.{field}"
+
+
+def _check_enlargement(stages: tuple[Stage, ...]) -> None:
+    """Refuse ranges that could make an image larger than MAX_ENLARGEMENT x the HQ side."""
+    current = _IDENTITY
+    for i, stage in enumerate(stages):
+        final, seen = _stage_growth(stage)
+        worst = _at(_then(current, seen), 1.0)
+        if worst > MAX_ENLARGEMENT * (1 + 1e-9):
+            where = f"stages[{i}]." + (
+                _growth_field(stage) if isinstance(stage, ResizeStage) else "random_order"
+            )
+            raise ConfigError(
+                f"{where}: allows images up to {worst:.4g}x the HQ size per side (after the "
+                f"stages before it); at most {MAX_ENLARGEMENT:g}x is allowed"
+            )
+        current = _then(current, final)
 
 
 def _parse_usm(value: Any) -> UsmSettings | None:
@@ -395,7 +549,9 @@ def _parse_usm(value: Any) -> UsmSettings | None:
     f = _fields(value, {"weight", "threshold", "radius"}, "sharpen_hq")
     radius = f.get("radius", 50)
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 1:
-        raise ConfigError(f"sharpen_hq.radius: must be a positive integer, got {radius!r}")
+        raise ConfigError(f"sharpen_hq.radius: must be a positive integer, got {_shown(radius)}")
+    if radius > MAX_KERNEL_SIZE:
+        raise ConfigError(f"sharpen_hq.radius: must be at most {MAX_KERNEL_SIZE}, got {radius}")
     return UsmSettings(
         weight=_number(f.get("weight", 0.5), "sharpen_hq.weight"),
         threshold=_number(f.get("threshold", 10), "sharpen_hq.threshold"),
@@ -411,12 +567,16 @@ def parse_config(data: Any) -> PipelineConfig:
         raise ConfigError("pipeline: missing required field 'stages'")
     quantize = f.get("quantize", False)
     if not isinstance(quantize, bool):
-        raise ConfigError(f"quantize: expected true or false, got {quantize!r}")
+        raise ConfigError(f"quantize: expected true or false, got {_shown(quantize)}")
     resize_back = f.get("resize_back", "bicubic")
-    if resize_back not in RESIZE_MODES:
-        raise ConfigError(f"resize_back: unknown mode {resize_back!r}; choose from {RESIZE_MODES}")
+    if not isinstance(resize_back, str) or resize_back not in RESIZE_MODES:
+        raise ConfigError(
+            f"resize_back: unknown mode {_shown(resize_back)}; choose from {RESIZE_MODES}"
+        )
+    stages = _parse_stages(f["stages"], "stages")
+    _check_enlargement(stages)
     return PipelineConfig(
-        stages=_parse_stages(f["stages"], "stages"),
+        stages=stages,
         name=str(f.get("name", "custom")),
         description=str(f.get("description", "")),
         sharpen_hq=_parse_usm(f.get("sharpen_hq")),
@@ -432,17 +592,30 @@ def _toml_module(path: Path):
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
-            raise ConfigError(f"{path}: TOML configs need Python 3.11+ or tomli") from None
+            raise ConfigError(
+                f"{printable(path)}: TOML configs need Python 3.11+ or tomli"
+            ) from None
     return tomllib
+
+
+def _syntax_error(exc: Exception) -> str:
+    """One line from a YAML/TOML parser's error: the problem and where it is."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:  # PyYAML's multi-line message, condensed
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def load_config(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline from a ``.yaml``/``.yml`` or ``.toml`` file."""
     path = Path(path)
+    shown = printable(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read degradation config {path}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"cannot read degradation config {shown}: {reason}") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -452,17 +625,17 @@ def load_config(path: str | Path) -> PipelineConfig:
 
             data = yaml.safe_load(text)
         else:
-            raise ConfigError(f"{path}: degradation configs must be .yaml, .yml or .toml")
+            raise ConfigError(f"{shown}: degradation configs must be .yaml, .yml or .toml")
     except ConfigError:
         raise
     except Exception as exc:  # the parsers' own syntax errors
         raise ConfigError(
-            f"{path}: not valid {suffix[1:].upper()}: {exc}".splitlines()[0]
+            f"{shown}: not valid {suffix[1:].upper()}: {printable(_syntax_error(exc))}"
         ) from None
     try:
         config = parse_config(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{shown}: {exc}") from None
     if "name" not in (data or {}):
         config = PipelineConfig(**{**config.__dict__, "name": path.stem})
     return config

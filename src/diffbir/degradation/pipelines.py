@@ -37,9 +37,13 @@ from diffbir.degradation.config import (
     load_config,
     parse_config,
 )
-from diffbir.errors import ConfigError
+from diffbir.errors import ConfigError, printable
 
 PRESETS = ("codeformer", "codeformer_face_v1", "realesrgan")
+
+#: No resize may make an image larger than this (or than the HQ image, when larger): the
+#: configuration bounds growth relative to the HQ, this bounds it for large HQ images.
+MAX_RESIZE_PIXELS = 64_000_000
 
 Plan = list[dict[str, Any]]
 
@@ -147,10 +151,11 @@ def load_pipeline(spec: str | Path | PipelineConfig | Mapping[str, Any]) -> Degr
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml", ".toml"):
         if not path.is_file():
-            raise ConfigError(f"degradation config file not found: {path}")
+            raise ConfigError(f"degradation config file not found: {printable(path)}")
         return DegradationPipeline(load_config(path))
     raise ConfigError(
-        f"unknown degradation pipeline {text!r}: give a preset ({', '.join(PRESETS)}) "
+        f"unknown degradation pipeline {printable(repr(text))}: give a preset "
+        f"({', '.join(PRESETS)}) "
         "or a .yaml/.toml file"
     )
 
@@ -268,6 +273,13 @@ def _sample_resize(stage: ResizeStage, rng, hq_size, size):
         scale, new = 1.0, (base_h, base_w)
     mode = stage.modes[int(rng.integers(len(stage.modes)))]
     new = (max(1, new[0]), max(1, new[1]))
+    limit = max(MAX_RESIZE_PIXELS, hq_size[0] * hq_size[1])
+    if applied and new[0] * new[1] > limit:
+        raise ConfigError(
+            f"the degradation would resize a {hq_size[1]}x{hq_size[0]} image to "
+            f"{new[1]}x{new[0]} ({new[0] * new[1] / 1e6:.0f} megapixels; at most "
+            f"{limit / 1e6:.0f}): use smaller images or smaller resize ranges"
+        )
     record = {
         "stage": "resize",
         "applied": applied,

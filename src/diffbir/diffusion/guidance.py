@@ -209,6 +209,8 @@ class LatentGuidance:
         factors = getattr(self.step_rescale, "factors", None)
         if self.space != "latent" or factors is None or self.scale == 0.0:
             return None
+        if self.target is None and self.pixel_target is None:
+            return None  # the size is known only once latent_target is called
         active = [f for t, f in factors.items() if self.active(t)]
         if not active:
             return None

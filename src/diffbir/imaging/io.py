@@ -23,8 +23,13 @@ Decisions, so that callers need not guess:
   header before decoding). Pillow's own decompression-bomb limit is left as is;
   an image above it (about 179 megapixels) is refused with the same error.
 * **Writing is atomic.** The file is encoded into a hidden temporary file in the
-  target folder, flushed to disk and renamed over the target, so an interrupted
-  write never leaves a half-written image (nor the temporary file).
+  target folder (``.NAME.<pid>-<hex>.tmp``), flushed to disk and renamed over the
+  target, so an interrupted write never leaves a half-written image; the temporary
+  file is removed on any exception, Ctrl+C included. One that a killed process
+  left behind is removed by :func:`remove_stale_temp_files` (``diffbir restore``
+  calls it as a run starts).
+* **Messages** name files through :func:`diffbir.errors.printable` (control
+  characters escaped), so every error stays on one line.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import warnings
 from collections.abc import Callable
@@ -44,14 +50,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from diffbir.errors import DiffBIRError, ImageReadError
+from diffbir.errors import DiffBIRError, ImageReadError, printable
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "WRITE_FORMATS",
     "ImageWriteError",
     "LoadedImage",
+    "check_writable_folder",
     "read_image",
+    "read_image_size",
+    "remove_stale_temp_files",
     "resize_alpha",
     "to_batch",
     "write_image",
@@ -112,7 +121,7 @@ def to_batch(image: LoadedImage | torch.Tensor) -> torch.Tensor:
 
 def _fail(path: Path, reason: str) -> ImageReadError:
     one_line = " ".join(str(reason).split())
-    return ImageReadError(f"{path.name}: {one_line}")
+    return ImageReadError(f"{printable(path.name)}: {one_line}")
 
 
 def _rawmode(img: Image.Image) -> str:
@@ -256,6 +265,54 @@ def read_image(
     return LoadedImage(rgb=rgb.clamp_(0.0, 1.0), alpha=alpha_t, path=path, bit_depth=bit_depth)
 
 
+def read_image_size(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """``(height, width)`` of an image file as :func:`read_image` would return it (the
+    EXIF orientation applied), from its header alone: cheap, for planning a batch.
+
+    Raises:
+        ImageReadError: the file is missing, a folder, empty, not an image, or has
+            more pixels than ``max_pixels`` (corrupt pixel data is found only by
+            :func:`read_image`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _fail(path, "no such file")
+    if path.is_dir():
+        raise _fail(path, "is a directory, not an image file")
+    try:
+        if path.stat().st_size == 0:
+            raise _fail(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                try:
+                    orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                except Exception:  # noqa: BLE001 - a broken EXIF block is read as upright
+                    orientation = 1
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError:
+        raise _fail(path, "image is too large to decode safely") from None
+    except Image.UnidentifiedImageError:
+        raise _fail(path, "not a recognised image file") from None
+    except PermissionError:
+        raise _fail(path, "permission denied") from None
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file to the user
+        raise _fail(path, f"corrupt or truncated image ({type(err).__name__}: {err})") from None
+    if width < 1 or height < 1:
+        raise _fail(path, f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise _fail(
+            path,
+            f"image is {width}x{height} ({width * height / 1e6:.1f} megapixels), "
+            f"above the limit of {max_pixels / 1e6:.1f} megapixels",
+        )
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
 def _read_array(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
     with warnings.catch_warnings():
         # We enforce our own limit below; Pillow's bomb warning would only be noise.
@@ -397,15 +454,20 @@ def write_image(
     if suffix not in WRITE_FORMATS:
         known = " ".join(sorted(WRITE_FORMATS))
         raise ImageWriteError(
-            f"{path.name}: unknown image format {suffix or '(no suffix)'!r}; use one of {known}"
+            f"{printable(path.name)}: unknown image format {suffix or '(no suffix)'!r}; "
+            f"use one of {known}"
         )
     pillow_format, stores_alpha = WRITE_FORMATS[suffix]
     if bit_depth not in (8, 16):
-        raise ImageWriteError(f"{path.name}: bit depth must be 8 or 16, got {bit_depth}")
+        raise ImageWriteError(f"{printable(path.name)}: bit depth must be 8 or 16, got {bit_depth}")
     if bit_depth == 16 and pillow_format not in ("PNG", "TIFF"):
-        raise ImageWriteError(f"{path.name}: 16-bit output needs .png or .tif, not {suffix}")
+        raise ImageWriteError(
+            f"{printable(path.name)}: 16-bit output needs .png or .tif, not {printable(suffix)}"
+        )
     if not 1 <= quality <= 100:
-        raise ImageWriteError(f"{path.name}: quality must be within 1..100, got {quality}")
+        raise ImageWriteError(
+            f"{printable(path.name)}: quality must be within 1..100, got {quality}"
+        )
 
     rgb = _as_chw(rgb)
     planes = rgb
@@ -434,26 +496,126 @@ def write_image(
     except ImageWriteError:
         raise
     except OSError as err:
-        raise ImageWriteError(f"{path.name}: cannot write ({err.strerror or err})") from None
+        reason = printable(err.strerror or err)
+        raise ImageWriteError(f"{printable(path.name)}: cannot write ({reason})") from None
     return path
 
 
+# ".NAME.<pid>-<12 hex>.tmp" (and ".NAME.<12 hex>.tmp", written before the pid was added).
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[0-9a-f]{12}\.tmp")
+
+
+def _temp_path(path: Path) -> Path:
+    """A fresh hidden temporary name beside ``path``; the pid tells whose it is."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Run ``write`` on a temporary file next to ``path``, then rename it over ``path``."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never reuse someone else's file; 0o666 lets the umask decide the mode.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    """Run ``write`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    The temporary file is removed on any exception (Ctrl+C included), also one that
+    arrives just as the file is created."""
+    temp = _temp_path(path)
+    fd = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        # O_EXCL: never reuse someone else's file; 0o666 lets the umask decide the mode.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(temp, flags, 0o666)
+        except FileExistsError:
+            temp = None  # not ours: leave it alone
+            raise
+        f = os.fdopen(fd, "wb")
+        fd = None  # closed with f from here on
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                temp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether another process with this id runs on this machine (a guess on the safe
+    side: a process we may not signal counts as alive)."""
+    if pid == os.getpid():
+        return False  # a file of ours older than this run is from a killed earlier run
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], *, before: float) -> list[Path]:
+    """Remove the temporary files :func:`write_image` left in ``folder`` when its process
+    was killed: names of our own pattern (``.NAME.<pid>-<hex>.tmp``), last modified
+    before ``before`` (a ``time.time()``, the run's start) and whose process is not
+    running on this machine. A concurrent writer's live file is newer than the run or
+    has a live pid, and is kept. Returns the removed paths; never raises for I/O."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if not match:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or entry.stat().st_mtime >= before:
+                continue
+            pid = match.group("pid")
+            if pid is not None and _process_alive(int(pid)):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` (and its parents) if needed and prove that a file can be made in
+    it, with a temporary file of our own pattern removed at once.
+
+    Raises:
+        ImageWriteError: one line saying why the folder cannot hold the outputs.
+    """
+    folder = Path(folder)
+    shown = printable(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImageWriteError(f"{shown}: exists and is not a folder; name a folder for the outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ImageWriteError(f"{shown}: a part of this path is a file, not a folder") from None
+    except OSError as err:
+        reason = printable(err.strerror or err)
+        raise ImageWriteError(f"{shown}: cannot create this folder ({reason})") from None
+    probe = _temp_path(folder / "diffbir-probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+    except OSError as err:
+        reason = printable(err.strerror or err)
+        raise ImageWriteError(f"{shown}: cannot write in this folder ({reason})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return folder
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -5,6 +5,9 @@ into an ordered, de-duplicated list of :class:`InputItem`. Each item remembers
 its path relative to the folder it was found under, so outputs can mirror
 sub-folders. :func:`output_path_for` maps an item into an output folder and
 refuses any result that would land outside it.
+
+Messages name paths through :func:`diffbir.errors.printable`, so a name with a
+newline or an escape sequence stays on its one line.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from diffbir.errors import DiffBIRError
+from diffbir.errors import DiffBIRError, printable
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -63,17 +66,32 @@ def _is_image(path: Path, extensions: Collection[str]) -> bool:
     return path.suffix.lower() in extensions
 
 
-def _scan_folder(folder: Path, recursive: bool, extensions: Collection[str]) -> list[InputItem]:
+def _scan_folder(
+    folder: Path, recursive: bool, extensions: Collection[str], problems: list | None = None
+) -> list[InputItem]:
     items = []
     # os.walk without following links: a link loop cannot hang the scan.
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
         for name in files:
             path = Path(root) / name
-            if name.startswith(".") or not _is_image(path, extensions) or not path.is_file():
+            if name.startswith(".") or not _is_image(path, extensions):
+                continue
+            if not path.is_file():
+                if problems is not None and path.is_symlink() and not path.exists():
+                    problems.append((str(path), _broken_link(path)))
                 continue
             items.append(InputItem(path=path, relative=path.relative_to(folder)))
     return sorted(items, key=lambda item: _natural_key(item.relative))
+
+
+def _broken_link(path: Path) -> str:
+    """'<path>: broken link (to <target>)', one line."""
+    try:
+        target = f" (to {printable(os.readlink(path))})"
+    except OSError:
+        target = ""
+    return f"{printable(path)}: broken link{target}, its target does not exist"
 
 
 def _glob_base(pattern: str) -> Path:
@@ -87,13 +105,19 @@ def _glob_base(pattern: str) -> Path:
     return Path(*literal) if literal else Path(".")
 
 
-def _scan_glob(pattern: str, recursive: bool, extensions: Collection[str]) -> list[InputItem]:
+def _scan_glob(
+    pattern: str, recursive: bool, extensions: Collection[str], problems: list | None = None
+) -> list[InputItem]:
     base = _glob_base(pattern)
     items = []
     # glob skips names starting with '.' for '*' and '?', like a shell does.
     for match in glob.glob(pattern, recursive=recursive):
         path = Path(match)
-        if not path.is_file() or not _is_image(path, extensions):
+        if not _is_image(path, extensions):
+            continue
+        if not path.is_file():
+            if problems is not None and path.is_symlink() and not path.exists():
+                problems.append((str(path), _broken_link(path)))
             continue
         try:
             relative = path.relative_to(base)
@@ -108,6 +132,7 @@ def collect_inputs(
     *,
     recursive: bool = False,
     extensions: Collection[str] = IMAGE_EXTENSIONS,
+    problems: list[tuple[str, str]] | None = None,
 ) -> list[InputItem]:
     """List the input images named by ``sources``, in a stable order.
 
@@ -118,14 +143,27 @@ def collect_inputs(
     files are in natural order (``2.png`` before ``10.png``). A file reached
     twice is listed once, at its first place.
 
+    Args:
+        problems: when given, a source that yields nothing (missing path, empty
+            folder, pattern without match, broken link) and every broken link
+            found in a folder or by a pattern is appended to it as
+            ``(source, one-line message)``, and the other sources are still
+            listed; a batch reports them and carries on.
+
     Raises:
-        DiffBIRError: a source matches no image.
+        DiffBIRError: (only without ``problems``) a source matches no image.
     """
     wanted = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
     items: list[InputItem] = []
     seen: set[Path] = set()
     for source in sources:
-        found = _expand(os.fspath(source), recursive, wanted)
+        try:
+            found = _expand(os.fspath(source), recursive, wanted, problems)
+        except DiffBIRError as exc:
+            if problems is None:
+                raise
+            problems.append((os.fspath(source), str(exc)))
+            continue
         for item in found:
             key = item.path.resolve()
             if key not in seen:
@@ -134,23 +172,28 @@ def collect_inputs(
     return items
 
 
-def _expand(source: str, recursive: bool, extensions: Collection[str]) -> list[InputItem]:
+def _expand(
+    source: str, recursive: bool, extensions: Collection[str], problems: list | None = None
+) -> list[InputItem]:
     path = Path(source)
+    shown = printable(source)
     if path.is_file():
         return [InputItem(path=path, relative=Path(path.name))]
     if path.is_dir():
-        found = _scan_folder(path, recursive, extensions)
+        found = _scan_folder(path, recursive, extensions, problems)
         if not found:
             kinds = " ".join(sorted(extensions))
             where = " or its sub-folders" if recursive else ""
-            raise DiffBIRError(f"{source}: no image files ({kinds}) in this folder{where}")
+            raise DiffBIRError(f"{shown}: no image files ({kinds}) in this folder{where}")
         return found
+    if path.is_symlink():
+        raise DiffBIRError(_broken_link(path))
     if _GLOB_MAGIC.search(source):
-        found = _scan_glob(source, recursive, extensions)
+        found = _scan_glob(source, recursive, extensions, problems)
         if not found:
-            raise DiffBIRError(f"{source}: no image file matches this pattern")
+            raise DiffBIRError(f"{shown}: no image file matches this pattern")
         return found
-    raise DiffBIRError(f"{source}: no such file or folder")
+    raise DiffBIRError(f"{shown}: no such file or folder")
 
 
 def _unsafe_reason(relative: Path) -> str | None:
@@ -188,13 +231,16 @@ def output_path_for(
         raise DiffBIRError(f"output tag must be a plain name fragment, got {tag!r}")
     reason = _unsafe_reason(item.relative)
     if reason:
-        raise DiffBIRError(f"{item.relative}: refusing to write outside {out_dir} ({reason})")
+        raise DiffBIRError(
+            f"{printable(item.relative)}: refusing to write outside {printable(out_dir)} ({reason})"
+        )
     relative = Path(*re.split(r"[\\/]", str(item.relative)))
     target = out_dir / relative.with_name(f"{relative.stem}{tag}{suffix}")
     root = out_dir.resolve()
     if not target.resolve().is_relative_to(root):
         raise DiffBIRError(
-            f"{item.relative}: refusing to write outside {out_dir} (resolves elsewhere)"
+            f"{printable(item.relative)}: refusing to write outside {printable(out_dir)} "
+            "(resolves elsewhere)"
         )
     return target
 
@@ -222,7 +268,8 @@ def output_paths_for(
         key = target.as_posix().lower()
         if key in owner:
             raise DiffBIRError(
-                f"{item.path} and {owner[key].path} would both be written to {target}"
+                f"{printable(item.path)} and {printable(owner[key].path)} would both be "
+                f"written to {printable(target)}"
             )
         owner[key] = item
         outputs.append(target)

@@ -29,7 +29,7 @@ from diffbir.convert import (
     is_stage2_folder,
     split_ldm_checkpoint,
 )
-from diffbir.errors import CheckpointError, ConfigError, DiffBIRError
+from diffbir.errors import CheckpointError, ConfigError, DiffBIRError, printable
 from diffbir.models.controlnet import (
     LAControlNet,
     build_controlnet,
@@ -47,6 +47,8 @@ from diffbir.models.sd_unet import (
 
 PREDICTIONS = ("eps", "v")
 FORMAT_VERSION = 1
+# The ControlNet file in the output folder of `diffbir train stage2` (released key layout).
+TRAINED_CONTROLNET_FILE = "controlnet.safetensors"
 
 
 class Stage2Model(nn.Module):
@@ -220,13 +222,24 @@ class Stage2Model(nn.Module):
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         folder = Path(folder)
+        shown = printable(folder)
         if not is_stage2_folder(folder):
-            raise CheckpointError(f"{folder}: not a saved stage-2 model (no {STAGE2_MARKER})")
-        meta = json.loads((folder / STAGE2_MARKER).read_text())
-        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{shown}: not a saved stage-2 model (no {STAGE2_MARKER})")
+        try:
+            meta = json.loads((folder / STAGE2_MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             raise CheckpointError(
-                f"{folder}: saved by a newer diffbir (format {meta['format_version']})"
+                f"{shown}: unreadable {STAGE2_MARKER} ({printable(exc)})"
+            ) from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{shown}: {STAGE2_MARKER} is not a JSON object")
+        version = meta.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise CheckpointError(
+                f"{shown}: unknown format_version {printable(repr(version))} in {STAGE2_MARKER}"
             )
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"{shown}: saved by a newer diffbir (format {version})")
         dtype = dtype or torch.float32
         try:
             unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
@@ -236,8 +249,9 @@ class Stage2Model(nn.Module):
             if load_text_encoder:
                 text_encoder = _load_text_folder(folder / "text_encoder", dtype)
         except (OSError, ValueError) as exc:
+            reason = " ".join(str(exc).split())
             raise CheckpointError(
-                f"{folder}: incomplete or unreadable stage-2 folder ({exc})"
+                f"{shown}: incomplete or unreadable stage-2 folder ({printable(reason)})"
             ) from None
         model = cls(
             unet,
@@ -262,7 +276,7 @@ def _load_text_folder(folder: Path, dtype: torch.dtype):
     from transformers import CLIPTextModel
 
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: the saved model has no text encoder")
+        raise CheckpointError(f"{printable(folder)}: the saved model has no text encoder")
     return CLIPTextModel.from_pretrained(folder, dtype=dtype)
 
 
@@ -270,7 +284,13 @@ def load_controlnet_folder(
     folder: str | PathLike, *, dtype: torch.dtype | None = None
 ) -> LAControlNet:
     """Load an :class:`LAControlNet` saved with ``save_pretrained``."""
-    return LAControlNet.from_pretrained(Path(folder), torch_dtype=dtype or torch.float32)
+    try:
+        return LAControlNet.from_pretrained(Path(folder), torch_dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise CheckpointError(
+            f"{printable(folder)}: incomplete or unreadable ControlNet folder ({printable(reason)})"
+        ) from None
 
 
 def _empty(build):
@@ -327,10 +347,24 @@ def _load_part(what: str, build, convert, weights: Mapping[str, torch.Tensor]) -
 def _controlnet_from_source(source, config: dict, what: str = "ControlNet") -> LAControlNet:
     if isinstance(source, LAControlNet):
         return source
-    if not isinstance(source, Mapping) and is_diffusers_folder(source):
-        return load_controlnet_folder(source)
     if not isinstance(source, Mapping) and Path(source).is_dir():
-        raise CheckpointError(f"{source}: not a ControlNet folder (no config.json)")
+        folder = Path(source)
+        if is_diffusers_folder(folder):  # LAControlNet.save_pretrained
+            return load_controlnet_folder(folder)
+        if is_stage2_folder(folder):  # Stage2Model.save_pretrained: take its ControlNet
+            if not is_diffusers_folder(folder / "controlnet"):
+                raise CheckpointError(
+                    f"{printable(folder)}: the saved stage-2 model has no controlnet/ folder"
+                )
+            return load_controlnet_folder(folder / "controlnet")
+        if (folder / TRAINED_CONTROLNET_FILE).is_file():  # `diffbir train stage2` output
+            source = folder / TRAINED_CONTROLNET_FILE
+        else:
+            raise CheckpointError(
+                f"{printable(folder)}: not a ControlNet folder (expected config.json from "
+                f"save_pretrained, {STAGE2_MARKER} from Stage2Model.save_pretrained, or "
+                f"{TRAINED_CONTROLNET_FILE} from `diffbir train stage2`)"
+            )
     sd = load_state_dict(source)
     if not is_controlnet_state_dict(sd):
         parts = split_ldm_checkpoint(sd)
@@ -349,7 +383,7 @@ def _controlnet_from_source(source, config: dict, what: str = "ControlNet") -> L
 
 
 def _name(source) -> str:
-    return "<state dict>" if isinstance(source, Mapping) else str(source)
+    return "<state dict>" if isinstance(source, Mapping) else printable(source)
 
 
 def load_stage2(
@@ -372,8 +406,10 @@ def load_stage2(
     full DiffBIR checkpoint (its ``control_model.`` is used when
     ``controlnet`` is None), or a folder written by
     :meth:`Stage2Model.save_pretrained`. ``controlnet``: a released bare
-    ControlNet (path or state dict), a saved ControlNet folder, or None (then
-    taken from a full checkpoint, or initialised from the UNet).
+    ControlNet (path or state dict), a saved folder (``LAControlNet.save_pretrained``;
+    :meth:`Stage2Model.save_pretrained`, whose ControlNet is taken; or the output
+    folder of ``diffbir train stage2``), or None (then taken from a full
+    checkpoint, or initialised from the UNet).
     ``*_config`` take the published constructor names (default: SD 2.1-base);
     ``vae_config`` as ``{"embed_dim", "ddconfig"}`` or a bare ddconfig,
     ``text_config`` as ``{"embed_dim", "text_cfg", "layer"}`` or a bare text_cfg.
