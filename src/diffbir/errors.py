@@ -33,6 +33,11 @@ class ConfigError(DiffBIRError):
     """A configuration file or option has an invalid value."""
 
 
+class DiffBIRWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it
+    as one ``diffbir: note:`` line."""
+
+
 def printable(value: object) -> str:
     """``str(value)`` with every non-printable character escaped (``\\n``, ``\\t``,
     ``\\x1b``, ``\\u2028``, undecodable bytes as ``\\udcff``...).

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from diffbir.errors import ConfigError
+from diffbir.errors import ConfigError, DiffBIRWarning
 from diffbir.planning import MAX_DIFFUSION_SIDE
 from diffbir.presets import Preset
 
@@ -303,7 +303,7 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
             f"eps-prediction model ({config.version}) cannot denoise: its first estimate is "
             "off by hundreds and the image degrades (the release's too); prefer spaced, "
             "ddim, dpm++_m2 or our dpmpp_2m/euler/heun with this release",
-            UserWarning,
+            DiffBIRWarning,
             stacklevel=2,
         )
     if config.sampler == "ddim" and config.steps > MAX_STEPS // 2:

@@ -33,7 +33,13 @@ from os import PathLike
 from pathlib import Path
 from types import MappingProxyType
 
-from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
+from diffbir.errors import (
+    DiffBIRError,
+    DiffBIRWarning,
+    DownloadError,
+    WeightsNotFoundError,
+    printable,
+)
 
 _HF_DIFFBIR = "https://huggingface.co/lxq007/DiffBIR/resolve/main"
 _HF_DIFFBIR_V2 = "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main"
@@ -54,7 +60,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _USER_AGENT = "diffbir/{version} (python-urllib; +https://github.com/XPixelGroup/DiffBIR)"
 
 
-class SizeMismatchWarning(UserWarning):
+class SizeMismatchWarning(DiffBIRWarning):
     """A local copy of a released file has another size than the published one (used anyway)."""
 
 

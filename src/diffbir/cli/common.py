@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -21,3 +23,30 @@ def add_model_source_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--dtype", choices=("fp32", "fp16", "bf16"), help="unset: fp16 on CUDA, fp32 on CPU"
     )
+
+
+@contextmanager
+def notes_as_lines() -> Iterator[None]:
+    """Print the package's own warnings (:class:`~diffbir.errors.DiffBIRWarning`) as
+    one-line ``diffbir: note:`` messages, each once; other warnings keep their form."""
+    import sys
+    import warnings
+
+    from diffbir.errors import DiffBIRWarning, printable
+
+    seen: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, DiffBIRWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        text = f"diffbir: note: {printable(message)}"
+        if text not in seen:
+            seen.add(text)
+            print(text, file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DiffBIRWarning)
+        warnings.showwarning = show
+        yield

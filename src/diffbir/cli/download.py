@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
+
+from diffbir.cli.common import notes_as_lines
 
 _DESCRIPTION = """\
 Download released DiffBIR weights files ahead of time, so later runs can work
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from diffbir import weights
     from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
 
-    with _notes():
+    with notes_as_lines():
         if not args.names and not args.all:
             _print_listing(weights, args.weights_dir)
             return 0
@@ -74,34 +74,6 @@ def run(args: argparse.Namespace) -> int:
         if failures:
             raise weights.missing_files_error(failures)
     return 0
-
-
-@contextlib.contextmanager
-def _notes() -> Iterator[None]:
-    """Print the registry's size warnings as one-line notes instead of Python warnings."""
-    import sys
-    import warnings
-
-    from diffbir.errors import printable
-    from diffbir.weights import SizeMismatchWarning
-
-    seen: set[str] = set()
-    previous = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        # Only the registry's own warning is reformatted; any other keeps its usual form.
-        if not issubclass(category, SizeMismatchWarning):
-            previous(message, category, filename, lineno, file, line)
-            return
-        text = f"diffbir: note: {printable(message)}"
-        if text not in seen:
-            seen.add(text)
-            print(text, file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", SizeMismatchWarning)
-        warnings.showwarning = show
-        yield
 
 
 def _print_listing(weights, weights_dir: Path | None) -> None:

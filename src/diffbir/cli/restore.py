@@ -337,6 +337,13 @@ def _sigterm_as_exit():
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffbir.cli.common import notes_as_lines
+
+    with notes_as_lines():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from diffbir.batch import RestoreJob
 
     _check_arguments(args)

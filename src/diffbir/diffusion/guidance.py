@@ -49,7 +49,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DiffBIRWarning
 
 SPACES = ("latent", "pixel")
 LOSSES = ("mse", "weighted_mse")
@@ -226,7 +226,7 @@ class LatentGuidance:
             "stage-1 latent in the first guided step (latent space, this image size), so it "
             f"overshoots; scales up to {1.0 / fraction:.3g} of it stay within one gap per "
             "step, or raise --guidance-stop/lower --guidance-start to skip the noisiest steps",
-            UserWarning,
+            DiffBIRWarning,
             stacklevel=3,
         )
 
