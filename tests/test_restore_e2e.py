@@ -309,3 +309,14 @@ def test_outputs_record_how_they_were_made(release, tmp_path):
     assert _restore(release, [src], tmp_path / "jpg", *extra, "--format", "jpg") == 0
     sidecar = json.loads((tmp_path / "jpg" / "in.jpg.json").read_text(encoding="utf-8"))
     assert sidecar["seed"] == "7" and sidecar["sampler"] == "spaced"
+
+
+def test_notes_are_one_line_each(tmp_path, capsys):
+    # the release's edm_* samplers with an eps-prediction release: reproduced, and said
+    code = main(
+        ["restore", "x.png", "-o", str(tmp_path), "--version", "v1", "--sampler", "edm_euler"]
+        + ["--print-config"]
+    )
+    assert code == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("diffbir: note: edm_euler starts at sigma 1e4")

@@ -353,6 +353,8 @@ def _run(args: argparse.Namespace) -> int:
         from diffbir.presets import get_preset
         from diffbir.settings import resolve
 
+        # resolved again with its notes shown (e.g. edm_* with an eps-prediction release)
+        config = resolve(get_preset(args.version, args.task), options)
         print(config.describe(), end="")
         if args.task == FACE_WHOLE:
             face = resolve(get_preset(args.version, "face"), options)
