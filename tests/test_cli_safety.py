@@ -257,7 +257,7 @@ def test_degrade_cuda_without_cuda_is_one_line(tmp_path, capsys):
 
 
 def _available() -> list[str]:
-    from diffbir.cli.degrade import available_devices
+    from diffbir.settings import available_devices
 
     return available_devices()
 

@@ -344,26 +344,28 @@ def resolve_device(device=None):
 
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from diffbir.errors import printable
+
     available = available_devices()
     listed = ", ".join(available)
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        from diffbir.errors import printable
-
         raise ConfigError(
-            f"--device {printable(device)!s}: not a device name; available here: {listed}"
+            f"--device {printable(device)}: not a device name; available here: {listed}"
         ) from None
     if resolved.type == "cpu":
         return resolved
-    if resolved.type in ("cuda", "xpu", "mps"):
-        kind = resolved.type
-        if kind not in available:
-            raise ConfigError(
-                f"--device {resolved}: no {kind.upper()} device on this machine "
-                f"(or torch was built without it); available here: {listed}"
-            )
-        if resolved.index is not None and str(resolved) not in available and kind != "mps":
-            raise ConfigError(f"--device {resolved}: no such {kind} device; available: {listed}")
+    plain = resolved.type if resolved.index is None else f"{resolved.type}:{resolved.index}"
+    if plain in available:
         return resolved
-    raise ConfigError(f"--device {resolved}: not supported; available here: {listed}")
+    why = ""
+    if resolved.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            why = " (this PyTorch build has no CUDA support)"
+        elif not torch.cuda.is_available():
+            why = " (no CUDA device is visible)"
+        else:
+            count = torch.cuda.device_count()
+            why = f" (this machine has {count} CUDA device{'s' if count != 1 else ''})"
+    raise ConfigError(f"--device {printable(device)}: not available{why}; available here: {listed}")

@@ -94,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from diffbir.degradation.pipelines import load_pipeline
-    from diffbir.errors import ConfigError, DiffBIRError, printable
+    from diffbir.errors import ConfigError, DiffBIRError, is_out_of_memory, printable
     from diffbir.imaging.io import read_image, write_image
     from diffbir.imaging.paths import collect_inputs, output_paths_for
+    from diffbir.settings import resolve_device
     from diffbir.training.data import crop_to_size
 
     # Every option is checked before anything is read or written.
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
     if args.output.exists() and not args.output.is_dir():
         raise ConfigError(f"-o {printable(args.output)}: exists and is not a folder")
-    device = check_device(args.device)
+    device = resolve_device(args.device)
     pipeline = load_pipeline(args.pipeline)
 
     def report(where: object, reason: str) -> None:
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             report(item.path, _without_name(str(err), item.path))
         except (MemoryError, RuntimeError) as err:
-            if not _is_out_of_memory(err):
+            if not is_out_of_memory(err):
                 raise
             failed += 1
             pair = hq = None
@@ -172,60 +173,3 @@ def _without_name(message: str, path: Path) -> str:
         if message.startswith(prefix):
             return message[len(prefix) :]
     return message
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, MemoryError):
-        return True
-    text = str(err).lower()
-    return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
-
-
-def available_devices() -> list[str]:
-    """The torch devices this machine can use, by name (``cpu`` first)."""
-    import torch
-
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        names += ["cuda"] + [f"cuda:{i}" for i in range(count)]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        names.append("mps")
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        names += ["xpu"] + [f"xpu:{i}" for i in range(xpu.device_count())]
-    return names
-
-
-def check_device(name: str):
-    """``torch.device(name)`` if this machine has it, else a one-line :class:`ConfigError`."""
-    import torch
-
-    from diffbir.errors import ConfigError, printable
-
-    available = available_devices()
-    shown = printable(name)
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(
-            f"--device {shown}: not a device name; available here: {', '.join(available)}"
-        ) from None
-    if device.type == "cpu":
-        return device
-    plain = device.type if device.index is None else f"{device.type}:{device.index}"
-    if plain in available:
-        return device
-    why = ""
-    if device.type == "cuda":
-        if torch.version.cuda is None and torch.version.hip is None:
-            why = " (this PyTorch build has no CUDA support)"
-        elif not torch.cuda.is_available():
-            why = " (no CUDA device is visible)"
-        else:
-            count = torch.cuda.device_count()
-            why = f" (this machine has {count} CUDA device{'s' if count != 1 else ''})"
-    raise ConfigError(
-        f"--device {shown}: not available{why}; available here: {', '.join(available)}"
-    )

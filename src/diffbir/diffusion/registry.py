@@ -33,10 +33,6 @@ class SamplerKnobs:
     order: int = 1
 
 
-def prepares_edm_start(name: str) -> bool:
-    return canonical(name).startswith("edm_")
-
-
 def grid_timesteps(name: str, schedule: NoiseSchedule, steps: int) -> list[int]:
     """The model timesteps sampler ``name`` evaluates at (descending), for per-step factors
     such as the guidance rescale; ``dpm++_m2``'s float times are rounded."""
@@ -93,8 +89,8 @@ def run_sampler(
         return fn(den, x, sigmas, noise, **kwargs)
     den = _progress(denoiser, progress, steps, name)
     if name == "spaced":
-        plain = den.with_options(guidance=None) if isinstance(den, Denoiser) else den
-        return vp.sample_spaced(plain, x_T, schedule, steps, noise, guidance=denoiser.guidance)
+        # model_output applies no guidance: sample_ddpm applies it to its x0 itself
+        return vp.sample_spaced(den, x_T, schedule, steps, noise, guidance=denoiser.guidance)
     if name == "ddim":
         return vp.sample_ddim(den, x_T, steps, noise)
     if name == "dpm++_m2":

@@ -10,8 +10,6 @@ gives its image; draws happen where the release draws.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import ConfigError
@@ -144,8 +142,3 @@ def sample_dpmpp_2m_vp(denoiser, x, betas: torch.Tensor, steps: int, noise=None)
         if step < steps:
             history = [*history[-1:], (data_prediction(x, t), t)]
     return x
-
-
-def validate_steps(name: str, steps: int) -> None:
-    if steps < 1 or not math.isfinite(steps):
-        raise ConfigError(f"{name}: steps must be at least 1")

@@ -237,13 +237,8 @@ def read_image(
         ImageReadError: the file is missing, not an image, corrupt, or too large.
     """
     path = Path(path)
-    if not path.exists():
-        raise _fail(path, "no such file")
-    if path.is_dir():
-        raise _fail(path, "is a directory, not an image file")
     try:
-        if path.stat().st_size == 0:
-            raise _fail(path, "empty file (0 bytes)")
+        _check_file(path)
         array, bit_depth = _read_array(path, max_pixels)
     except ImageReadError:
         raise
@@ -265,6 +260,16 @@ def read_image(
     return LoadedImage(rgb=rgb.clamp_(0.0, 1.0), alpha=alpha_t, path=path, bit_depth=bit_depth)
 
 
+def _check_file(path: Path) -> None:
+    """The refusals every reader shares: missing, a folder, empty."""
+    if not path.exists():
+        raise _fail(path, "no such file")
+    if path.is_dir():
+        raise _fail(path, "is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise _fail(path, "empty file (0 bytes)")
+
+
 def read_image_size(
     path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[int, int]:
@@ -277,13 +282,8 @@ def read_image_size(
             :func:`read_image`).
     """
     path = Path(path)
-    if not path.exists():
-        raise _fail(path, "no such file")
-    if path.is_dir():
-        raise _fail(path, "is a directory, not an image file")
     try:
-        if path.stat().st_size == 0:
-            raise _fail(path, "empty file (0 bytes)")
+        _check_file(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
@@ -540,7 +540,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             with contextlib.suppress(OSError):
                 temp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _process_alive(pid: int) -> bool:
@@ -618,8 +618,8 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable where the platform allows syncing a folder."""
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (creations, renames) durable where the platform allows."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

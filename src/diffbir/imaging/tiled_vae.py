@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffbir.errors import ConfigError
-from diffbir.models.vae import VAE_SCALE
+from diffbir.models.vae import VAE_SCALE, _param_like
 
 Span = tuple[int, int]
 
@@ -404,10 +404,6 @@ def _run_tiled(
 def _check_size(name: str, value: int, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _param_like(vae: nn.Module) -> torch.Tensor:
-    return next(vae.parameters())
 
 
 def tiled_encode(

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from diffbir.errors import ConfigError
+from diffbir.imaging.io import fsync_dir
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -101,20 +102,6 @@ def _remove(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- durability
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of a folder (creations, renames) durable; a no-op where unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # Windows and some file systems cannot sync a folder
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:
