@@ -133,26 +133,12 @@ def released_pipeline_factory(
     dtype: str | None = None,
     download: bool = True,
 ) -> PipelineFactory:
-    """A factory loading released weights as ``diffbir restore`` does."""
-
-    def load(version: str, task: str):
-        from diffbir.pipeline import DiffBIRPipeline
-        from diffbir.presets import FACE_WHOLE
-        from diffbir.whole_photo import WholePhotoPipeline
-
-        if task == FACE_WHOLE:
-            return WholePhotoPipeline.from_preset(
-                version,
-                weights_dir=weights_dir,
-                model_config=model_config,
-                device=device,
-                dtype=dtype,
-                download=download,
-                progress=True,
-            )
-        return DiffBIRPipeline.from_preset(
-            version,
-            task,
+    """A factory loading released weights as ``diffbir restore`` does, that keeps the
+    last stage-2 model (Stable Diffusion + ControlNet, ~5 GB) and reuses it for every
+    task of a release that uses the same files (v2 and v2.1 share one across tasks):
+    switching task then loads only the cleaner."""
+    return ReleasedModels(
+        dict(
             weights_dir=weights_dir,
             model_config=model_config,
             device=device,
@@ -160,8 +146,53 @@ def released_pipeline_factory(
             download=download,
             progress=True,
         )
+    )
 
-    return load
+
+class ReleasedModels:
+    """``(version, task) -> pipeline`` over released weights, sharing one stage-2 model."""
+
+    def __init__(self, loader: dict[str, Any]) -> None:
+        self._loader = loader
+        self._stage2_key: tuple[str, str] | None = None
+        self._stage2: Any = None
+
+    @staticmethod
+    def stage2_key(version: str, task: str) -> tuple[str, str]:
+        """The stage-2 files ``(sd, controlnet)`` a release's task runs on (for whole
+        photos: the background's)."""
+        from diffbir.presets import FACE_WHOLE, get_preset
+
+        preset = get_preset(version, "sr" if task == FACE_WHOLE else task)
+        return preset.sd, preset.controlnet
+
+    def describe_load(self, version: str, task: str) -> str:
+        """What asking for ``(version, task)`` now loads, for the page."""
+        if self._stage2 is not None and self.stage2_key(version, task) == self._stage2_key:
+            return f"loading the {version} {task} cleaner (the diffusion model is already loaded)"
+        return (
+            f"loading the {version} {task} models: Stable Diffusion + ControlNet (~5 GB) "
+            "and the cleaner; this takes a while"
+        )
+
+    def __call__(self, version: str, task: str):
+        from diffbir.pipeline import DiffBIRPipeline
+        from diffbir.presets import FACE_WHOLE
+        from diffbir.whole_photo import WholePhotoPipeline
+
+        key = self.stage2_key(version, task)
+        if key != self._stage2_key:
+            self._stage2, self._stage2_key = None, None  # freed before the next one loads
+        if task == FACE_WHOLE:
+            pipeline = WholePhotoPipeline.from_preset(version, stage2=self._stage2, **self._loader)
+            stage2 = pipeline.background.stage2
+        else:
+            pipeline = DiffBIRPipeline.from_preset(
+                version, task, stage2=self._stage2, **self._loader
+            )
+            stage2 = pipeline.stage2
+        self._stage2, self._stage2_key = stage2, key
+        return pipeline
 
 
 class PipelineCache:
@@ -190,7 +221,12 @@ class PipelineCache:
                 return self._pipeline
             self._release()
             if on_load is not None:
-                on_load(f"loading the {version} {task} models (first use)")
+                describe = getattr(self._factory, "describe_load", None)
+                on_load(
+                    describe(version, task)
+                    if describe is not None
+                    else f"loading the {version} {task} models (first use)"
+                )
             self._pipeline = self._factory(version, task)
             self._key = key
             return self._pipeline

@@ -86,6 +86,10 @@ class RestoreJob:
     # The output factor, to refuse results above diffbir.planning.MAX_OUTPUT_PIXELS before
     # any model loads (None: options.upscale; when that is None too, the pipeline checks).
     upscale: float | None = None
+    # Per-image prompts: a --prompts table (diffbir.prompting.PromptTable) and NAME.txt
+    # sidecars beside the images.
+    prompt_table: object | None = None
+    sidecars: bool = True
 
     def plan(self, problems: list[tuple[str, str]] | None = None) -> list[tuple[object, Path]]:
         """(input item, output path) for every input, in a stable order.
@@ -147,12 +151,21 @@ class RestoreJob:
             check_writable_folder(self.output)  # before minutes of model loading
         if shard.rank == 0 and work:
             self._remove_stale_temp_files(work, started)
+        self._prompts: dict[Path, object] = {}
         try:
             if todo and pipeline is None:
                 try:
                     pipeline = _load_pipeline(loader, shard)
-                    # A batch run uses one pair of prompts: encode them, free the text encoder.
-                    pipeline.prepare_prompts(self.options, drop_text_encoder=True)
+                except DiffBIRError as exc:
+                    summary.fatal = str(exc)
+                    todo = []
+            if todo:
+                try:
+                    todo = self._describe(pipeline, todo, summary, shard)
+                    # Every prompt of the run is known now: encode them, free the text encoder.
+                    pipeline.prepare_image_prompts(
+                        list(self._prompts.values()), drop_text_encoder=True
+                    )
                 except DiffBIRError as exc:
                     summary.fatal = str(exc)
                     todo = []
@@ -184,6 +197,76 @@ class RestoreJob:
         return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
 
     # ---------------------------------------------------------------- internals
+    def _describe(self, pipeline, todo: list, summary: JobSummary, shard) -> list:
+        """Find every input's prompts before the diffusion stage: its --prompts row or
+        sidecar, else a caption (one pass over the images that need one, after which the
+        captioner is freed). Returns the inputs still to restore."""
+        from tqdm.auto import tqdm
+
+        from diffbir.imaging.io import read_image
+        from diffbir.prompting import prompt_for_file
+
+        config = pipeline.resolve(self.options)
+        given = {}
+        for item, out in todo:
+            try:
+                given[out] = prompt_for_file(
+                    Path(item.path),
+                    positive=config.prompt,
+                    negative=config.negative_prompt,
+                    table=self.prompt_table,
+                    relative=getattr(item, "relative", None),
+                    sidecars=self.sidecars,
+                )
+            except DiffBIRError as exc:
+                _report(summary, item.path, str(exc))
+        todo = [(item, out) for item, out in todo if out in given]
+        needs_model = config.captioner != "none" and (
+            config.tile_captions == "each" or any(g is None for g in given.values())
+        )
+        if not needs_model:
+            kept = []
+            for item, out in todo:
+                if config.tile_captions != "off":
+                    self._prompts[out] = _plain(given[out], config)
+                else:  # the tiles' prompts need the image's size only
+                    try:
+                        blank = _size_only(item.path)
+                    except DiffBIRError as exc:
+                        _report(summary, item.path, str(exc))
+                        continue
+                    self._prompts[out] = pipeline.image_prompts(blank, self.options, [given[out]])[
+                        0
+                    ]
+                kept.append((item, out))
+            return kept
+        kept = []
+        bar = tqdm(
+            todo,
+            desc="captioning" if shard.world == 1 else f"captioning [{shard.rank}]",
+            unit="img",
+            disable=not self.progress,
+            position=shard.rank,
+        )
+        for item, out in bar:
+            try:
+                image = read_image(item.path)
+                self._prompts[out] = pipeline.image_prompts(
+                    image.rgb[None], self.options, [given[out]]
+                )[0]
+            except DiffBIRError as exc:
+                if "--captioner" in str(exc) or "diffbir download" in str(exc):
+                    raise  # the captioner cannot load: the run cannot go on
+                _report(summary, item.path, str(exc))
+                continue
+            kept.append((item, out))
+            if self.verbose:
+                caption = self._prompts[out].caption
+                print(f"{printable(item.path)}: {caption!r}", file=sys.stderr)
+        pipeline.free_captioner()  # before the diffusion stage
+        _free_memory()
+        return kept
+
     def _written_paths(self, out: Path) -> list[Path]:
         """Every file the run may write for the input whose output is ``out``."""
         paths = list(self.sample_paths(out))
@@ -291,7 +374,8 @@ class RestoreJob:
         out_of_memory = None
         try:
             batch = torch.stack([image.rgb for _, _, image in group])
-            result = pipeline(batch, self.options)
+            prompts = [self._prompts[out] for _, out, _ in group]
+            result = pipeline(batch, self.options, prompts)
         except DiffBIRError as exc:
             for item, _, _ in group:
                 _report(summary, item.path, str(exc))
@@ -374,19 +458,35 @@ def side_by_side(lq: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
 
 
 def _metadata(result, source: Path, index: int) -> dict[str, str] | None:
-    """How an output was made (release, sampler, steps, prompts, seed...), or None."""
+    """How an output was made (release, sampler, steps, prompts, caption, seed...), or None."""
+    import json
+
     config = getattr(result, "config", None)
     if config is None:
         return None
     data = {"software": "diffbir", "source": Path(source).name}
     data.update(config.metadata())
+    prompts = getattr(result, "prompts", None)
+    if prompts and index < len(prompts):
+        prompt = prompts[index]
+        data.update(
+            prompt=prompt.prompt,
+            negative_prompt=prompt.negative_prompt,
+            caption=prompt.caption,
+            prompt_source=prompt.source,
+        )
+        if prompt.tiles:
+            data["tile_prompts"] = json.dumps(
+                [{"region": [round(v, 4) for v in r], "prompt": p} for r, p in prompt.tiles]
+            )
     return data
 
 
 def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> None:
-    """One row per input in OUT/prompt.csv (file_name, pos_prompt, neg_prompt), as the
-    release writes it. The file is locked while a row is appended, so the processes of
-    a sharded run write one header and never interleave."""
+    """One row per input in OUT/prompt.csv (file_name, pos_prompt, neg_prompt as the
+    release writes it, then the caption that went into pos_prompt). The file is locked
+    while a row is appended, so the processes of a sharded run write one header and
+    never interleave. It can be given back with ``--prompts`` to reuse the prompts."""
     import csv
     import io
 
@@ -398,11 +498,34 @@ def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> Non
             f.seek(0, io.SEEK_END)
             writer = csv.writer(f, lineterminator="\n")
             if f.tell() == 0:
-                writer.writerow(["file_name", "pos_prompt", "neg_prompt"])
-            writer.writerow([name, metadata.get("prompt", ""), metadata.get("negative_prompt", "")])
+                writer.writerow(["file_name", "pos_prompt", "neg_prompt", "caption"])
+            writer.writerow(
+                [
+                    name,
+                    metadata.get("prompt", ""),
+                    metadata.get("negative_prompt", ""),
+                    metadata.get("caption", ""),
+                ]
+            )
             f.flush()
     except OSError as exc:
         raise DiffBIRError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _plain(given, config):
+    """``given`` or, when None, the run's prompts."""
+    from diffbir.prompting import ImagePrompt
+
+    return given if given is not None else ImagePrompt(config.prompt, config.negative_prompt)
+
+
+def _size_only(path: Path) -> torch.Tensor:
+    """A blank [1,3,H,W] of the image's size (one stored value): planning tiles needs
+    nothing else."""
+    from diffbir.imaging.io import read_image_size
+
+    h, w = read_image_size(path)
+    return torch.zeros(1, 3, 1, 1).expand(1, 3, h, w)
 
 
 def _lock(f) -> None:

@@ -51,6 +51,7 @@ from diffbir.planning import (
     plan_tiles,
 )
 from diffbir.presets import Preset, get_preset
+from diffbir.prompting import ImagePrompt
 from diffbir.settings import (
     MIN_DIFFUSION_SIDE,
     RestoreOptions,
@@ -90,6 +91,7 @@ class RestoreResult:
     config: RunConfig | None = None
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: list[str | None] = field(default_factory=list)  # per image: a remark or None
+    prompts: list[ImagePrompt] = field(default_factory=list)  # per image: what it was given
 
 
 def resize_short_side_to(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -138,6 +140,11 @@ class DiffBIRPipeline:
         self.schedule = NoiseSchedule.from_name(preset.schedule)
         # Prompt embeddings are computed once per distinct prompt.
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        # Where a captioner's weights are found (from_preset sets them), and the loaded one.
+        self.weights_dir: Path | None = None
+        self.download = True
+        self._captioner = None
+        self._captioner_key: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -204,7 +211,10 @@ class DiffBIRPipeline:
                 dtype=dtype,
             )
         stage1 = _load_stage1(cleaner_path, None if cleaner else preset.cleaner_arch, configs)
-        return cls(stage1, stage2, preset, device=device, dtype=dtype)
+        pipeline = cls(stage1, stage2, preset, device=device, dtype=dtype)
+        pipeline.weights_dir = None if weights_dir is None else Path(weights_dir)
+        pipeline.download = download
+        return pipeline
 
     def compile(self) -> DiffBIRPipeline:
         """``torch.compile`` the denoiser (UNet and ControlNet); the first call is slow."""
@@ -214,7 +224,7 @@ class DiffBIRPipeline:
 
     def resolve(self, options: RestoreOptions | None = None) -> RunConfig:
         """The frozen settings of a run with ``options`` (this release's defaults for ``None``)."""
-        return resolve(self.preset, options)
+        return resolve(self.preset, options, device_type=self.device.type)
 
     # ------------------------------------------------------------------- stages
     @property
@@ -261,6 +271,54 @@ class DiffBIRPipeline:
             self._prompt_cache[prompt] = emb.to(self.device, self.dtype)
         return self._prompt_cache[prompt]
 
+    # --------------------------------------------------------------- captions
+    def captioner(self, config: RunConfig):
+        """The run's captioner, loaded on first use and kept for the next images
+        (``None`` for ``none``); see :mod:`diffbir.captioning`."""
+        if config.captioner == "none":
+            return None
+        key = (config.captioner, config.captioner_bits)
+        if self._captioner is None or self._captioner_key != key:
+            from diffbir.captioning import load_captioner
+
+            self.free_captioner()
+            self._captioner = load_captioner(
+                config.captioner,
+                device=self.device,
+                bits=config.captioner_bits,
+                weights_dir=self.weights_dir,
+                download=self.download,
+            )
+            self._captioner_key = key
+        return self._captioner
+
+    def free_captioner(self) -> None:
+        """Free the captioner's weights (before the diffusion stage, where memory is short)."""
+        if self._captioner is not None:
+            self._captioner.close()
+            self._captioner = None
+            self._captioner_key = None
+
+    def image_prompts(
+        self,
+        lq: torch.Tensor,
+        options: RestoreOptions | RunConfig | None = None,
+        given: list[ImagePrompt | None] | None = None,
+    ) -> list[ImagePrompt]:
+        """The prompts each image of ``lq`` ([B,3,H,W] in [0,1]) is restored with: the
+        ``given`` one where there is one, else its caption joined to the run's prompt
+        (the run's prompt alone with captioner ``none``); with ``tile_captions`` ``each``
+        or ``off`` and tiled sampling, the latent tiles' own prompts too."""
+        from diffbir.prompting import describe_images
+
+        config = options if isinstance(options, RunConfig) else self.resolve(options)
+        if lq.dim() == 3:
+            lq = lq.unsqueeze(0)
+        element = torch.finfo(self.dtype).bits // 8
+        return describe_images(
+            lq, config, lambda: self.captioner(config), given=given, element_size=element
+        )
+
     def prompts(self, options: RestoreOptions | RunConfig) -> tuple[str, str]:
         """The (prompt, negative prompt) a call with ``options`` uses."""
         config = options if isinstance(options, RunConfig) else self.resolve(options)
@@ -274,21 +332,40 @@ class DiffBIRPipeline:
         if drop_text_encoder:
             self.stage2.drop_text_encoder()
 
+    def prepare_image_prompts(
+        self, prompts: list[ImagePrompt], *, drop_text_encoder: bool = False
+    ) -> None:
+        """Encode every prompt of ``prompts`` (tiles' included) now; with
+        ``drop_text_encoder`` free the text encoder afterwards."""
+        for prompt in prompts:
+            for text in (prompt.prompt, prompt.negative_prompt, *(p for _, p in prompt.tiles)):
+                self.text_embedding(text)
+        if drop_text_encoder:
+            self.stage2.drop_text_encoder()
+
     # -------------------------------------------------------------------- call
     def __call__(
-        self, lq: torch.Tensor, options: RestoreOptions | RunConfig | None = None
+        self,
+        lq: torch.Tensor,
+        options: RestoreOptions | RunConfig | None = None,
+        prompts: list[ImagePrompt] | None = None,
     ) -> RestoreResult:
-        return self.restore(lq, options)
+        return self.restore(lq, options, prompts)
 
     def restore(
-        self, lq: torch.Tensor, options: RestoreOptions | RunConfig | None = None
+        self,
+        lq: torch.Tensor,
+        options: RestoreOptions | RunConfig | None = None,
+        prompts: list[ImagePrompt] | None = None,
     ) -> RestoreResult:
         """Restore a batch of images ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1]).
 
         Every image is restored as if it were alone with the run's seed. With
         ``n_samples`` N > 1 each image gives N results (image-major order),
         made ``samples_per_run`` at a time from the image's one random stream,
-        as the release's ``--n_samples``/``--batch_size`` do.
+        as the release's ``--n_samples``/``--batch_size`` do. ``prompts`` gives
+        each image its own (see :meth:`image_prompts`, which makes them when
+        None: the run's captioner, or the run's prompt).
         """
         from diffbir.randomness import ImageStream
 
@@ -297,21 +374,32 @@ class DiffBIRPipeline:
             lq = lq.unsqueeze(0)
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ConfigError(f"expected an RGB batch [B,3,H,W], got shape {tuple(lq.shape)}")
+        if prompts is None:
+            prompts = self.image_prompts(lq, config)
+            if self._captioner is not None and _memory_is_short(self.device):
+                self.free_captioner()
+        elif len(prompts) != lq.shape[0]:
+            raise ConfigError(f"{len(prompts)} prompts for {lq.shape[0]} images")
         streams = [ImageStream.seeded(config.seed, self.device) for _ in range(lq.shape[0])]
         if config.n_samples == 1:
-            return self._run(lq, [(1, s) for s in streams], config)
+            return self._run(lq, [(1, s) for s in streams], config, prompts)
         parts = []
         for index, stream in enumerate(streams):
             done = 0
             while done < config.n_samples:
                 rows = min(config.samples_per_run, config.n_samples - done)
                 image = lq[index : index + 1].expand(rows, -1, -1, -1)
-                parts.append(self._run(image, [(rows, stream)], config))
+                parts.append(self._run(image, [(rows, stream)], config, [prompts[index]]))
                 done += rows
-        return _concat_results(parts, config)
+        result = _concat_results(parts, config)
+        result.prompts = list(prompts)
+        return result
 
-    def _run(self, lq: torch.Tensor, groups, config: RunConfig) -> RestoreResult:
-        """One pass of the models over ``lq``'s rows; ``groups`` gives each row's stream."""
+    def _run(
+        self, lq: torch.Tensor, groups, config: RunConfig, prompts: list[ImagePrompt]
+    ) -> RestoreResult:
+        """One pass of the models over ``lq``'s rows; ``groups`` gives each row's stream,
+        ``prompts`` each group's prompts."""
         from diffbir.diffusion.denoiser import Denoiser
         from diffbir.diffusion.registry import SamplerKnobs, run_sampler
         from diffbir.imaging.resize import bicubic, to_uint8_levels
@@ -346,8 +434,8 @@ class DiffBIRPipeline:
             padded = pad_to_multiple(cond_img, 8 if tiled else 64)
             with _timed(timings, "encode", self.device):
                 cond_latent = self.encode_condition(padded, plan.vae_encode, plan.overlap)
-                cond_text = self.text_embedding(config.prompt).expand(rows, -1, -1)
-                uncond_text = self.text_embedding(config.negative_prompt).expand(rows, -1, -1)
+                cond_text = self._contexts(groups, [p.prompt for p in prompts])
+                uncond_text = self._contexts(groups, [p.negative_prompt for p in prompts])
             h1, w1 = cond_latent.shape[-2:]
             if config.start_point == "cond":
                 x_T = self.schedule.add_noise(
@@ -375,7 +463,12 @@ class DiffBIRPipeline:
                     device=self.device,
                 )
             denoiser = Denoiser(
-                model=self._network(control, config.control_strength, plan),
+                model=self._network(
+                    control,
+                    config.control_strength,
+                    plan,
+                    self._tile_contexts(groups, prompts, (h0 / 8, w0 / 8)),
+                ),
                 alphas_cumprod=self.schedule.alphas_cumprod,
                 prediction=self.preset.prediction,
                 cond=cond_text,
@@ -420,13 +513,44 @@ class DiffBIRPipeline:
             config=config,
             intermediates={"cond_latent": cond_latent, "x_T": x_T, "z": z},
             notes=[note] * rows,
+            prompts=list(prompts),
         )
 
     # ----------------------------------------------------------------- helpers
+    def _contexts(self, groups, prompts: list[str]) -> torch.Tensor:
+        """The text embeddings of a batch: each group's prompt for its rows."""
+        return torch.cat(
+            [self.text_embedding(p).expand(rows, -1, -1) for (rows, _), p in zip(groups, prompts)]
+        )
+
+    def _tile_contexts(self, groups, prompts: list[ImagePrompt], latent_hw):
+        """``box -> conditional rows`` for latent tiles with prompts of their own, or None
+        when every tile uses its image's prompt."""
+        from diffbir.planning import box_fraction
+
+        if not any(p.tiles for p in prompts):
+            return None
+        cache: dict[tuple[int, int, int, int], torch.Tensor] = {}
+
+        def context(box: tuple[int, int, int, int]) -> torch.Tensor:
+            if box not in cache:
+                region = box_fraction(box, latent_hw)
+                cache[box] = self._contexts(groups, [p.tile_prompt(region) for p in prompts])
+            return cache[box]
+
+        return context
+
     def _network(
-        self, cond_latent: torch.Tensor, strength: float, plan: TilePlan
+        self,
+        cond_latent: torch.Tensor,
+        strength: float,
+        plan: TilePlan,
+        tile_context: Callable[[tuple[int, int, int, int]], torch.Tensor] | None = None,
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``model(x, t, context)`` over the whole latent or over blended latent tiles."""
+        """``model(x, t, context)`` over the whole latent or over blended latent tiles.
+
+        ``tile_context(box)`` gives a tile's own conditional text rows; they replace the
+        first rows of ``context``, which the :class:`Denoiser` puts first."""
         from diffbir.imaging.tiling import tiled_apply
 
         stage2, dtype = self.stage2, self.dtype
@@ -451,15 +575,17 @@ class DiffBIRPipeline:
 
         def tiled(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
             cond = cond_for(x.shape[0])
-            return tiled_apply(
-                lambda xt, ct: stage2.denoise(
-                    xt.to(dtype), t, ct, context.to(dtype), control_scale=strength
-                ).float(),
-                x,
-                cond,
-                tile=latent_tile,
-                overlap=overlap,
-            )
+
+            def one(xt: torch.Tensor, ct: torch.Tensor, box) -> torch.Tensor:
+                text = context
+                if tile_context is not None:
+                    own = tile_context(box)
+                    text = torch.cat([own, context[own.shape[0] :]])
+                return stage2.denoise(
+                    xt.to(dtype), t, ct, text.to(dtype), control_scale=strength
+                ).float()
+
+            return tiled_apply(one, x, cond, tile=latent_tile, overlap=overlap, with_box=True)
 
         return tiled
 
@@ -515,6 +641,26 @@ def _mask_for(mask: torch.Tensor, padded_hw, stage1_hw) -> torch.Tensor:
     return F.pad(mask.clamp(0, 1), (0, pad_w, 0, pad_h))
 
 
+#: Below this much free memory on the device, the captioner is freed before the diffusion
+#: stage (and loaded again for the next call that needs it).
+CAPTIONER_HEADROOM = 8 * 2**30
+
+
+def _memory_is_short(device: torch.device) -> bool:
+    """Whether ``device`` has less than :data:`CAPTIONER_HEADROOM` free."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free < CAPTIONER_HEADROOM
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 < CAPTIONER_HEADROOM
+    except OSError:
+        pass
+    return True  # unknown: free it
+
+
 def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreResult:
     timings: dict[str, float] = {}
     for part in parts:
@@ -530,6 +676,7 @@ def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreRes
             key: torch.cat([p.intermediates[key] for p in parts]) for key in parts[0].intermediates
         },
         notes=[note for p in parts for note in p.notes],
+        prompts=[prompt for p in parts for prompt in p.prompts],
     )
 
 

@@ -151,3 +151,52 @@ def diffusion_min_side(
     while side > short and max(short_side_size(h, w, side)) > max_side:
         side -= 1
     return side
+
+
+Region = tuple[float, float, float, float]  # (top, bottom, left, right) as fractions of the image
+
+
+def latent_tiles(latent_hw: tuple[int, int], plan: TilePlan) -> list[tuple[int, int, int, int]]:
+    """The latent tiles ``(top, bottom, left, right)`` the diffusion stage samples for a
+    latent of ``latent_hw`` under ``plan``; one box over everything when it is untiled."""
+    from diffbir.imaging.tiling import tile_spans
+
+    h, w = latent_hw
+    tile = plan.latent
+    if tile is None or max(h, w) * 8 <= tile:
+        return [(0, h, 0, w)]
+    latent_tile = tile // 8
+    overlap = _overlap_pixels(latent_tile, plan.overlap, 1)
+    return [
+        (r0, r1, c0, c1)
+        for r0, r1 in tile_spans(h, latent_tile, overlap)
+        for c0, c1 in tile_spans(w, latent_tile, overlap)
+    ]
+
+
+def latent_tile_regions(lq_hw: tuple[int, int], options, *, element_size: int = 4) -> list[Region]:
+    """Where each latent tile of a run lies in the photo, as fractions of its height and
+    width, planned from the input's size alone (as the pipeline plans): one region over
+    the whole image when sampling is not tiled. ``options`` is a resolved run config."""
+    target_hw = check_output_size(lq_hw, options.upscale, max_pixels=None)
+    min_side = diffusion_min_side(target_hw, options.min_side)
+    cond_h, cond_w = _condition_size(target_hw, min_side)
+    plan = plan_tiles(
+        cond_h, cond_w, budget=options.max_memory, element_size=element_size, options=options
+    )
+    latent_hw = (math.ceil(cond_h / 8), math.ceil(cond_w / 8))
+    return [box_fraction(box, (cond_h / 8, cond_w / 8)) for box in latent_tiles(latent_hw, plan)]
+
+
+def box_fraction(box: tuple[int, int, int, int], hw: tuple[float, float]) -> Region:
+    """``box`` in pixels of an image of ``hw`` as fractions, clipped to [0, 1]."""
+    h, w = hw
+    r0, r1, c0, c1 = box
+    return (min(r0 / h, 1.0), min(r1 / h, 1.0), min(c0 / w, 1.0), min(c1 / w, 1.0))
+
+
+def overlap_area(a: Region, b: Region) -> float:
+    """The area two regions share (fractions of the image)."""
+    height = min(a[1], b[1]) - max(a[0], b[0])
+    width = min(a[3], b[3]) - max(a[2], b[2])
+    return max(height, 0.0) * max(width, 0.0)

@@ -19,6 +19,7 @@ from typing import Any
 from diffbir.errors import ConfigError, DiffBIRWarning
 from diffbir.planning import MAX_DIFFUSION_SIDE
 from diffbir.presets import Preset
+from diffbir.prompting import TILE_CAPTIONS
 
 # The diffusion models were trained on 512x512 crops; smaller conditions degrade.
 MIN_DIFFUSION_SIDE = 512
@@ -69,6 +70,14 @@ class RestoreOptions:
     # (white: hold to the stage-1 result; black: leave the prior free); resized per image.
     guidance_mask: Any = None
     color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
+    # A model that describes each photo; its caption is joined to the prompt ("caption,
+    # prompt"). None: the release's choice (v2.1: llava on CUDA, the light one elsewhere;
+    # v1/v2: none). See diffbir.captioning.
+    captioner: str | None = None
+    # llava's weights: 16, or 8/4 (bitsandbytes, CUDA only); None: the release's 4 where
+    # bitsandbytes and CUDA are there, else 16.
+    captioner_bits: int | None = None
+    tile_captions: str = "whole"  # tiled sampling: "whole" | "each" | "off" (diffbir.prompting)
     seed: int | None = 231
     cleaner_tile: int | None = None  # pixels; None = automatic
     vae_tile: int | None = None  # pixels of the decoded image; None = automatic
@@ -133,6 +142,14 @@ class RestoreOptions:
             ),
             (0 <= self.tile_overlap < 1, "tile overlap must be in [0, 1)"),
             (
+                self.captioner_bits in (None, 16, 8, 4),
+                "captioner bits (--captioner-bits): 16, 8 or 4",
+            ),
+            (
+                self.tile_captions in TILE_CAPTIONS,
+                "tile captions (--tile-captions): " + ", ".join(TILE_CAPTIONS),
+            ),
+            (
                 self.min_side >= 64 and self.min_side % 8 == 0,
                 "min side: a multiple of 8, >= 64",
             ),
@@ -164,6 +181,11 @@ class RestoreOptions:
                 raise ConfigError(f"{name.replace('_', ' ')} must be a multiple of 64 pixels")
         if self.sampler is not None:
             canonical(self.sampler)
+        if self.captioner is not None and self.captioner not in captioner_names():
+            raise ConfigError(
+                f"captioner (--captioner): {self.captioner!r} is not one of "
+                + ", ".join(captioner_names())
+            )
         if self.guidance_mask is not None:
             import torch
 
@@ -183,7 +205,7 @@ _FLOAT_FIELDS = (
 ).split()
 _INT_FIELDS = (
     "steps noise_aug n_samples samples_per_run order guidance_start guidance_stop "
-    "guidance_repeat seed cleaner_tile vae_tile latent_tile min_side"
+    "guidance_repeat seed cleaner_tile vae_tile latent_tile min_side captioner_bits"
 ).split()
 # Option names as the CLI spells them, where they differ from the field's.
 _FLAGS = {"control_strength": "strength", "samples_per_run": "batch-size"}
@@ -232,6 +254,9 @@ class RunConfig:
     guidance_repeat: int
     guidance_mask: Any = field(compare=False, repr=False)
     color_fix: str
+    captioner: str
+    captioner_bits: int
+    tile_captions: str
     seed: int
     cleaner_tile: int | None
     vae_tile: int | None
@@ -260,17 +285,20 @@ class RunConfig:
             "version task upscale sampler steps cfg_scale cfg_rescale prompt negative_prompt "
             "seed control_strength start_point noise_aug s_churn s_tmin s_tmax s_noise eta "
             "order guidance_scale guidance_space guidance_loss guidance_start guidance_stop "
-            "guidance_repeat guidance_mask color_fix"
+            "guidance_repeat guidance_mask color_fix captioner"
         ).split()
         data = self.as_dict()
         return {key: str(data[key]) for key in keys}
 
 
-def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
+def resolve(
+    preset: Preset, options: RestoreOptions | None = None, *, device_type: str = "cpu"
+) -> RunConfig:
     """The run described by ``options`` for the release ``preset`` (its values for ``None``).
 
     A ``None`` seed is drawn here, once, so the run (and what it records) is
-    reproducible.
+    reproducible. ``device_type`` (``"cpu"``, ``"cuda"``...) picks the default
+    captioner: the release's where it can run, the light one elsewhere.
     """
     from diffbir.diffusion.names import canonical
 
@@ -294,6 +322,8 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
         prompt=pick(options.prompt, preset.prompt),
         negative_prompt=pick(options.negative_prompt, preset.negative_prompt),
         seed=int(options.seed) if options.seed is not None else secrets.randbelow(2**31),
+        captioner=pick(options.captioner, default_captioner(preset.version, device_type)),
+        captioner_bits=pick(options.captioner_bits, default_captioner_bits(device_type)),
         max_memory=float(pick(options.max_memory, DEFAULT_MAX_MEMORY)),
     )
     config = RunConfig(**values)
@@ -305,6 +335,10 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
             "ddim, dpm++_m2 or our dpmpp_2m/euler/heun with this release",
             DiffBIRWarning,
             stacklevel=2,
+        )
+    if config.tile_captions == "each" and config.captioner == "none":
+        raise ConfigError(
+            "tile captions (--tile-captions each) caption each tile: name a captioner (--captioner)"
         )
     if config.sampler == "ddim" and config.steps > MAX_STEPS // 2:
         # The release's DDIM grid strides by 1000 // steps, which must be at least 2.
@@ -318,6 +352,35 @@ def resolve(preset: Preset, options: RestoreOptions | None = None) -> RunConfig:
             f"--start-strength below 1 works with our own samplers only, not {config.sampler}"
         )
     return config
+
+
+def captioner_names() -> tuple[str, ...]:
+    """``none`` and every captioner's name, as ``--captioner`` takes them."""
+    from diffbir.captioning.names import CAPTIONERS
+
+    return ("none", *CAPTIONERS)
+
+
+def default_captioner(version: str, device_type: str) -> str:
+    """The captioner a run of ``version`` on ``device_type`` uses unless told: v2.1 was
+    trained on LLaVA captions and its release captions with LLaVA, which needs a GPU, so
+    v2.1 uses it on CUDA and the light captioner elsewhere; v1 and v2 use none (the
+    prompt alone, as they were trained)."""
+    from diffbir.captioning.names import LIGHT, RELEASE
+
+    if version != "v2.1":
+        return "none"
+    return RELEASE if device_type == "cuda" else LIGHT
+
+
+def default_captioner_bits(device_type: str) -> int:
+    """LLaVA's weights unless told: 4 bits as the release's default where bitsandbytes
+    and CUDA are there, else 16."""
+    import importlib.util
+
+    if device_type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+        return 4
+    return 16
 
 
 def available_devices() -> list[str]:

@@ -72,7 +72,7 @@ class WholePhotoPipeline:
         same_models = loader.get("controlnet") is not None or (
             bg_preset.controlnet == face_preset.controlnet and bg_preset.sd == face_preset.sd
         )
-        face_loader = {k: v for k, v in loader.items() if k != "cleaner"}
+        face_loader = {k: v for k, v in loader.items() if k not in ("cleaner", "stage2")}
         face = DiffBIRPipeline.from_preset(
             version,
             "face",
@@ -108,11 +108,44 @@ class WholePhotoPipeline:
             self.face.compile()
         return self
 
-    def __call__(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> WholePhotoResult:
-        return self.restore(lq, options)
+    def __call__(
+        self, lq: torch.Tensor, options: RestoreOptions | None = None, prompts=None
+    ) -> WholePhotoResult:
+        return self.restore(lq, options, prompts)
 
-    def restore(self, lq: torch.Tensor, options: RestoreOptions | None = None) -> WholePhotoResult:
-        """Restore each image of the batch ``lq`` ([B,3,H,W] in [0,1])."""
+    def _options(self, options: RestoreOptions | None) -> tuple[RestoreOptions, RestoreOptions]:
+        """The background's options (the whole-photo upscale) and the faces' (x1)."""
+        options = options or RestoreOptions()
+        default = get_preset(self.background.preset.version, FACE_WHOLE).upscale
+        upscale = options.upscale if options.upscale is not None else default
+        return replace(options, upscale=upscale), replace(options, upscale=1.0)
+
+    def resolve(self, options: RestoreOptions | None = None):
+        """The background's resolved settings (what a written photo records)."""
+        return self.background.resolve(self._options(options)[0])
+
+    def prepare_image_prompts(self, prompts, *, drop_text_encoder: bool = False) -> None:
+        """Encode the photos' prompts for the background and (without tiles) the faces."""
+        self.background.prepare_image_prompts(prompts)
+        self.face.prepare_image_prompts([replace(p, tiles=()) for p in prompts])
+        if drop_text_encoder:
+            self.face.stage2.drop_text_encoder()
+            self.background.stage2.drop_text_encoder()
+
+    def image_prompts(self, lq: torch.Tensor, options: RestoreOptions | None = None, given=None):
+        """Each photo's prompts, made as the background pipeline makes them (a caption
+        of the whole photo); its faces are restored with the same prompt."""
+        return self.background.image_prompts(lq, self._options(options)[0], given)
+
+    def free_captioner(self) -> None:
+        self.background.free_captioner()
+        self.face.free_captioner()
+
+    def restore(
+        self, lq: torch.Tensor, options: RestoreOptions | None = None, prompts=None
+    ) -> WholePhotoResult:
+        """Restore each image of the batch ``lq`` ([B,3,H,W] in [0,1]); ``prompts``: each
+        photo's :class:`~diffbir.prompting.ImagePrompt` (made from the options when None)."""
         from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_image
 
         options = options or RestoreOptions()
@@ -120,21 +153,24 @@ class WholePhotoPipeline:
             raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
         if lq.dim() == 3:
             lq = lq.unsqueeze(0)
-        default = get_preset(self.background.preset.version, FACE_WHOLE).upscale
-        upscale = options.upscale if options.upscale is not None else default
-        bg_options = replace(options, upscale=upscale)
-        face_options = replace(options, upscale=1.0)
+        bg_options, face_options = self._options(options)
+        upscale = bg_options.upscale
+        if prompts is None:
+            prompts = self.image_prompts(lq, options)
         timings: dict[str, float] = {}
         images, stage1, faces, notes = [], [], [], []
         config = None
 
+        face_prompt = None
+
         def restore_face(crop):
-            result = self.face(image_to_tensor(crop), face_options)
+            result = self.face(image_to_tensor(crop), face_options, [face_prompt])
             _add(timings, result.timings, "face_")
             return tensor_to_image(result.image)
 
         for index in range(lq.shape[0]):
-            background = self.background(lq[index : index + 1], bg_options)
+            face_prompt = replace(prompts[index], tiles=())
+            background = self.background(lq[index : index + 1], bg_options, [prompts[index]])
             config = background.config
             _add(timings, background.timings, "")
             size = tuple(background.image.shape[-2:])
@@ -161,6 +197,7 @@ class WholePhotoPipeline:
             config=config,
             faces=faces,
             notes=notes,
+            prompts=list(prompts),
         )
 
 

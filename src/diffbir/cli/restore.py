@@ -123,6 +123,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--neg_prompt",
         help="negative prompt (v2 and v2.1: the release's default)",
     )
+    g.add_argument(
+        "--captioner",
+        metavar="NAME",
+        help=(
+            "describe each photo and put the caption before the prompt ('caption, prompt'), "
+            "as the v2.1 release does: " + _captioner_choices() + " (v2.1: llava on CUDA, "
+            "the light one elsewhere; v1/v2: none)"
+        ),
+    )
+    g.add_argument(
+        "--captioner-bits",
+        "--llava-bit",
+        "--llava_bit",
+        type=int,
+        choices=(16, 8, 4),
+        help="llava's weights at 16 bits, or 8/4 (need bitsandbytes and CUDA; the release's "
+        "default 4 where they are there, else 16)",
+    )
+    g.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="FILE",
+        help="per-image prompts: a CSV of file name, prompt[, negative prompt] (a run's "
+        "prompt.csv works); a row's prompt replaces caption and prompt",
+    )
+    g.add_argument(
+        "--no-sidecars",
+        action="store_true",
+        help="ignore NAME.txt beside an image (by default its text is used as the caption)",
+    )
+    g.add_argument(
+        "--tile-captions",
+        choices=("whole", "each", "off"),
+        default="whole",
+        help="tiled sampling: every tile gets the photo's caption (whole, the release), "
+        "its own region's caption (each), or no caption (off)",
+    )
     g.add_argument("--strength", type=float, default=1.0, help="ControlNet control strength")
     g.add_argument(
         "--start-point",
@@ -230,6 +267,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _prompt_table(path: Path | None):
+    if path is None:
+        return None
+    from diffbir.prompting import read_prompts_file
+
+    return read_prompts_file(path)
+
+
 def _mask(path: Path | None):
     if path is None:
         return None
@@ -270,6 +315,9 @@ def options_from_args(args: argparse.Namespace):
         guidance_repeat=args.guidance_repeat,
         guidance_mask=_mask(args.guidance_mask),
         color_fix="none" if args.no_color_fix else args.color_fix,
+        captioner=args.captioner,
+        captioner_bits=args.captioner_bits,
+        tile_captions=args.tile_captions,
         seed=args.seed,
         cleaner_tile=args.cleaner_tile,
         vae_tile=args.vae_tile,
@@ -312,7 +360,20 @@ def _resolved(args: argparse.Namespace, options):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the pipeline warns once, when it runs
-        return resolve(get_preset(args.version, args.task), options)
+        return resolve(get_preset(args.version, args.task), options, device_type=_device_type(args))
+
+
+def _device_type(args: argparse.Namespace) -> str:
+    """``cpu``/``cuda``... of the run's device (picks the default captioner)."""
+    from diffbir.settings import resolve_device
+
+    return resolve_device(args.device).type
+
+
+def _captioner_choices() -> str:
+    from diffbir.captioning.names import CAPTIONERS
+
+    return ", ".join(("none", *CAPTIONERS))
 
 
 @contextmanager
@@ -354,10 +415,11 @@ def _run(args: argparse.Namespace) -> int:
         from diffbir.settings import resolve
 
         # resolved again with its notes shown (e.g. edm_* with an eps-prediction release)
-        config = resolve(get_preset(args.version, args.task), options)
+        device_type = _device_type(args)
+        config = resolve(get_preset(args.version, args.task), options, device_type=device_type)
         print(config.describe(), end="")
         if args.task == FACE_WHOLE:
-            face = resolve(get_preset(args.version, "face"), options)
+            face = resolve(get_preset(args.version, "face"), options, device_type=device_type)
             print("# faces:")
             print(face.describe(), end="")
         return 0
@@ -379,6 +441,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         verbose=args.verbose,
         upscale=config.upscale,
+        prompt_table=_prompt_table(args.prompts),
+        sidecars=not args.no_sidecars,
     )
     loader = dict(
         version=args.version,

@@ -97,6 +97,7 @@ def tiled_apply(
     overlap: int,
     scale: float = 1.0,
     progress: bool = False,
+    with_box: bool = False,
 ) -> torch.Tensor:
     """Apply ``fn`` to overlapping tiles of ``inputs`` and blend the results.
 
@@ -105,7 +106,8 @@ def tiled_apply(
     ``scale`` times the tile's. Outputs are accumulated in float32 with
     :func:`blend_weights` over the overlaps and normalised by the summed
     weights; the result has ``fn``'s output dtype. If the inputs fit in one
-    tile, ``fn(*inputs)`` is returned unchanged.
+    tile, ``fn(*inputs)`` is returned unchanged. With ``with_box``, ``fn`` is
+    also given the tile's ``(top, bottom, left, right)`` as a last argument.
     """
     if not inputs:
         raise ValueError("tiled_apply needs at least one input tensor")
@@ -116,7 +118,7 @@ def tiled_apply(
                 f"all inputs must share H and W: {tuple(inputs[0].shape)} vs {tuple(t.shape)}"
             )
     if height <= tile and width <= tile:
-        return fn(*inputs)
+        return fn(*inputs, (0, height, 0, width)) if with_box else fn(*inputs)
 
     # A downscaling fn (an encoder) needs tile starts on its stride.
     align = max(1, int(round(1 / scale))) if scale < 1 else 1
@@ -134,7 +136,8 @@ def tiled_apply(
     weight_sum: torch.Tensor | None = None
     out_dtype = inputs[0].dtype
     for (r0, r1), (c0, c1) in jobs:
-        out = fn(*(t[..., r0:r1, c0:c1] for t in inputs))
+        tiles = [t[..., r0:r1, c0:c1] for t in inputs]
+        out = fn(*tiles, (r0, r1, c0, c1)) if with_box else fn(*tiles)
         oh, ow = _scaled(r1 - r0, scale), _scaled(c1 - c0, scale)
         if out.shape[-2:] != (oh, ow):
             raise ValueError(
