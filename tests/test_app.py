@@ -35,6 +35,7 @@ from diffbir.errors import ConfigError, DiffBIRError, ImageReadError
 from diffbir.imaging.io import read_image
 from diffbir.pipeline import RestoreResult, resize
 from diffbir.presets import TASKS, VERSIONS, get_preset
+from diffbir.prompting import ImagePrompt
 
 
 class FakePipeline:
@@ -45,8 +46,23 @@ class FakePipeline:
         self.fail_on = fail_on or set()
         self.error = error
 
-    def __call__(self, lq: torch.Tensor, options) -> RestoreResult:
+    def resolve(self, options):
+        from diffbir.settings import resolve
+
+        return resolve(get_preset("v2.1", "sr"), options)
+
+    def image_prompts(self, lq, options, given=None):
+        """The given prompt, else a caption that names the image's size."""
+        config = self.resolve(options)
+        if given and given[0] is not None:
+            return [given[0]]
+        caption = "" if config.captioner == "none" else f"a photo {lq.shape[-1]}x{lq.shape[-2]}"
+        prompt = ", ".join(t for t in (caption, config.prompt) if t)
+        return [ImagePrompt(prompt, config.negative_prompt, caption)]
+
+    def __call__(self, lq: torch.Tensor, options, prompts=None) -> RestoreResult:
         self.calls.append((tuple(lq.shape), options))
+        self.prompts = prompts
         if len(self.calls) - 1 in self.fail_on:
             raise self.error
         h, w = lq.shape[-2:]
@@ -488,3 +504,71 @@ def test_serve_command_binds_loopback_loads_lazily_and_limits_uploads(tmp_path):
         proc.terminate()
         output, _ = proc.communicate(timeout=30)
     assert f"serving on http://127.0.0.1:{port}".encode() in output
+
+
+# ------------------------------------------------------------------- captions
+def test_an_edited_caption_is_every_images_prompt(tmp_path):
+    factory = CountingFactory()
+    cache = PipelineCache(factory)
+    paths = [_image(tmp_path / "a.png"), _image(tmp_path / "b.png", seed=1)]
+    form = FormValues(upscale=1, prompt="sharp", caption="  an old  harbour ")
+    run = restore_uploads(paths, form, cache, tmp_path / "out")
+    assert [i.caption for i in run.images] == ["an old harbour"] * 2
+    pipeline = cache.get("v2.1", "sr")
+    assert pipeline.prompts[0].prompt == "an old harbour, sharp"
+    assert pipeline.prompts[0].source == "edited"
+
+
+def test_without_an_edit_each_image_is_captioned(tmp_path):
+    cache = PipelineCache(CountingFactory())
+    paths = [_image(tmp_path / "a.png", size=(20, 30)), _image(tmp_path / "b.png", size=(24, 16))]
+    form = FormValues(upscale=1, prompt="sharp", captioner="llava")
+    run = restore_uploads(paths, form, cache, tmp_path / "out")
+    assert [i.caption for i in run.images] == ["a photo 30x20", "a photo 16x24"]
+    form = FormValues(upscale=1, prompt="sharp", captioner="none")
+    run = restore_uploads(paths, form, cache, tmp_path / "out")
+    assert [i.caption for i in run.images] == ["", ""]
+
+
+def test_describe_shows_the_first_photos_caption(tmp_path):
+    from diffbir.app_core import describe_upload
+
+    cache = PipelineCache(CountingFactory())
+    path = _image(tmp_path / "a.png", size=(20, 30))
+    assert describe_upload(path, FormValues(captioner="llava"), cache) == "a photo 30x20"
+    with pytest.raises(DiffBIRError, match="choose a captioner"):
+        describe_upload(path, FormValues(captioner="none"), cache)
+    with pytest.raises(DiffBIRError, match="upload an image"):
+        describe_upload(None, FormValues(captioner="llava"), cache)
+
+
+def test_form_captioner_auto_is_the_release_default():
+    assert FormValues(captioner="auto").to_options().captioner is None
+    assert FormValues(captioner="none", tile_captions="off").to_options().tile_captions == "off"
+    with pytest.raises(ConfigError, match="captioner"):
+        FormValues(captioner="gpt").to_options()
+
+
+def test_released_models_share_stage2_across_tasks(monkeypatch):
+    from diffbir.app_core import ReleasedModels
+    from diffbir.pipeline import DiffBIRPipeline
+
+    loads = []
+
+    class Loaded:
+        def __init__(self, stage2):
+            self.stage2 = stage2
+
+    def from_preset(version, task, *, stage2=None, **loader):
+        loads.append((version, task, stage2))
+        return Loaded(stage2 if stage2 is not None else object())
+
+    monkeypatch.setattr(DiffBIRPipeline, "from_preset", staticmethod(from_preset))
+    models = ReleasedModels({})
+    assert "Stable Diffusion" in models.describe_load("v2.1", "sr")
+    first = models("v2.1", "sr")
+    assert "already loaded" in models.describe_load("v2.1", "denoise")
+    second = models("v2.1", "denoise")
+    assert second.stage2 is first.stage2 and loads[1][2] is first.stage2
+    third = models("v1", "sr")  # another ControlNet: loaded afresh
+    assert third.stage2 is not first.stage2 and loads[2][2] is None

@@ -223,10 +223,40 @@ def test_restore_faces_in_photo_without_faces_returns_the_background():
     np.testing.assert_array_equal(result.image, background)
     with pytest.raises(ValueError, match="uniform resize"):
         restore_faces_in_photo(image, background[:, :100], lambda c: c, detector=FixedDetector([]))
-    with pytest.raises(ValueError, match="restore_face returned"):
+    with pytest.raises(ValueError, match="a restored face has shape"):
         restore_faces_in_photo(
             image,
             background,
             lambda c: c[:10],
             detector=FixedDetector([template_face(0.05, (30.0, 25.0))]),
         )
+    with pytest.raises(ValueError, match="0 restored faces for 1 crops"):
+        restore_faces_in_photo(
+            image,
+            background,
+            detector=FixedDetector([template_face(0.05, (30.0, 25.0))]),
+            restore_faces=lambda crops: [],
+        )
+    with pytest.raises(ValueError, match="one of restore_face and restore_faces"):
+        restore_faces_in_photo(image, background, detector=FixedDetector([]))
+
+
+def test_restore_faces_in_photo_batches_every_crop_in_one_call():
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.random((120, 200, 3)).astype(np.float32), (0, 0), 3)
+    background = cv2.resize(image, (400, 240), interpolation=cv2.INTER_LINEAR)
+    faces = [template_face(0.15, (60.0, 60.0)), template_face(0.15, (140.0, 60.0))]
+    calls = []
+
+    def restore_all(crops):
+        calls.append(len(crops))
+        return [1.0 - crop for crop in crops]
+
+    batched = restore_faces_in_photo(
+        image, background, detector=FixedDetector(faces), restore_faces=restore_all
+    )
+    one_by_one = restore_faces_in_photo(
+        image, background, lambda c: 1.0 - c, detector=FixedDetector(faces)
+    )
+    assert calls == [2]
+    np.testing.assert_array_equal(batched.image, one_by_one.image)

@@ -20,6 +20,7 @@ from diffbir.app_core import (
     FormValues,
     PipelineCache,
     PipelineFactory,
+    describe_upload,
     release_defaults,
     released_pipeline_factory,
     restore_uploads,
@@ -70,6 +71,7 @@ def build_app(
     gr = require_gradio()
     from diffbir.diffusion.names import sampler_names
     from diffbir.presets import TASK_CHOICES, VERSIONS
+    from diffbir.settings import captioner_names
 
     factory = pipeline_factory or released_pipeline_factory(
         weights_dir=weights_dir,
@@ -153,6 +155,29 @@ def build_app(
                             value=defaults.color_fix,
                             label="Colour fix",
                         )
+                with gr.Accordion("Caption", open=False, elem_id="captioning"):
+                    gr.Markdown(
+                        "v2.1 was trained on captioned photos: a caption of each photo goes "
+                        "before the prompt. **Describe** shows the first photo's caption; "
+                        "edit it to use your words for every photo, or clear it to caption "
+                        "each photo at the run."
+                    )
+                    with gr.Row():
+                        captioner = gr.Dropdown(
+                            ["auto", *captioner_names()],
+                            value="auto",
+                            label="Captioner (auto: the release's on a GPU, the light one else)",
+                            elem_id="captioner",
+                        )
+                        tile_captions = gr.Dropdown(
+                            ["whole", "each", "off"],
+                            value="whole",
+                            label="Tiles: the photo's caption, each tile's own, or none",
+                        )
+                    caption = gr.Textbox(
+                        value="", label="Caption (editable)", lines=2, elem_id="caption"
+                    )
+                    describe_button = gr.Button("Describe the first photo", elem_id="describe")
                 with gr.Accordion("Fidelity guidance", open=False):
                     gr.Markdown(
                         "Pulls the result toward the stage-1 output: more fidelity, less "
@@ -253,8 +278,33 @@ def build_app(
             g_mask: "guidance_mask",
             g_start: "guidance_start", g_stop: "guidance_stop", color_fix: "color_fix",
             seed: "seed", cleaner_tile: "cleaner_tile", vae_tile: "vae_tile",
-            latent_tile: "latent_tile", overlap: "tile_overlap",
+            latent_tile: "latent_tile", overlap: "tile_overlap", captioner: "captioner",
+            caption: "caption", tile_captions: "tile_captions",
         }  # fmt: skip
+
+        def on_describe(data: dict, progress=gr.Progress()):  # noqa: B008
+            form = FormValues(**{name: data[control] for control, name in form_fields.items()})
+            uploads = [_upload_path(u) for u in data[files] or []]
+            try:
+                return describe_upload(
+                    uploads[0] if uploads else None,
+                    form,
+                    cache,
+                    max_pixels=max_pixels,
+                    report=lambda fraction, text: progress(fraction, desc=text),
+                )
+            except DiffBIRError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            except _out_of_memory():
+                raise gr.Error(OOM_MESSAGE, print_exception=False) from None
+
+        describe_button.click(
+            on_describe,
+            {files, *form_fields},
+            [caption],
+            concurrency_limit=1,
+            concurrency_id="gpu",
+        )
 
         def on_run(data: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             form = FormValues(**{name: data[control] for control, name in form_fields.items()})
@@ -279,6 +329,7 @@ def build_app(
                 gr.Warning(failure)
             first = run.images[0]
             lines = [f"**{run.summary()}**; result {first.size[1]}x{first.size[0]} px."]
+            lines += [f"- {i.name}: caption *{i.caption}*" for i in run.images if i.caption]
             lines += [f"- {failure}" for failure in run.failures]
             table = [
                 {"before": str(i.before), "result": str(i.result), "stage1": str(i.stage1)}

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ class FormValues:
     vae_tile: int = 0
     latent_tile: int = 0
     tile_overlap: float = 0.25
+    captioner: str = "auto"  # "auto": the release's choice for this device (see settings)
+    caption: str = ""  # edited caption used for every uploaded image; "" = caption each
+    tile_captions: str = "whole"
 
     def to_options(self):
         """The :class:`~diffbir.pipeline.RestoreOptions` these values describe (validated)."""
@@ -95,6 +98,8 @@ class FormValues:
             vae_tile=tile(self.vae_tile),
             latent_tile=tile(self.latent_tile),
             tile_overlap=float(self.tile_overlap),
+            captioner=None if self.captioner in (None, "", "auto") else self.captioner,
+            tile_captions=self.tile_captions or "whole",
             # The sampler's tqdm bar is what the page's progress bar follows.
             progress=True,
         )
@@ -254,6 +259,7 @@ class RestoredImage:
     stage1: Path  # the cleaner's output (the diffusion condition)
     before: Path  # the input resized to the result's size, for the before/after slider
     size: tuple[int, int]  # (height, width) of the result
+    caption: str = ""  # what the captioner (or the page's edit) said of it
 
 
 @dataclass
@@ -329,12 +335,15 @@ def restore_uploads(
 
     report(0.0, "loading models")
     pipeline = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
+    given = edited_prompt(form, pipeline.resolve(options))
     folder = new_run_folder(out_root)
     for index, image in enumerate(loaded):
         name = image.path.name
         report(index / len(loaded), f"restoring {name} ({index + 1}/{len(loaded)})")
         try:
-            result = pipeline(image.rgb.unsqueeze(0), options)
+            batch = image.rgb.unsqueeze(0)
+            prompts = pipeline.image_prompts(batch, options, [given])
+            result = pipeline(batch, options, prompts)
         except torch.cuda.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -353,6 +362,7 @@ def restore_uploads(
                 stage1=write_image(folder / f"{stem}_stage1.png", result.stage1[0].float().cpu()),
                 before=write_image(folder / f"{stem}_input.png", resized_like(image.rgb, size)),
                 size=size,
+                caption=prompts[0].caption,
             )
         )
     report(1.0, "done")
@@ -360,6 +370,48 @@ def restore_uploads(
         raise DiffBIRError("; ".join(run.failures))
     run.seconds = time.perf_counter() - started
     return run
+
+
+def edited_prompt(form: FormValues, config):
+    """The page's edited caption as every image's prompt, or None to caption each."""
+    from diffbir.prompting import ImagePrompt, join_prompt
+
+    caption = " ".join((form.caption or "").split())
+    if not caption:
+        return None
+    return ImagePrompt(
+        prompt=join_prompt(caption, config.prompt),
+        negative_prompt=config.negative_prompt,
+        caption=caption,
+        source="edited",
+    )
+
+
+def describe_upload(
+    path: str | Path | None,
+    form: FormValues,
+    cache: PipelineCache,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    report: ProgressReport | None = None,
+) -> str:
+    """The caption the run's captioner gives the uploaded image at ``path`` (shown in
+    the page, where it can be edited before the run)."""
+    from diffbir.imaging.io import read_image
+
+    report = report or (lambda fraction, text: None)
+    if not path:
+        raise DiffBIRError("upload an image to describe")
+    options = form.to_options()
+    image = read_image(Path(path), max_pixels=max_pixels)
+    pipeline = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
+    config = pipeline.resolve(options)
+    if config.captioner == "none":
+        raise DiffBIRError("choose a captioner to describe the photo")
+    report(0.5, f"describing with {config.captioner} (its first use loads it)")
+    return pipeline.image_prompts(image.rgb.unsqueeze(0), replace(options, tile_captions="whole"))[
+        0
+    ].caption
 
 
 def resized_like(rgb, size: tuple[int, int]):

@@ -41,7 +41,11 @@ class WholePhotoPipeline:
         only_center: bool = False,
         min_face_size: float = 0.0,
         max_faces: int | None = None,
+        face_batch: int = 4,
     ) -> None:
+        if face_batch < 1:
+            raise ConfigError(f"face batch must be at least 1, got {face_batch}")
+        self.face_batch = face_batch
         self.face = face
         self.background = background
         self.detector = detector
@@ -58,11 +62,13 @@ class WholePhotoPipeline:
         only_center: bool = False,
         min_face_size: float = 0.0,
         max_faces: int | None = None,
+        face_batch: int = 4,
         **loader,
     ) -> WholePhotoPipeline:
         """Load the release's ``sr`` and ``face`` pipelines (sharing one stage-2 model
         when the release uses one ControlNet for both) and the face detector.
-        ``loader`` takes the keyword arguments of :meth:`DiffBIRPipeline.from_preset`."""
+        ``loader`` takes the keyword arguments of :meth:`DiffBIRPipeline.from_preset`;
+        ``face_batch`` faces of a photo are restored together."""
         from diffbir.faces.detect import YuNetDetector
         from diffbir.weights import resolve
 
@@ -92,6 +98,7 @@ class WholePhotoPipeline:
             only_center=only_center,
             min_face_size=min_face_size,
             max_faces=max_faces,
+            face_batch=face_batch,
         )
 
     def prepare_prompts(self, options: RestoreOptions, *, drop_text_encoder: bool = False) -> None:
@@ -163,10 +170,17 @@ class WholePhotoPipeline:
 
         face_prompt = None
 
-        def restore_face(crop):
-            result = self.face(image_to_tensor(crop), face_options, [face_prompt])
-            _add(timings, result.timings, "face_")
-            return tensor_to_image(result.image)
+        def restore_faces(crops):
+            # A photo's faces go through the face pipeline face_batch at a time; each is
+            # restored as if alone (its own stream seeded with the run's seed).
+            restored = []
+            for start in range(0, len(crops), self.face_batch):
+                chunk = crops[start : start + self.face_batch]
+                batch = torch.cat([image_to_tensor(crop) for crop in chunk])
+                result = self.face(batch, face_options, [face_prompt] * len(chunk))
+                _add(timings, result.timings, "face_")
+                restored += [tensor_to_image(image[None]) for image in result.image]
+            return restored
 
         for index in range(lq.shape[0]):
             face_prompt = replace(prompts[index], tiles=())
@@ -178,8 +192,8 @@ class WholePhotoPipeline:
             whole = restore_faces_in_photo(
                 detection,
                 tensor_to_image(background.image),
-                restore_face,
                 detector=self.detector,
+                restore_faces=restore_faces,
                 only_center=self.only_center,
                 min_size=self.min_face_size * upscale,
                 max_faces=self.max_faces,

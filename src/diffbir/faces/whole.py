@@ -52,9 +52,10 @@ def _upscale_between(image: np.ndarray, background: np.ndarray) -> float:
 def restore_faces_in_photo(
     image: np.ndarray,
     background: np.ndarray,
-    restore_face: Callable[[np.ndarray], np.ndarray],
+    restore_face: Callable[[np.ndarray], np.ndarray] | None = None,
     *,
     detector: FaceDetector,
+    restore_faces: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
     only_center: bool = False,
     min_size: float = 0.0,
     max_faces: int | None = None,
@@ -70,6 +71,8 @@ def restore_faces_in_photo(
         background: the restored photo (any uniform resize of ``image``).
         restore_face: maps a ``face_size`` x ``face_size`` aligned crop to its
             restored version of the same shape.
+        restore_faces: instead, maps the list of every crop to the list of restored
+            crops in one call (so that the faces of a photo are restored in batches).
         detector: e.g. :class:`~diffbir.faces.detect.YuNetDetector`.
         only_center, min_size, max_faces: see :func:`~diffbir.faces.detect.select_faces`.
         face_size, crop_scale, border: see :func:`~diffbir.faces.align.align_face`.
@@ -86,13 +89,25 @@ def restore_faces_in_photo(
         max_faces=max_faces,
         image_size=image.shape[:2],
     )
+    if (restore_face is None) == (restore_faces is None):
+        raise ValueError("pass one of restore_face and restore_faces")
     result = np.asarray(background, dtype=np.float32)
+    aligned = [
+        align_face(image, face.landmarks, face_size, scale=crop_scale, border=border)
+        for face in faces
+    ]
+    crops = [crop for crop, _ in aligned]
+    if restore_faces is not None:
+        restored_all = list(restore_faces(crops)) if crops else []
+    else:
+        restored_all = [restore_face(crop) for crop in crops]
+    if len(restored_all) != len(crops):
+        raise ValueError(f"{len(restored_all)} restored faces for {len(crops)} crops")
     done = []
-    for face in faces:
-        crop, affine = align_face(image, face.landmarks, face_size, scale=crop_scale, border=border)
-        restored = np.asarray(restore_face(crop), dtype=np.float32)
+    for face, (crop, affine), restored in zip(faces, aligned, restored_all):
+        restored = np.asarray(restored, dtype=np.float32)
         if restored.shape != crop.shape:
-            raise ValueError(f"restore_face returned shape {restored.shape}, expected {crop.shape}")
+            raise ValueError(f"a restored face has shape {restored.shape}, expected {crop.shape}")
         result = paste_face(result, restored, affine, feather=feather, upscale=upscale)
         done.append(RestoredFace(face=face, crop=crop, affine=affine, restored=restored))
     return WholePhotoResult(image=result, faces=done)
