@@ -260,3 +260,55 @@ def test_tile_captions_each_captions_every_region(pipe, monkeypatch):
     off = pipe.image_prompts(lq, replace(options, tile_captions="off"))
     assert {p for _, p in off[0].tiles} == {pipe.resolve(options).prompt}
     assert off[0].caption == "a photo 40x24"  # the image keeps its caption
+
+
+# ------------------------------------------------------------------- offload
+def test_offload_moves_each_model_for_its_stage_only(tmp_path, single_thread):
+    """With offloading, idle models wait on the offload device and each stage brings its
+    own to the device and back; the image is the same. (On a CPU-only machine the
+    offload device is cpu:0, another name for the same memory, so the moves are
+    recorded rather than seen in memory.)"""
+    from diffbir.pipeline import DiffBIRPipeline
+
+    folder = tmp_path / "weights"
+    config = make_tiny_release(folder)
+
+    def load(**kw):
+        return DiffBIRPipeline.from_preset(
+            "v2.1",
+            "sr",
+            weights_dir=folder,
+            model_config=config,
+            download=False,
+            progress=False,
+            device="cpu",
+            **kw,
+        )
+
+    plain = load()
+    offloaded = load().enable_offload(torch.device("cpu", 0))
+    moves = []
+    names = {"cleaner": offloaded.cleaner}
+    names |= {
+        n: getattr(offloaded.stage2, n) for n in ("vae", "unet", "controlnet", "text_encoder")
+    }
+    for name, module in names.items():
+        original = module.to
+
+        def to(*args, _name=name, _original=original, **kwargs):
+            moves.append((_name, str(args[0])))
+            return _original(*args, **kwargs)
+
+        module.to = to
+    lq = _lq()
+    assert torch.equal(offloaded.restore(lq, _options()).image, plain.restore(lq, _options()).image)
+    pairs = [(name, device) for name, device in moves]
+    for name in ("cleaner", "vae", "unet", "controlnet", "text_encoder"):
+        assert (name, "cpu") in pairs and (name, "cpu:0") in pairs
+    # every move to the device is followed by the move back
+    for name in names:
+        targets = [d for n, d in pairs if n == name]
+        assert targets[::2] == ["cpu"] * len(targets[::2])
+        assert targets[1::2] == ["cpu:0"] * len(targets[1::2])
+    # the UNet and ControlNet come to the device once, for sampling, not for the VAE stages
+    assert [d for n, d in pairs if n == "unet"] == ["cpu", "cpu:0"]

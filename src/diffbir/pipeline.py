@@ -145,6 +145,7 @@ class DiffBIRPipeline:
         self.download = True
         self._captioner = None
         self._captioner_key: tuple[str, int] | None = None
+        self._offload: torch.device | None = None  # where idle models wait (enable_offload)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -163,6 +164,7 @@ class DiffBIRPipeline:
         progress: bool = True,
         model_config: Mapping | str | Path | None = None,
         stage2: torch.nn.Module | None = None,
+        offload: bool = False,
     ) -> DiffBIRPipeline:
         """Load the released weights of ``version`` for ``task``.
 
@@ -175,7 +177,7 @@ class DiffBIRPipeline:
         constructor names: keys ``cleaner``, ``unet``, ``vae``, ``text``,
         ``controlnet``. An already loaded ``stage2`` model is used as is
         (pipelines of one release share it). The CLIP vocabulary ships with
-        the package.
+        the package. ``offload``: see :meth:`enable_offload`.
         """
         from diffbir.models.stage2 import load_stage2
         from diffbir.models.tokenizer import load_tokenizer
@@ -214,7 +216,42 @@ class DiffBIRPipeline:
         pipeline = cls(stage1, stage2, preset, device=device, dtype=dtype)
         pipeline.weights_dir = None if weights_dir is None else Path(weights_dir)
         pipeline.download = download
+        if offload:
+            pipeline.enable_offload()
         return pipeline
+
+    def enable_offload(self, to: str | torch.device = "cpu") -> DiffBIRPipeline:
+        """Keep every model in ``to``'s memory (the CPU's) and move each to the device
+        only for its stage: the cleaner for stage 1, the text encoder for new prompts, the
+        VAE to encode and decode, the UNet and ControlNet (and the VAE, for pixel
+        guidance) while sampling. The device then holds one stage's weights at a time, for
+        6-8 GB cards; every image pays the moves (about 5 GB over the bus at fp16)."""
+        self._offload = torch.device(to)
+        for module in self._modules(*_ALL_PARTS):
+            module.to(self._offload)
+        return self
+
+    def _modules(self, *names: str) -> list[torch.nn.Module]:
+        parts = {"cleaner": self.cleaner}
+        found = [parts[n] if n in parts else getattr(self.stage2, n, None) for n in names]
+        return [module for module in found if module is not None]
+
+    @contextmanager
+    def _on_device(self, *names: str) -> Iterator[None]:
+        """With offloading, the named models on the device for the block, then back."""
+        if self._offload is None or self._offload == self.device:
+            yield
+            return
+        modules = self._modules(*names)
+        for module in modules:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to(self._offload)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def compile(self) -> DiffBIRPipeline:
         """``torch.compile`` the denoiser (UNet and ControlNet); the first call is slow."""
@@ -266,7 +303,7 @@ class DiffBIRPipeline:
                     "the text encoder was freed after the prompts were encoded; "
                     f"cannot encode the new prompt {prompt[:40]!r}"
                 )
-            with torch.no_grad():
+            with torch.no_grad(), self._on_device("text_encoder"):
                 emb = self.stage2.encode_prompt([prompt])
             self._prompt_cache[prompt] = emb.to(self.device, self.dtype)
         return self._prompt_cache[prompt]
@@ -422,7 +459,7 @@ class DiffBIRPipeline:
             )
         with torch.no_grad():
             element = torch.finfo(self.dtype).bits // 8
-            with _timed(timings, "stage1", self.device):
+            with _timed(timings, "stage1", self.device), self._on_device("cleaner"):
                 run_input = self.run_input(lq, config.upscale)
                 cond_hw = _condition_size(target_hw, min_side)
                 plan = plan_tiles(
@@ -433,7 +470,8 @@ class DiffBIRPipeline:
             tiled = plan.vae_encode is not None or plan.latent is not None
             padded = pad_to_multiple(cond_img, 8 if tiled else 64)
             with _timed(timings, "encode", self.device):
-                cond_latent = self.encode_condition(padded, plan.vae_encode, plan.overlap)
+                with self._on_device("vae"):
+                    cond_latent = self.encode_condition(padded, plan.vae_encode, plan.overlap)
                 cond_text = self._contexts(groups, [p.prompt for p in prompts])
                 uncond_text = self._contexts(groups, [p.negative_prompt for p in prompts])
             h1, w1 = cond_latent.shape[-2:]
@@ -486,7 +524,10 @@ class DiffBIRPipeline:
                 config.eta,
                 config.order,
             )
-            with _timed(timings, "sample", self.device):
+            sampling_models = ["unet", "controlnet"]
+            if config.guidance_scale > 0 and config.guidance_space == "pixel":
+                sampling_models.append("vae")
+            with _timed(timings, "sample", self.device), self._on_device(*sampling_models):
                 z = run_sampler(
                     config.sampler,
                     denoiser,
@@ -500,7 +541,7 @@ class DiffBIRPipeline:
                     progress=config.progress,
                 )
                 z = z[..., :h1, :w1]
-            with _timed(timings, "decode", self.device):
+            with _timed(timings, "decode", self.device), self._on_device("vae"):
                 image = self.decode(z, plan.vae_decode, plan.overlap)[..., :h0, :w0]
                 image = stages.color_fix(image, cond_img, config.color_fix)
                 image = to_uint8_levels(bicubic(image, target_hw)).float().div_(255.0)
@@ -640,6 +681,8 @@ def _mask_for(mask: torch.Tensor, padded_hw, stage1_hw) -> torch.Tensor:
     pad_h, pad_w = padded_hw[0] - stage1_hw[0], padded_hw[1] - stage1_hw[1]
     return F.pad(mask.clamp(0, 1), (0, pad_w, 0, pad_h))
 
+
+_ALL_PARTS = ("cleaner", "text_encoder", "vae", "unet", "controlnet")
 
 #: Below this much free memory on the device, the captioner is freed before the diffusion
 #: stage (and loaded again for the next call that needs it).

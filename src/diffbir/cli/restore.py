@@ -262,6 +262,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="short side the diffusion stage works at, at least (the models saw 512)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    g.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep idle models in CPU memory and move each to the GPU for its stage only "
+        "(for 6-8 GB cards; every image pays the moves)",
+    )
     g.add_argument("-v", "--verbose", action="store_true", help="per-stage timings")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
@@ -456,6 +462,7 @@ def _run(args: argparse.Namespace) -> int:
         download=not args.no_download,
         progress=not args.quiet,
         compile=args.compile,
+        offload=args.offload,
         model_config=args.model_config,
     )
     if args.task == FACE_WHOLE:
