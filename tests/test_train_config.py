@@ -27,13 +27,7 @@ def test_shipped_presets_validate_with_released_defaults():
         cfg = load_config(name, stage)
         model_cls = Stage1ModelConfig if stage == "stage1" else Stage2ModelConfig
         assert isinstance(cfg.model, model_cls)
-    s1 = load_config("stage1_swinir", "stage1")
-    assert (s1.optim.lr, s1.data.batch_size, s1.run.max_steps) == (1e-4, 96, 150_000)
-    assert s1.model.arch == "swinir" and s1.optim.name == "adamw"
-    v2 = load_config("stage2_v2", "stage2")
-    assert (v2.optim.lr, v2.data.batch_size, v2.run.max_steps) == (1e-4, 256, 25_000)
-    v21 = load_config("stage2_v21", "stage2")
-    assert (v21.data.batch_size, v21.run.max_steps, v21.model.prediction) == (192, 30_000, "v")
+    # The released values themselves are checked field by field in test_train_presets.py.
 
 
 def test_yaml_file_and_overrides(tmp_path):
@@ -49,7 +43,7 @@ def test_yaml_file_and_overrides(tmp_path):
     [
         ({"optim": {"lr": "fast"}}, "optim.lr: expected a number, got 'fast'"),
         ({"optim": {"lrr": 1}}, "optim.lrr: unknown field"),
-        ({"data": {"batch_size": 2.5}}, "data.batch_size: expected an integer, got 2.5"),
+        ({"data": {"batch_size": 2.5}}, "data.batch_size: expected an integer or null, got 2.5"),
         ({"run": {"gradient_checkpointing": "yes"}}, "run.gradient_checkpointing: expected true"),
         ({"optim": {"betas": [0.9, "x"]}}, r"optim.betas\[1\]: expected a number"),
         ({"optim": {"name": "sgd"}}, "optim.name: one of adamw, adam, adamw8bit"),
@@ -57,7 +51,10 @@ def test_yaml_file_and_overrides(tmp_path):
         ({"model": {"arch": "unet"}}, "model.arch: one of rrdbnet, scunet, swinir"),
         ({"data": {"size": 100}}, "data.size: a multiple of 8"),
         ({"data": {"source": ""}}, "data.source: required"),
-        ({"val": {"every": 10}}, "val.source: required when val.every > 0"),
+        ({"data": {"batch_size": 4, "total_batch_size": 8}}, "give exactly one"),
+        ({"data": {"crop": "tile"}}, "data.crop: random, center, resize or none"),
+        ({"data": {"long_caption_prob": 0.2}}, "needs data.long_caption_column"),
+        ({"model": {"loss_reduction": "max"}}, "model.loss_reduction: mean or sum"),
         ({"run": {"ema_decay": 1.5}}, r"run.ema_decay: in \(0, 1\) or null"),
         ({"optim": "fast"}, "optim: expected a mapping"),
         ({"trainer": {}}, "trainer: unknown section"),

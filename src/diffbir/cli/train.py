@@ -1,8 +1,8 @@
 """``diffbir train stage1|stage2``: train the restoration module or the ControlNet.
 
-One GPU: ``diffbir train stage1 --config my.yaml``. Several GPUs or nodes:
-``accelerate launch -m diffbir train stage2 --config my.yaml`` (DDP, FSDP or DeepSpeed, as
-``accelerate config`` says).
+One GPU: ``diffbir train stage1 --config my.yaml``. Several GPUs, nodes or CPU processes:
+``accelerate launch -m diffbir train stage2 --config my.yaml`` or ``torchrun`` (DDP; FSDP
+and DeepSpeed are refused with a one-line message).
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train stage 1 (restoration module) or stage 2 (ControlNet) on your images",
         description=(
-            "Train a DiffBIR stage on a folder of photos (or a .txt list / .csv table), "
-            "degraded on the fly. The result loads into `diffbir restore` "
+            "Train a DiffBIR stage on a folder of photos (captions from NAME.txt beside each "
+            "image), a .txt list, or a .csv/.parquet table (the release's v2.1 layout: "
+            "image_path, llava_short, llava_long), degraded on the fly. The shipped presets "
+            "are the released recipes; their batch is the total over all processes. The "
+            "result loads into `diffbir restore` "
             "(--cleaner OUT/cleaner.safetensors, --controlnet OUT/controlnet.safetensors). "
-            "Run under `accelerate launch -m diffbir train ...` for several GPUs."
+            "Run under `accelerate launch -m diffbir train ...` or torchrun for several "
+            "GPUs (DDP)."
         ),
     )
     p.add_argument("stage", choices=("stage1", "stage2"), help="which stage to train")

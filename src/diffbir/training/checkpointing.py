@@ -7,15 +7,18 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step_00001000/`` holding
 * ``optimizer.pt``: the optimizer state (tensors and plain values, read with
   ``weights_only=True``);
 * ``rng_<rank>.pt``: the torch (CPU and CUDA), NumPy and Python random states of each process;
-* ``state.json``: the step and what the data position is derived from.
+* ``task_<rank>.pt``: the stage's own per-process state when it has one (the training pool
+  of a batched degradation);
+* ``state.json``: the step, the data position (micro-batches consumed, epoch, batch in it,
+  size of the data list) and the run's counts (images, skipped images, prompt kinds...).
 
 A checkpoint appears whole or not at all: its files are written into the sibling
 ``step_N.tmp``, flushed to disk (files and folder), and the folder is renamed to ``step_N``
 (an existing ``step_N`` is first renamed to ``step_N.old``, deleted after). Only names
 ``step_<digits>`` holding ``state.json`` count as checkpoints, so the ``.tmp``/``.old``
 folders of a killed save are never resumed from; the next run removes them
-(:func:`diffbir.training.outputs.remove_temporaries`). FSDP and DeepSpeed shard their states:
-with them the model/optimizer part is ``accelerator.save_state`` into ``accelerate/``.
+(:func:`diffbir.training.outputs.remove_temporaries`). FSDP and DeepSpeed (sharded states)
+are refused before training starts (:func:`diffbir.training.loop.check_distributed`).
 """
 
 from __future__ import annotations
@@ -106,12 +109,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _sharded(accelerator) -> bool:
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
 def save_checkpoint(
     accelerator,
     output_dir: str | Path,
@@ -121,6 +118,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema=None,
     info: dict[str, Any] | None = None,
+    task=None,
 ) -> Path:
     """Write the checkpoint of ``step`` (call on every process)."""
     final = checkpoint_dir(output_dir, step)
@@ -130,9 +128,10 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
-    if _sharded(accelerator):
-        accelerator.save_state(str(tmp / "accelerate"))
-    elif accelerator.is_main_process:
+    extra = task.checkpoint_state() if hasattr(task, "checkpoint_state") else None
+    if extra is not None:
+        torch.save(extra, tmp / f"task_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
         state = accelerator.unwrap_model(model).state_dict()
         save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -171,22 +170,24 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     ema=None,
+    task=None,
 ) -> dict[str, Any]:
-    """Restore a checkpoint into the prepared ``model``/``optimizer``; returns ``state.json``."""
+    """Restore a checkpoint into the prepared ``model``/``optimizer`` (and ``task``'s own
+    state, when it saved one); returns ``state.json``."""
     from diffbir.checkpoint import load_into, load_state_dict
 
     folder = Path(folder)
     info = json.loads((folder / "state.json").read_text())
-    if _sharded(accelerator):
-        accelerator.load_state(str(folder / "accelerate"))
-    else:
-        load_into(accelerator.unwrap_model(model), load_state_dict(folder / "model.safetensors"))
-        optimizer.load_state_dict(_torch_file(folder / "optimizer.pt"))
+    load_into(accelerator.unwrap_model(model), load_state_dict(folder / "model.safetensors"))
+    optimizer.load_state_dict(_torch_file(folder / "optimizer.pt"))
     if ema is not None:
         ema_file = folder / "ema.safetensors"
         if not ema_file.is_file():
             raise CheckpointError(f"{folder}: saved without EMA, but run.ema_decay is set")
         ema.load_state_dict(load_state_dict(ema_file))
+    task_file = folder / f"task_{accelerator.process_index}.pt"
+    if task_file.is_file() and hasattr(task, "load_checkpoint_state"):
+        task.load_checkpoint_state(_torch_file(task_file))
     rng_file = folder / f"rng_{accelerator.process_index}.pt"
     if rng_file.is_file():
         set_rng_state(_torch_file(rng_file))

@@ -24,21 +24,39 @@ from diffbir.errors import ConfigError
 STAGES = ("stage1", "stage2")
 OPTIMIZERS = ("adamw", "adam", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")
+LATENT_SCALE = 0.18215
 
 
 @dataclass
 class DataConfig:
-    """Where the HQ images come from and how LQ inputs are made (see ``PairedDataset``)."""
+    """Where the HQ images come from and how LQ inputs are made (see ``PairedDataset``).
+
+    The batch is given one of two ways: ``total_batch_size``, the images of one optimizer
+    step over all processes (the released configs' ``batch_size``: accelerate splits it,
+    ``split_batches=True``), split as ``total / (processes x grad_accumulation)`` per
+    process and refused when it does not divide; or ``batch_size`` per process.
+
+    Captions: ``caption_column`` (the short caption; null = no captions, every prompt
+    empty), ``long_caption_column`` drawn instead with ``long_caption_prob``, then the
+    prompt dropped to "" with ``empty_prompt_prob`` (the release's order). Folders take
+    a caption from ``NAME.txt`` beside ``NAME.png`` when ``sidecar_captions``.
+    """
 
     source: str = ""
     size: int = 512
     pipeline: str | dict | None = "codeformer"
     crop: str = "random"
     flip: bool = True
-    caption_column: str = "caption"
+    path_column: str | None = None
+    caption_column: str | None = "caption"
+    long_caption_column: str | None = None
+    long_caption_prob: float = 0.0
+    sidecar_captions: bool = True
     empty_prompt_prob: float = 0.0
-    batch_size: int = 16
+    batch_size: int | None = 16
+    total_batch_size: int | None = None
     num_workers: int = 4
+    list_cache: bool = True
 
 
 @dataclass
@@ -48,6 +66,7 @@ class Stage1ModelConfig:
     arch: str = "swinir"
     config: dict = field(default_factory=dict)
     init: str | None = None
+    loss_reduction: str = "mean"
 
 
 @dataclass
@@ -57,7 +76,11 @@ class Stage2ModelConfig:
     ``sd_checkpoint`` None builds SD with random weights from the configs (tests and
     benchmarks only). ``cleaner`` None conditions on the LQ image itself.
     ``cond_noise_max_t`` > 0 noises the condition latent to a random t in
-    ``[0, cond_noise_max_t)`` (condition-noise augmentation).
+    ``[0, cond_noise_max_t)`` (condition-noise augmentation, the release's
+    ``noise_aug_timestep``). ``clean_latent``: the HQ latent is a ``sample`` of the VAE
+    posterior (as released) or its ``mode``; the condition latent is always the mode.
+    ``latent_scale``: the SD latent scale factor (the released VAE's 0.18215; restore
+    decodes with it, so no other value is accepted).
     """
 
     sd_checkpoint: str | None = "v2-1_512-ema-pruned.ckpt"
@@ -74,6 +97,8 @@ class Stage2ModelConfig:
     cleaner_arch: str | None = None
     cleaner_config: dict = field(default_factory=dict)
     cond_noise_max_t: int = 0
+    clean_latent: str = "sample"
+    latent_scale: float = 0.18215
 
 
 @dataclass
@@ -107,7 +132,11 @@ class RunConfig:
 
 @dataclass
 class ValConfig:
-    """Periodic validation: stage 1 PSNR on ``source``; stage 2 samples written to disk."""
+    """Periodic validation: stage 1 PSNR on ``source``; stage 2 samples written to disk.
+
+    ``source`` null with ``every`` > 0 takes the first ``num_images`` training images
+    (centre crops), as the release logs images of its training batch.
+    """
 
     source: str | None = None
     every: int = 0
@@ -214,11 +243,24 @@ def _validate_values(cfg: TrainConfig) -> None:
     _check(bool(d.source), "data.source: required (a folder of images, a .txt list or a table)")
     _check(d.size >= 8 and d.size % 8 == 0, f"data.size: a multiple of 8, got {d.size}")
     _check(
-        d.crop in ("random", "center", "resize"),
-        f"data.crop: random, center or resize, got {d.crop!r}",
+        d.crop in ("random", "center", "resize", "none"),
+        f"data.crop: random, center, resize or none, got {d.crop!r}",
     )
     _check(0.0 <= d.empty_prompt_prob <= 1.0, "data.empty_prompt_prob: must be in [0, 1]")
-    _check(d.batch_size >= 1, "data.batch_size: must be at least 1")
+    _check(0.0 <= d.long_caption_prob <= 1.0, "data.long_caption_prob: must be in [0, 1]")
+    _check(
+        d.long_caption_prob == 0 or d.long_caption_column is not None,
+        "data.long_caption_prob: needs data.long_caption_column",
+    )
+    _check(
+        (d.batch_size is None) != (d.total_batch_size is None),
+        "data.batch_size / data.total_batch_size: give exactly one (set the other to null)",
+    )
+    _check(d.batch_size is None or d.batch_size >= 1, "data.batch_size: must be at least 1")
+    _check(
+        d.total_batch_size is None or d.total_batch_size >= 1,
+        "data.total_batch_size: must be at least 1",
+    )
     _check(d.num_workers >= 0, "data.num_workers: must be >= 0")
     _check(o.name in OPTIMIZERS, f"optim.name: one of {', '.join(OPTIMIZERS)}, got {o.name!r}")
     _check(o.lr > 0, f"optim.lr: must be positive, got {o.lr}")
@@ -236,7 +278,6 @@ def _validate_values(cfg: TrainConfig) -> None:
         _check(getattr(r, name) >= 0, f"run.{name}: must be >= 0 (0 = never)")
     _check(r.keep_last >= 1, "run.keep_last: must be at least 1")
     _check(v.every >= 0, "val.every: must be >= 0 (0 = never)")
-    _check(v.every == 0 or v.source is not None, "val.source: required when val.every > 0")
     _check(v.num_images >= 1 and v.steps >= 1, "val.num_images and val.steps: at least 1")
     m = cfg.model
     if isinstance(m, Stage1ModelConfig):
@@ -246,10 +287,41 @@ def _validate_values(cfg: TrainConfig) -> None:
             m.arch in ARCHITECTURES,
             f"model.arch: one of {', '.join(sorted(ARCHITECTURES))}, got {m.arch!r}",
         )
+        _check(
+            m.loss_reduction in ("mean", "sum"),
+            f"model.loss_reduction: mean or sum, got {m.loss_reduction!r}",
+        )
     else:
         _check(m.prediction in ("eps", "v"), f"model.prediction: eps or v, got {m.prediction!r}")
         _check(m.schedule in ("sd", "zsnr"), f"model.schedule: sd or zsnr, got {m.schedule!r}")
         _check(0 <= m.cond_noise_max_t <= 1000, "model.cond_noise_max_t: in [0, 1000]")
+        _check(
+            m.clean_latent in ("sample", "mode"),
+            f"model.clean_latent: sample or mode, got {m.clean_latent!r}",
+        )
+        _check(
+            m.latent_scale == LATENT_SCALE,
+            f"model.latent_scale: {LATENT_SCALE} (the SD 2.1 VAE's; restore decodes with it), "
+            f"got {m.latent_scale}",
+        )
+
+
+def per_process_batch(data: DataConfig, num_processes: int, grad_accumulation: int = 1) -> int:
+    """The batch of one process: ``data.batch_size``, or ``data.total_batch_size`` split.
+
+    A total that does not divide by ``num_processes x grad_accumulation`` is refused with a
+    one-line :class:`ConfigError` (accelerate's ``split_batches`` refuses it too).
+    """
+    if data.total_batch_size is None:
+        return int(data.batch_size)
+    parts = num_processes * grad_accumulation
+    if data.total_batch_size % parts:
+        raise ConfigError(
+            f"data.total_batch_size: {data.total_batch_size} does not split over "
+            f"{num_processes} process(es) x {grad_accumulation} accumulation step(s); "
+            f"use a multiple of {parts}, or set data.batch_size per process instead"
+        )
+    return data.total_batch_size // parts
 
 
 def config_from_dict(data: Mapping, stage: str, *, origin: str = "config") -> TrainConfig:

@@ -1,9 +1,16 @@
 """The training loop shared by both stages, on ``accelerate``.
 
-One process or many (``accelerate launch``: DDP, FSDP, DeepSpeed), mixed precision,
-gradient accumulation, EMA, periodic logging / validation / checkpoints, and a resume that
-continues bit-for-bit: the data order is a pure function of ``(seed, epoch)``, the
-position in it a pure function of the step, and every random state is checkpointed.
+One process or many (``accelerate launch``: DDP on GPUs or CPUs; FSDP and DeepSpeed are
+refused, see :func:`check_distributed`), mixed precision, gradient accumulation, EMA,
+periodic logging / validation / checkpoints, and a resume that continues bit-for-bit: the
+data order is a pure function of ``(seed, epoch)``, the position in it is saved in the
+checkpoint, and every random state is checkpointed.
+
+The data source is listed once, by the main process, into ``OUTPUT/data_list.npz``; the
+other processes and a resumed run read that list (:mod:`diffbir.training.records`). Images
+that cannot be read are skipped and counted (``skipped_images``), with the prompt kinds
+drawn and the stage's own counts (condition noise), in the logs, the checkpoints'
+``state.json`` and :attr:`TrainResult.counts`.
 
 A stage is a :class:`Task`; :func:`train` drives it.
 """
@@ -11,10 +18,11 @@ A stage is a :class:`Task`; :func:`train` drives it.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,15 +32,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffbir.errors import ConfigError
-from diffbir.training.config import TrainConfig
+from diffbir.training.config import TrainConfig, per_process_batch
+from diffbir.training.data import WorkerSeeder
 
 
 class Task(Protocol):
     """What a training stage provides to the loop."""
 
     trainable: nn.Module  # the module whose parameters train (prepared/wrapped by the loop)
+    counts: dict[str, float]  # the stage's own tallies (summed over processes; *_max: max)
 
-    def train_dataset(self) -> Dataset: ...
+    def train_dataset(self, records=None) -> Dataset:
+        """The training set; ``records``: the listed source (a RecordList) to use as is."""
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """Per-process state to keep across a restart (e.g. a degradation pool), or None."""
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned."""
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         """The scalar loss of a batch already on the device; draws randomness from ``generator``."""
@@ -142,6 +159,132 @@ def step_generator(seed: int, step: int, rank: int, micro: int, device: torch.de
     return g.manual_seed(int(mixed))
 
 
+# ---------------------------------------------------------------------- distribution
+
+
+def check_distributed(accelerator) -> None:
+    """Refuse the accelerate back-ends this loop does not support, in one line.
+
+    Supported: one process, and DDP over GPUs or CPUs (``accelerate launch`` /
+    ``torchrun``). FSDP and DeepSpeed shard the trainable module and its optimizer; EMA,
+    export and resume are not built for sharded states, so they are refused up front
+    rather than failing hours into a run. The trainable ControlNet (~360M parameters)
+    fits with DDP on one 40 GB GPU with bf16 and gradient checkpointing.
+    """
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        name = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed"
+        raise ConfigError(
+            f"{name} is not supported by diffbir train: use one process or DDP "
+            "(accelerate config: multi-GPU or multi-CPU, no FSDP/DeepSpeed)"
+        )
+
+
+LIST_CACHE = "data_list.npz"
+
+
+def shared_records(acc, cfg: TrainConfig, out: Path, resumed: bool):
+    """The training source's listing, made once by the main process.
+
+    A resumed run reuses ``OUTPUT/data_list.npz`` when it lists the same ``data.source``
+    (so the order is the one the checkpoint's position refers to, even if files were added).
+    Returns ``(records, fresh)`` on the main process and ``(None, False)`` on the others,
+    which read the list after the main process has written it (:func:`load_shared_records`).
+    A listing error is raised on every process.
+    """
+    from diffbir.training.records import RecordList, read_records
+
+    records, fresh, message = None, False, None
+    if acc.is_main_process:
+        d = cfg.data
+        cache = out / LIST_CACHE
+        try:
+            if resumed and d.list_cache and cache.is_file():
+                records = RecordList.load(cache)
+                if records.source != str(d.source):
+                    records = None
+            if records is None:
+                records = read_records(
+                    d.source,
+                    caption_column=d.caption_column,
+                    long_caption_column=d.long_caption_column,
+                    path_column=d.path_column,
+                    sidecar_captions=d.sidecar_captions,
+                )
+                fresh = True
+            if not len(records):
+                raise ConfigError(f"{d.source}: the dataset has no images")
+        except ConfigError as err:
+            message = str(err)
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    if message is not None:
+        raise ConfigError(message)
+    return records, fresh
+
+
+def load_shared_records(acc, cfg: TrainConfig, out: Path, records):
+    """The main process's listing on every process (after it was written)."""
+    if records is not None:
+        return records
+    from diffbir.training.records import RecordList, read_records
+
+    cache = out / LIST_CACHE
+    if cfg.data.list_cache and cache.is_file():
+        return RecordList.load(cache)
+    d = cfg.data
+    return read_records(
+        d.source,
+        caption_column=d.caption_column,
+        long_caption_column=d.long_caption_column,
+        path_column=d.path_column,
+        sidecar_captions=d.sidecar_captions,
+    )
+
+
+# ---------------------------------------------------------------------- counts
+
+#: What the loop counts from the data: images used, unreadable images skipped, and the
+#: prompt kinds drawn (dropped to "", short caption, long caption).
+DATA_COUNTS = ("images", "skipped_images", "prompt_empty", "prompt_short", "prompt_long")
+
+
+def count_batch(batch: dict[str, Any], counts: dict[str, float]) -> None:
+    """Add one (CPU) batch to the data counts."""
+    hq = batch.get("hq")
+    counts["images"] += 0 if hq is None else int(hq.shape[0])
+    if "skipped" in batch:
+        counts["skipped_images"] += int(torch.as_tensor(batch["skipped"]).sum())
+    if "prompt_kind" in batch:
+        kinds = torch.as_tensor(batch["prompt_kind"])
+        for value, name in enumerate(("prompt_empty", "prompt_short", "prompt_long")):
+            counts[name] += int((kinds == value).sum())
+
+
+def reduce_counts(acc, local: dict[str, float]) -> dict[str, float]:
+    """Totals over all processes: sums, and maxima for names ending in ``_max``."""
+    keys = sorted(local)
+    out: dict[str, float] = {}
+    sums = [k for k in keys if not k.endswith("_max")]
+    maxes = [k for k in keys if k.endswith("_max")]
+    device = acc.device
+    if sums:
+        t = torch.tensor([float(local[k]) for k in sums], dtype=torch.float64, device=device)
+        if acc.num_processes > 1:
+            t = acc.reduce(t, reduction="sum")
+        out |= {k: float(v) for k, v in zip(sums, t.tolist(), strict=True)}
+    if maxes:
+        t = torch.tensor([float(local[k]) for k in maxes], dtype=torch.float64, device=device)
+        if acc.num_processes > 1:
+            t = acc.gather(t[None]).amax(0)
+        out |= {k: float(v) for k, v in zip(maxes, t.tolist(), strict=True)}
+    return out
+
+
 # ---------------------------------------------------------------------- logging
 
 
@@ -161,6 +304,7 @@ class TrainResult:
     exported: list[Path]
     checkpoints: list[Path]
     metrics: dict[str, float]
+    counts: dict[str, float] = field(default_factory=dict)  # totals over all processes
 
 
 def _allow_new_precision(precision: str) -> None:
@@ -194,7 +338,11 @@ def _make_accelerator(cfg: TrainConfig):
         project_dir=cfg.run.output_dir, logging_dir=f"{cfg.run.output_dir}/logs"
     )
     _allow_new_precision(cfg.run.mixed_precision)
+    # Without CUDA, accelerate runs a torchrun/accelerate-launch job as N unrelated single
+    # processes unless told to use the CPUs: then it is DDP over gloo.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=launched and not torch.cuda.is_available(),
         mixed_precision=cfg.run.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accumulation,
         log_with=log_with,
@@ -244,9 +392,12 @@ def train(
     )
 
     acc = accelerator or _make_accelerator(cfg)
+    check_distributed(acc)
     run = cfg.run
     out = Path(run.output_dir)
     check_output_dir(out)
+    accum = cfg.optim.grad_accumulation
+    batch_size = per_process_batch(cfg.data, acc.num_processes, accum)
     folder = find_checkpoint(out, resume) if resume is not None else None
     if folder is None and not overwrite:
         refuse_earlier_run(out)
@@ -255,21 +406,14 @@ def train(
             f"--overwrite would delete {folder}, the checkpoint --resume continues from: "
             "give one of the two"
         )
-    if cfg.val.every:
+    if cfg.val.every and cfg.val.source is not None:
         _check_source(cfg, cfg.val.source)
+    records, fresh_list = shared_records(acc, cfg, out, resumed=folder is not None)
 
     # Same initial weights on every process; then the task's own randomness.
     torch.manual_seed(run.seed)
     np.random.seed(run.seed % 2**32)
     task = make_task(cfg, acc.device)
-    dataset = task.train_dataset()
-    sampler = ResumableBatchSampler(
-        len(dataset),
-        cfg.data.batch_size,
-        seed=run.seed,
-        rank=acc.process_index,
-        world_size=acc.num_processes,
-    )
     # Everything is checked (on every process, before any of them writes): now write.
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -278,33 +422,75 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         remove_temporaries(out)
         _write_config(cfg, out / CONFIG_FILE)
+        if cfg.data.list_cache and (fresh_list or not (out / LIST_CACHE).is_file()):
+            records.save(out / LIST_CACHE)
     acc.wait_for_everyone()
+    records = load_shared_records(acc, cfg, out, records)
+    dataset = task.train_dataset(records)
+    sampler = ResumableBatchSampler(
+        len(dataset),
+        batch_size,
+        seed=run.seed,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=cfg.data.num_workers,
         pin_memory=acc.device.type == "cuda",
+        worker_init_fn=WorkerSeeder(run.seed, acc.process_index),
     )
     params = [p for p in task.trainable.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     task.trainable, optimizer = acc.prepare(task.trainable, optimizer)
     ema = EMA(acc.unwrap_model(task.trainable), run.ema_decay) if run.ema_decay else None
 
-    step = 0
+    step, position = 0, 0
+    data_counts = dict.fromkeys(DATA_COUNTS, 0.0)
+    task_counts = getattr(task, "counts", None)
+    task_counts = {} if task_counts is None else task_counts
+    offset: dict[str, float] = {}
     if folder is not None:
-        info = load_checkpoint(acc, folder, model=task.trainable, optimizer=optimizer, ema=ema)
+        info = load_checkpoint(
+            acc, folder, model=task.trainable, optimizer=optimizer, ema=ema, task=task
+        )
         step = int(info["step"])
-        if info.get("num_processes", acc.num_processes) != acc.num_processes:
+        position = int(info.get("data", {}).get("micro_batches", step * accum))
+        saved = info.get("data", {}).get("num_records")
+        if saved is not None and saved != len(dataset):
+            acc.print(
+                f"diffbir: the checkpoint's data list had {saved} images, this one {len(dataset)}: "
+                "the data order continues differently"
+            )
+        if info.get("num_processes", acc.num_processes) != acc.num_processes and (
+            cfg.data.total_batch_size is None
+        ):
             acc.print(
                 f"diffbir: resuming a {info['num_processes']}-process run on {acc.num_processes}: "
                 "the data order continues differently"
             )
+        # The totals so far: counted once (on the main process), maxima everywhere.
+        offset = {
+            k: float(v)
+            for k, v in info.get("counts", {}).items()
+            if acc.is_main_process or k.endswith("_max")
+        }
         acc.print(f"diffbir: resumed from {folder} at step {step}")
+
+    def totals() -> dict[str, float]:
+        local = {**data_counts, **task_counts}
+        for key, value in offset.items():
+            if key.endswith("_max"):
+                local[key] = max(local.get(key, 0.0), value)
+            else:
+                local[key] = local.get(key, 0.0) + value
+        return reduce_counts(acc, local)
+
     if acc.log_with:
         acc.init_trackers("diffbir", config=_flat(cfg.to_dict()))
 
-    accum = cfg.optim.grad_accumulation
-    batches = endless_batches(loader, sampler, dataset, start=step * accum)
+    batches = endless_batches(loader, sampler, dataset, start=position)
     result = TrainResult(step=step, losses=[], exported=[], checkpoints=[], metrics={})
     bar = _progress_bar(progress and acc.is_main_process, step, run.max_steps)
 
@@ -322,7 +508,10 @@ def train(
             group["lr"] = lr
         total = torch.zeros((), device=acc.device)
         for micro in range(accum):
-            batch = to_device(next(batches), acc.device)
+            batch = next(batches)
+            count_batch(batch, data_counts)
+            position += 1
+            batch = to_device(batch, acc.device)
             gen = step_generator(run.seed, step, acc.process_index, micro, acc.device)
             with acc.accumulate(task.trainable):
                 with acc.autocast():
@@ -344,10 +533,13 @@ def train(
             elapsed = time.perf_counter() - window_start
             rate = window_steps / max(elapsed, 1e-9)
             logs = {"loss": loss_value, "lr": lr, "steps_per_s": rate}
-            logs["images_per_s"] = rate * cfg.data.batch_size * accum * acc.num_processes
+            logs["images_per_s"] = rate * batch_size * accum * acc.num_processes
+            counts = totals()
+            logs["skipped_images"] = counts["skipped_images"]
             say(
                 f"step {step}/{run.max_steps}  loss {loss_value:.5f}  lr {lr:.2e}  "
                 f"{rate:.2f} it/s  {logs['images_per_s']:.1f} img/s  "
+                f"skipped {int(counts['skipped_images'])}  "
                 f"ETA {_format_eta((run.max_steps - step) / rate)}"
             )
             if acc.log_with:
@@ -361,15 +553,36 @@ def train(
                 if acc.log_with:
                     acc.log(metrics, step=step)
         if run.save_every and step % run.save_every == 0:
-            info = {"batch_size": cfg.data.batch_size, "grad_accumulation": accum}
+            info = {
+                "batch_size": batch_size,
+                "grad_accumulation": accum,
+                "data": {
+                    "micro_batches": position,
+                    "epoch": position // len(sampler),
+                    "batch": position % len(sampler),
+                    "num_records": len(dataset),
+                    "global_batch": batch_size * acc.num_processes,
+                },
+                "counts": totals(),
+            }
             path = save_checkpoint(
-                acc, out, step, model=task.trainable, optimizer=optimizer, ema=ema, info=info
+                acc,
+                out,
+                step,
+                model=task.trainable,
+                optimizer=optimizer,
+                ema=ema,
+                info=info,
+                task=task,
             )
             result.checkpoints.append(path)
             if acc.is_main_process:
                 prune_checkpoints(out, run.keep_last)
     bar.close()
     result.step = step
+    result.counts = totals()
+    if result.counts.get("skipped_images"):
+        say(f"diffbir: {int(result.counts['skipped_images'])} unreadable training image(s) skipped")
     if step >= run.max_steps:
         acc.wait_for_everyone()
         if acc.is_main_process:

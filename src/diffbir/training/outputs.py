@@ -32,7 +32,7 @@ STAGING = ".export.tmp"
 # group marks a folder as holding a run; logs and samples alone do not.
 EXPORT_ENTRIES = ("cleaner.safetensors", "controlnet.safetensors", "model_config.json", "sd")
 RUN_MARKERS = (CONFIG_FILE, CHECKPOINTS, *EXPORT_ENTRIES)
-RUN_ENTRIES = (*RUN_MARKERS, "logs", "samples", STAGING)
+RUN_ENTRIES = (*RUN_MARKERS, "logs", "samples", "data_list.npz", STAGING)
 _TEMPORARY = (".tmp", ".old")
 
 

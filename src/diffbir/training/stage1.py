@@ -1,4 +1,8 @@
-"""Stage 1: train the restoration module (SwinIR, RRDBNet or SCUNet) with an L2 loss."""
+"""Stage 1: train the restoration module (SwinIR, RRDBNet or SCUNet) with an L2 loss.
+
+The release sums the squared error over the batch (``model.loss_reduction: sum``); ``mean``
+divides by the number of values. With Adam(W) the two differ only through ``eps``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffbir.training.batch_degradation import is_batch_pipeline, load_batch_degradation
 from diffbir.training.config import TrainConfig
 
 CLEANER_FILE = "cleaner.safetensors"
@@ -57,24 +62,54 @@ class Stage1Task:
         self.trainable = build_stage1_model(cfg).to(device)
         self.scale = int(getattr(self.trainable, "scale", 1))
         self._val_batch: dict[str, torch.Tensor] | None = None
+        self.degrade = None
+        if is_batch_pipeline(cfg.data.pipeline):
+            self.degrade = load_batch_degradation(cfg.data.pipeline, device)
+        self.records = None
+        self.counts: dict[str, float] = {}
 
-    def _dataset(self, source: str, *, train: bool):
+    def _dataset(self, source, *, train: bool):
         from diffbir.training.data import dataset_from_config
 
+        pipeline = "config"
+        if self.degrade is not None:
+            pipeline = None if train else "realesrgan"  # held-out images: per image
         return dataset_from_config(
-            self.cfg.data, source, train=train, seed=self.cfg.run.seed, prompts=False
+            self.cfg.data,
+            source,
+            train=train,
+            seed=self.cfg.run.seed,
+            prompts=False,
+            pipeline=pipeline,
         )
 
-    def train_dataset(self):
-        return self._dataset(self.cfg.data.source, train=True)
+    def train_dataset(self, records=None):
+        """The training set (``records``: the loop's listing of ``data.source``)."""
+        self.records = records
+        return self._dataset(records if records is not None else self.cfg.data.source, train=True)
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """The batched degradation's state (its training pool), when there is one."""
+        return None if self.degrade is None else self.degrade.state_dict()
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if self.degrade is not None:
+            self.degrade.load_state_dict(state)
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
-        out = self.trainable(downscale(batch["lq"], self.scale))
-        return F.mse_loss(out.float(), batch["hq"].float())
+        hq, lq = batch["hq"], batch.get("lq")
+        if self.degrade is not None:
+            with torch.no_grad():
+                hq, lq, _ = self.degrade(hq, list(batch.get("prompt", [""] * len(hq))), generator)
+        out = self.trainable(downscale(lq, self.scale))
+        return F.mse_loss(out.float(), hq.float(), reduction=self.cfg.model.loss_reduction)
 
     def _validation_batch(self) -> dict[str, torch.Tensor]:
         if self._val_batch is None:
-            data = self._dataset(self.cfg.val.source, train=False)
+            source = self.cfg.val.source
+            if source is None:  # the first training images, as the release logs its batch
+                source = self.records if self.records is not None else self.cfg.data.source
+            data = self._dataset(source, train=False)
             n = min(self.cfg.val.num_images, len(data))
             samples = [data[i] for i in range(n)]
             self._val_batch = {

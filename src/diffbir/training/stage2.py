@@ -1,10 +1,14 @@
 """Stage 2: train LAControlNet with the diffusion loss, Stable Diffusion frozen.
 
-Per batch: ``z0 = E(HQ)`` and ``c = E(stage1(LQ))`` under no_grad, ``t ~ U{0..999}``,
-``x_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps``, and the loss is the MSE between the UNet's
-output (with the ControlNet's residuals) and ``eps`` or ``v`` (the model's prediction type).
-Prompts come from the dataset (dropped to "" at ``data.empty_prompt_prob``); with
-``model.cond_noise_max_t`` the condition latent is itself noised to a small random t.
+Per batch, as the release's ``train_stage2.py``: under no_grad ``z0`` is a sample of the
+VAE posterior of HQ (``model.clean_latent: sample``; or its mode) x 0.18215 and
+``c = E(stage1(LQ))`` the posterior mode x 0.18215; with ``model.cond_noise_max_t`` > 0
+the condition is noised, ``c <- q(c_t | c)`` with ``t_c ~ U{0..max_t-1}`` on the same
+schedule; then ``t ~ U{0..999}``, ``x_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps`` and the loss is
+the MSE between the UNet's output (with the ControlNet's residuals) and ``eps`` or ``v``.
+Prompts come from the dataset (long or short caption, then dropped to "", see
+``data``). With ``data.pipeline: realesrgan_batch`` the LQ is made here, on the device,
+for the whole batch (:mod:`diffbir.training.batch_degradation`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffbir.training.batch_degradation import is_batch_pipeline, load_batch_degradation
 from diffbir.training.config import TrainConfig
 from diffbir.training.stage1 import downscale
 
@@ -119,17 +124,53 @@ class Stage2Task:
         self.schedule = NoiseSchedule.from_name(cfg.model.schedule)
         self._prompts: dict[str, torch.Tensor] = {}
         self._val_batch: dict[str, Any] | None = None
+        self.degrade = None
+        if is_batch_pipeline(cfg.data.pipeline):
+            self.degrade = load_batch_degradation(cfg.data.pipeline, device)
+        self.records = None
+        self.counts: dict[str, float] = {
+            "cond_noised": 0.0,
+            "cond_noise_t_sum": 0.0,
+            "cond_noise_t_max": 0.0,
+        }
 
     # ------------------------------------------------------------------ data
-    def _dataset(self, source: str, *, train: bool):
+    def _dataset(self, source, *, train: bool):
         from diffbir.training.data import dataset_from_config
 
+        pipeline = "config"
+        if self.degrade is not None:
+            # Training batches are degraded on the device; held-out images per image, with
+            # the per-image form of the same second-order model.
+            pipeline = None if train else "realesrgan"
         return dataset_from_config(
-            self.cfg.data, source, train=train, seed=self.cfg.run.seed, prompts=True
+            self.cfg.data,
+            source,
+            train=train,
+            seed=self.cfg.run.seed,
+            prompts=True,
+            pipeline=pipeline,
         )
 
-    def train_dataset(self):
-        return self._dataset(self.cfg.data.source, train=True)
+    def train_dataset(self, records=None):
+        """The training set (``records``: the loop's listing of ``data.source``)."""
+        self.records = records
+        return self._dataset(records if records is not None else self.cfg.data.source, train=True)
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """The batched degradation's state (its training pool), when there is one."""
+        return None if self.degrade is None else self.degrade.state_dict()
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if self.degrade is not None:
+            self.degrade.load_state_dict(state)
+
+    def degraded(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """``batch`` with its LQ: as loaded, or made now by the batched degradation."""
+        if self.degrade is None:
+            return batch
+        hq, lq, prompts = self.degrade(batch["hq"], list(batch["prompt"]), generator)
+        return {**batch, "hq": hq, "lq": lq, "prompt": prompts}
 
     # ----------------------------------------------------------- conditions
     def text(self, prompts: list[str]) -> torch.Tensor:
@@ -166,10 +207,25 @@ class Stage2Task:
         return unet_forward(self.stage2.unet, x_t.to(self.dtype), t, text.to(self.dtype), residuals)
 
     # ------------------------------------------------------------------ loss
+    def clean_latent(self, hq: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The HQ latent the diffusion loss denoises: a posterior sample (as released) or its
+        mode, x ``model.latent_scale``."""
+        from diffbir.models.vae import _param_like
+
+        vae = self.stage2.vae
+        ref = _param_like(vae)
+        posterior = vae.encode(hq.to(ref.device, ref.dtype) * 2.0 - 1.0).latent_dist
+        z = posterior.mean.float()
+        if self.cfg.model.clean_latent == "sample":
+            eps = torch.randn(z.shape, generator=generator, device=generator.device)
+            z = z + posterior.std.float() * eps.to(z.device)
+        return z * self.cfg.model.latent_scale
+
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         m = self.cfg.model
         with torch.no_grad():
-            z0 = self.stage2.encode_image(batch["hq"].to(self.dtype)).float()
+            batch = self.degraded(batch, generator)
+            z0 = self.clean_latent(batch["hq"], generator)
             _, cond = self.condition(batch["lq"])
             cond = cond.float()
             text = self.text(list(batch["prompt"]))
@@ -187,6 +243,9 @@ class Stage2Task:
             cond = self.schedule.add_noise(
                 cond, c_noise.to(cond.device), tc.to(cond.device)
             ).float()
+            self.counts["cond_noised"] += n
+            self.counts["cond_noise_t_sum"] += float(tc.sum())
+            self.counts["cond_noise_t_max"] = max(self.counts["cond_noise_t_max"], float(tc.max()))
         target = noise if self.prediction == "eps" else self.schedule.velocity(z0, noise, t).float()
         pred = self.predict(self.trainable, x_t, t, cond, text)
         return F.mse_loss(pred.float(), target)
@@ -199,7 +258,12 @@ class Stage2Task:
 
         v = self.cfg.val
         if self._val_batch is None:
-            data = self._dataset(v.source, train=False)
+            # No held-out source: the first training images, as the release logs samples
+            # of its training batch.
+            source = v.source
+            if source is None:
+                source = self.records if self.records is not None else self.cfg.data.source
+            data = self._dataset(source, train=False)
             items = [data[i] for i in range(min(v.num_images, len(data)))]
             self._val_batch = {
                 "hq": torch.stack([s["hq"] for s in items]).to(self.device),
