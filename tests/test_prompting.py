@@ -25,7 +25,7 @@ from diffbir.settings import RestoreOptions
 def test_join_prompt_is_the_releases_join():
     assert join_prompt("a cat on a sofa", "sharp, detailed") == "a cat on a sofa, sharp, detailed"
     assert join_prompt("", "sharp") == "sharp"
-    assert join_prompt("  a dog \n", "") == "a dog"
+    assert join_prompt("a dog", "") == "a dog"
     assert join_prompt("", "") == ""
 
 

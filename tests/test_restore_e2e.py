@@ -202,14 +202,19 @@ def test_prompts_encoded_once_and_text_encoder_freed(release):
     pipe = DiffBIRPipeline.from_preset(
         "v2.1", "sr", weights_dir=weights, model_config=config, download=False, progress=False
     )
-    options = RestoreOptions(steps=1, min_side=64, prompt="a cat", negative_prompt="blur")
+    options = RestoreOptions(
+        steps=1, min_side=64, prompt="a cat", negative_prompt="blur", captioner="none"
+    )
     pipe.prepare_prompts(options, drop_text_encoder=True)
     assert pipe.stage2.text_encoder is None
     assert set(pipe._prompt_cache) == {"a cat", "blur"}
     result = pipe(torch.rand(1, 3, 16, 16), options)  # the cached prompts still serve
     assert result.image.shape == (1, 3, 64, 64)
     with pytest.raises(ConfigError, match="text encoder was freed"):
-        pipe(torch.rand(1, 3, 16, 16), RestoreOptions(steps=1, min_side=64, prompt="a dog"))
+        pipe(
+            torch.rand(1, 3, 16, 16),
+            RestoreOptions(steps=1, min_side=64, prompt="a dog", captioner="none"),
+        )
 
 
 def test_two_processes_share_the_work(release, tmp_path):
@@ -232,7 +237,7 @@ def test_two_processes_share_the_work(release, tmp_path):
     assert run.stderr.count("3 restored, 1 failed") == 1
     # both processes appended their rows to one prompt.csv, under one header
     rows = (out / "prompt.csv").read_text(encoding="utf-8").splitlines()
-    assert rows.count("file_name,pos_prompt,neg_prompt") == 1
+    assert rows.count("file_name,pos_prompt,neg_prompt,caption") == 1
     assert sorted(row.split(",")[0] for row in rows[1:]) == ["0", "1", "2"]
 
 
@@ -302,9 +307,10 @@ def test_outputs_record_how_they_were_made(release, tmp_path):
     with open(out / "prompt.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     assert rows == [
-        ["file_name", "pos_prompt", "neg_prompt"],
-        ["in", "a cat", info["negative_prompt"]],
+        ["file_name", "pos_prompt", "neg_prompt", "caption"],
+        ["in", "a cat", info["negative_prompt"], ""],
     ]
+    assert (info["captioner"], info["caption"], info["prompt_source"]) == ("none", "", "options")
     # formats without text chunks get a JSON file beside the image
     assert _restore(release, [src], tmp_path / "jpg", *extra, "--format", "jpg") == 0
     sidecar = json.loads((tmp_path / "jpg" / "in.jpg.json").read_text(encoding="utf-8"))

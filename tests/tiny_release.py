@@ -79,6 +79,8 @@ def _jitter(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
 
 def make_tiny_release(folder: Path, seed: int = 0) -> Path:
     """Write tiny checkpoints for every preset's files into ``folder``; return models.yaml."""
+    from tiny_captioners import save_tiny_git
+
     from diffbir.models.cleaner import build_cleaner
     from diffbir.models.controlnet import (
         build_controlnet,
@@ -92,8 +94,10 @@ def make_tiny_release(folder: Path, seed: int = 0) -> Path:
         text_state_dict_to_open_clip,
     )
     from diffbir.models.vae import build_vae, vae_config_from_ldm, vae_state_dict_to_ldm
+    from diffbir.weights import MODEL_FOLDERS
 
     folder.mkdir(parents=True, exist_ok=True)
+    save_tiny_git(folder / MODEL_FOLDERS["git"].folder, bin_weights=True)
     torch.manual_seed(seed)
     unet_cfg = unet_config_from_ldm(UNET)
     unet = unet_state_dict_to_ldm(_jitter(build_unet(unet_cfg), seed), unet_cfg)

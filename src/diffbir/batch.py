@@ -581,6 +581,7 @@ def _load_pipeline(loader: dict, shard):
     from diffbir.pipeline import DiffBIRPipeline
 
     loader = dict(loader)
+    # True, or the keyword arguments of DiffBIRPipeline.compile (backend, mode).
     compile_model = loader.pop("compile", False)
     if shard.world > 1 and loader.get("device") is None:
         loader["device"] = shard.device
@@ -591,5 +592,5 @@ def _load_pipeline(loader: dict, shard):
     else:
         pipeline = DiffBIRPipeline.from_preset(**loader)
     if compile_model:
-        pipeline.compile()
+        pipeline.compile(**(compile_model if isinstance(compile_model, dict) else {}))
     return pipeline

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffbir.captioning.prompt import join_prompt
 from diffbir.errors import ConfigError, printable
 
 TILE_CAPTIONS = ("whole", "each", "off")
@@ -65,12 +66,6 @@ class ImagePrompt:
             if area > best_area:
                 best, best_area = prompt, area
         return best
-
-
-def join_prompt(caption: str, positive: str) -> str:
-    """The release's join of a caption and the positive prompt: ``"caption, positive"``,
-    leaving out whichever is empty."""
-    return ", ".join(text for text in (caption.strip(), positive) if text)
 
 
 @dataclass(frozen=True)
@@ -269,7 +264,8 @@ def describe_images(
     for index, image in enumerate(images):
         prompt = given[index]
         if prompt is None and index in captions:
-            caption = captions[index].strip()
+            # One line: CLIP's tokenizer folds whitespace anyway, and records stay one row.
+            caption = " ".join(captions[index].split())
             prompt = ImagePrompt(
                 prompt=join_prompt(caption, config.prompt),
                 negative_prompt=config.negative_prompt,
@@ -300,7 +296,8 @@ def _with_tiles(prompt: ImagePrompt, image, regions, config, captioner) -> Image
     crops = [to_pil(crop_region(image, region)) for region in regions]
     texts = model.caption(crops)
     tiles = tuple(
-        (region, join_prompt(text, config.prompt)) for region, text in zip(regions, texts)
+        (region, join_prompt(" ".join(text.split()), config.prompt))
+        for region, text in zip(regions, texts)
     )
     return replace(prompt, tiles=tiles)
 

@@ -181,11 +181,13 @@ class RestoreOptions:
                 raise ConfigError(f"{name.replace('_', ' ')} must be a multiple of 64 pixels")
         if self.sampler is not None:
             canonical(self.sampler)
-        if self.captioner is not None and self.captioner not in captioner_names():
-            raise ConfigError(
-                f"captioner (--captioner): {self.captioner!r} is not one of "
-                + ", ".join(captioner_names())
-            )
+        if self.captioner is not None:
+            from diffbir.captioning.names import canonical as captioner
+
+            if captioner(self.captioner) != self.captioner:
+                raise ConfigError(
+                    f"captioner (--captioner): {self.captioner!r}; say {captioner(self.captioner)!r}"
+                )
         if self.guidance_mask is not None:
             import torch
 
@@ -358,7 +360,7 @@ def captioner_names() -> tuple[str, ...]:
     """``none`` and every captioner's name, as ``--captioner`` takes them."""
     from diffbir.captioning.names import CAPTIONERS
 
-    return ("none", *CAPTIONERS)
+    return tuple(CAPTIONERS)
 
 
 def default_captioner(version: str, device_type: str) -> str:

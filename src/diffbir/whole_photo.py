@@ -109,10 +109,11 @@ class WholePhotoPipeline:
             self.face.stage2.drop_text_encoder()
             self.background.stage2.drop_text_encoder()
 
-    def compile(self) -> WholePhotoPipeline:
-        self.background.compile()
+    def compile(self, backend: str = "inductor", *, mode: str | None = None) -> WholePhotoPipeline:
+        """Compile both pipelines' denoisers (see :meth:`DiffBIRPipeline.compile`)."""
+        self.background.compile(backend, mode=mode)
         if self.face.stage2 is not self.background.stage2:
-            self.face.compile()
+            self.face.compile(backend, mode=mode)
         return self
 
     def __call__(

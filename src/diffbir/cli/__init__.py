@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from diffbir import __version__
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS: tuple[str, ...] = ("restore", "download", "degrade", "train", "serve")
+COMMANDS: tuple[str, ...] = ("restore", "download", "degrade", "caption", "train", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

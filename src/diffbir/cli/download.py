@@ -14,13 +14,16 @@ already here. Files go to --weights-dir (or DIFFBIR_WEIGHTS_DIR) when given,
 otherwise to the Hugging Face cache under diffbir/. Interrupted downloads
 resume; every file whose checksum is published is verified before use.
 DIFFBIR_MIRROR=URL fetches every file as URL/NAME instead (checksums still apply).
+Captioner models (llava, git) are folders of several files: name them to fetch
+them (URL/FOLDER/FILE through a mirror); --all leaves them out.
 """
 
 _EPILOG = """\
 examples:
   diffbir download                          list the files and which are present
   diffbir download v2.pth BSRNet.pth        fetch two files into the cache
-  diffbir download --all --weights-dir W    fetch everything into the folder W
+  diffbir download --all --weights-dir W    fetch every released file into the folder W
+  diffbir download git                      fetch the light captioner's model folder
 """
 
 
@@ -33,8 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help="released file name(s)")
-    parser.add_argument("--all", action="store_true", help="download every known file")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="released file name(s) or captioner name(s)"
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="download every released file (not the captioners)"
+    )
     parser.add_argument(
         "--weights-dir",
         type=Path,
@@ -58,19 +65,21 @@ def run(args: argparse.Namespace) -> int:
             return 0
         names = list(weights.REGISTRY) if args.all else []
         names += [n for n in args.names if n not in names]
-        files = [weights.get(n) for n in names]  # reject every unknown name before any download
+        # Reject every unknown name before any download.
+        known = [n if n in weights.MODEL_FOLDERS else weights.get(n).name for n in names]
         # Go on past a file that cannot be had, then name every such file in one error.
         failures: list[tuple[str, DiffBIRError]] = []
-        for file in files:
+        for name in known:
+            resolver = weights.resolve_folder if name in weights.MODEL_FOLDERS else weights.resolve
             try:
-                path = weights.resolve(
-                    file.name, weights_dir=args.weights_dir, download=True, progress=not args.quiet
+                path = resolver(
+                    name, weights_dir=args.weights_dir, download=True, progress=not args.quiet
                 )
             except (WeightsNotFoundError, DownloadError) as exc:
-                failures.append((file.name, exc))
+                failures.append((name, exc))
                 continue
             if not args.quiet:
-                print(f"{file.name}: {printable(path)}")
+                print(f"{name}: {printable(path)}")
         if failures:
             raise weights.missing_files_error(failures)
     return 0
@@ -92,6 +101,21 @@ def _print_listing(weights, weights_dir: Path | None) -> None:
     print("\nLicences:")
     for note, names in licences.items():
         print(f"  {note}: {', '.join(names)}")
+    _print_model_folders(weights, weights_dir)
+
+
+def _print_model_folders(weights, weights_dir: Path | None) -> None:
+    """The captioners' model folders: fetched by name, each file from its repository."""
+    entries = list(weights.MODEL_FOLDERS.values())
+    width = max(len(e.name) for e in entries)
+    print("\nCaptioner models (folders; `diffbir download NAME`, not part of --all):")
+    print(f"{'NAME':<{width}}  {'SIZE':>9}  {'HERE':<4}  DESCRIPTION")
+    for e in entries:
+        here = "yes" if weights.find_local_folder(e, weights_dir=weights_dir) else "no"
+        print(f"{e.name:<{width}}  {_human_size(e.size):>9}  {here:<4}  {e.description} ({e.repo})")
+    print("Licences:")
+    for e in entries:
+        print(f"  {e.license_note}: {e.name}")
 
 
 def _human_size(size: int | None) -> str:

@@ -263,6 +263,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     g.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="with --compile: inductor's mode (reduce-overhead adds CUDA graphs; not with "
+        "--offload)",
+    )
+    g.add_argument(
+        "--compile-backend",
+        default="inductor",
+        metavar="NAME",
+        help="with --compile: the torch.compile backend (aot_eager traces without "
+        "generating kernels, for checks)",
+    )
+    g.add_argument(
         "--offload",
         action="store_true",
         help="keep idle models in CPU memory and move each to the GPU for its stage only "
@@ -379,7 +392,7 @@ def _device_type(args: argparse.Namespace) -> str:
 def _captioner_choices() -> str:
     from diffbir.captioning.names import CAPTIONERS
 
-    return ", ".join(("none", *CAPTIONERS))
+    return ", ".join(CAPTIONERS)
 
 
 @contextmanager
@@ -461,7 +474,7 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         download=not args.no_download,
         progress=not args.quiet,
-        compile=args.compile,
+        compile=args.compile and {"backend": args.compile_backend, "mode": args.compile_mode},
         offload=args.offload,
         model_config=args.model_config,
     )
