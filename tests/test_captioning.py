@@ -288,3 +288,17 @@ def test_folder_entries_are_pinned_resolve_urls():
                 f"https://huggingface.co/{entry.repo}/resolve/{entry.revision}/{file.name}"
             )
         assert "config.json" in entry.required and entry.license_note
+
+
+def test_llava_answers_other_questions_in_the_releases_template(llava_dir):
+    from diffbir.captioning import LLAVA_QUESTION
+
+    with load_captioner("llava", path=llava_dir, device="cpu", max_new_tokens=6) as captioner:
+        image = photo(30, 20, 1)
+        short = captioner.caption([image])
+        assert captioner.ask([image], LLAVA_QUESTION) == short  # the same prompt, same answer
+        other = captioner.ask([image], "Describe this image in a very detailed manner.")
+        assert isinstance(other[0], str)
+        assert captioner.caption([image]) == short  # asking leaves the caption prompt alone
+        with pytest.raises(DiffBIRError, match="empty"):
+            captioner.ask([image], "  ")

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from PIL import Image
 
+from ..errors import DiffBIRError
 from .base import ModelCaptioner
-from .prompt import IMAGE_PLACEHOLDER, LLAVA_PROMPT, mean_fill, pad_to_square
+from .prompt import IMAGE_PLACEHOLDER, LLAVA_PROMPT, LLAVA_SYSTEM, mean_fill, pad_to_square
 
 #: The release's ``max_new_tokens``.
 MAX_NEW_TOKENS = 512
@@ -53,6 +54,27 @@ class LlavaCaptioner(ModelCaptioner):
         self.prompt_ids = prompt_ids(
             tokenizer, prompt, image_token_id(model.config), image_tokens(model.config)
         )
+
+    def ask(self, images: list[Image.Image], question: str) -> list[str]:
+        """The answers to ``question`` about each image, in the release's conversation
+        template (its system line, ``USER: <image>\\nQUESTION ASSISTANT:``), decoded as
+        captions are (``diffbir caption`` asks for long captions this way)."""
+        if self.model is None:
+            raise DiffBIRError("the llava captioner was closed; load it again")
+        question = " ".join(question.split())
+        if not question:
+            raise DiffBIRError("ask llava a question: got an empty one")
+        ids = prompt_ids(
+            self.tokenizer,
+            f"{LLAVA_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:",
+            image_token_id(self.model.config),
+            image_tokens(self.model.config),
+        )
+        saved, self.prompt_ids = self.prompt_ids, ids
+        try:
+            return self.caption(images)
+        finally:
+            self.prompt_ids = saved
 
     def _caption_batch(self, images: list[Image.Image]) -> list[str]:
         import torch
