@@ -145,7 +145,7 @@ def test_restore_in_the_browser(server, tmp_path):
                 )
             assert page.locator("#compare img").count() == 2  # before and after
             seen = " | ".join(page.evaluate("() => [...window.seenText]"))
-            assert "loading the v2.1 sr models (first use)" in seen, seen
+            assert "loading the v2.1 sr models: Stable Diffusion + ControlNet" in seen, seen
             assert "restoring holiday.png (1/1)" in seen, seen
 
             link = page.locator("#download a[download]").first
