@@ -209,7 +209,25 @@ class _FailingPipeline:
     def __init__(self, error: BaseException, fail_on: int = 0) -> None:
         self.error, self.fail_on, self.calls = error, fail_on, 0
 
-    def __call__(self, batch, options):
+    def resolve(self, options):
+        from diffbir.presets import get_preset
+        from diffbir.settings import resolve
+
+        return resolve(get_preset("v2.1", "sr"), options)
+
+    def image_prompts(self, lq, options, given=None):
+        from diffbir.prompting import ImagePrompt
+
+        config = self.resolve(options)
+        return [g or ImagePrompt(config.prompt, config.negative_prompt) for g in given]
+
+    def prepare_image_prompts(self, prompts, *, drop_text_encoder=False):
+        pass
+
+    def free_captioner(self):
+        pass
+
+    def __call__(self, batch, options, prompts=None):
         from diffbir.pipeline import RestoreResult
 
         self.calls += 1

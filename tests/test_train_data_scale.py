@@ -10,7 +10,6 @@ unreadable entries of the list skipped exactly as often as the data order reache
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -257,24 +256,10 @@ def test_a_batched_degradation_gets_hq_batches_and_its_pool_is_checkpointed(tmp_
     assert made[1].calls == 4 and rest.step == 4  # the pool continued from the checkpoint
 
 
-def test_realesrgan_batch_without_its_module_is_one_line():
-    if importlib.util.find_spec("diffbir.degradation.realesrgan_batch") is not None:
-        pytest.skip("the batched Real-ESRGAN degradation is present")
-    from diffbir.training.batch_degradation import load_batch_degradation
-
-    with pytest.raises(ConfigError, match="realesrgan_batch .* is not available in this build"):
-        load_batch_degradation("realesrgan_batch", torch.device("cpu"))
-
-
 # ---------------------------------------------------------------------- two processes
 
-# The preset's own batched Real-ESRGAN degradation when this build has it; else the
-# per-image CodeFormer model (the counts checked below do not depend on it).
-_V21_PIPELINE = (
-    "realesrgan_batch"
-    if importlib.util.find_spec("diffbir.degradation.realesrgan_batch")
-    else "codeformer"
-)
+# The preset's own batched Real-ESRGAN degradation.
+_V21_PIPELINE = "realesrgan_batch"
 
 _SCRIPT = textwrap.dedent(
     """

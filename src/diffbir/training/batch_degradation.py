@@ -51,11 +51,6 @@ def load_batch_degradation(spec: str, device: torch.device) -> BatchDegradation:
         raise ConfigError(
             f"data.pipeline: {spec!r} is not a batched degradation ({', '.join(BATCH_PIPELINES)})"
         )
-    try:
-        from diffbir.degradation.realesrgan_batch import load_realesrgan_batch
-    except ImportError:
-        raise ConfigError(
-            f"data.pipeline: {spec} (the release's batched Real-ESRGAN training degradation) "
-            "is not available in this build; use codeformer or realesrgan (per image)"
-        ) from None
+    from diffbir.degradation.realesrgan_batch import load_realesrgan_batch
+
     return load_realesrgan_batch(device=device)
