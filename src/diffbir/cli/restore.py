@@ -23,15 +23,18 @@ def _release_defaults(field: str) -> str:
 
 
 def _sampler_epilog() -> str:
+    from diffbir.captioning.names import describe_captioners
     from diffbir.diffusion.names import describe_samplers
 
     lines = describe_samplers().splitlines()
     return (
         "samplers (--sampler; the release's names first, then ours):\n  "
         + "\n  ".join(lines)
+        + "\n\ncaptioners (--captioner):\n  "
+        + "\n  ".join(describe_captioners().splitlines())
         + "\n\nThe release's flag spellings are accepted too (--cfg_scale, --pos_prompt, "
         "--neg_prompt, --start_point_type, --noise_aug, --rescale_cfg, --s_churn, --s_tmin, "
-        "--s_tmax, --s_noise, --n_samples)."
+        "--s_tmax, --s_noise, --n_samples, --llava_bit)."
     )
 
 
