@@ -226,13 +226,14 @@ class _FakeBatchDegradation:
 
 
 def test_a_batched_degradation_gets_hq_batches_and_its_pool_is_checkpointed(tmp_path, monkeypatch):
+    import diffbir.training.batch_degradation as batch_degradation
     import diffbir.training.stage2 as stage2
     from diffbir.training.config import load_config
     from diffbir.training.loop import train
 
     made = []
     monkeypatch.setattr(
-        stage2,
+        batch_degradation,
         "load_batch_degradation",
         lambda spec, device: made.append(_FakeBatchDegradation()) or made[-1],
     )

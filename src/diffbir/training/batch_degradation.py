@@ -54,3 +54,48 @@ def load_batch_degradation(spec: str, device: torch.device) -> BatchDegradation:
     from diffbir.degradation.realesrgan_batch import load_realesrgan_batch
 
     return load_realesrgan_batch(device=device)
+
+
+class DataTask:
+    """The data side both training stages share: the training set (listed by the loop,
+    or read from ``data.source``), the batched degradation when ``data.pipeline`` names
+    one, and its state in every checkpoint. A stage sets :attr:`prompts` (whether its
+    samples carry captions) and calls :meth:`_init_data` from its constructor."""
+
+    prompts = False
+
+    def _init_data(self, cfg, device: torch.device) -> None:
+        self.degrade: BatchDegradation | None = None
+        if is_batch_pipeline(cfg.data.pipeline):
+            self.degrade = load_batch_degradation(cfg.data.pipeline, device)
+        self.records = None
+
+    def _dataset(self, source, *, train: bool):
+        from diffbir.training.data import dataset_from_config
+
+        pipeline = "config"
+        if self.degrade is not None:
+            # Training batches are degraded on the device; held-out images per image, with
+            # the per-image form of the same second-order model.
+            pipeline = None if train else "realesrgan"
+        return dataset_from_config(
+            self.cfg.data,
+            source,
+            train=train,
+            seed=self.cfg.run.seed,
+            prompts=self.prompts,
+            pipeline=pipeline,
+        )
+
+    def train_dataset(self, records=None):
+        """The training set (``records``: the loop's listing of ``data.source``)."""
+        self.records = records
+        return self._dataset(records if records is not None else self.cfg.data.source, train=True)
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """The batched degradation's state (its training pool), when there is one."""
+        return None if self.degrade is None else self.degrade.state_dict()
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if self.degrade is not None:
+            self.degrade.load_state_dict(state)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffbir.training.batch_degradation import is_batch_pipeline, load_batch_degradation
+from diffbir.training.batch_degradation import DataTask
 from diffbir.training.config import TrainConfig
 
 CLEANER_FILE = "cleaner.safetensors"
@@ -53,7 +53,7 @@ def build_stage1_model(cfg: TrainConfig) -> nn.Module:
     return model.train()
 
 
-class Stage1Task:
+class Stage1Task(DataTask):
     """L2 regression of HQ from LQ; validation PSNR; export as safetensors + model config."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
@@ -62,39 +62,8 @@ class Stage1Task:
         self.trainable = build_stage1_model(cfg).to(device)
         self.scale = int(getattr(self.trainable, "scale", 1))
         self._val_batch: dict[str, torch.Tensor] | None = None
-        self.degrade = None
-        if is_batch_pipeline(cfg.data.pipeline):
-            self.degrade = load_batch_degradation(cfg.data.pipeline, device)
-        self.records = None
+        self._init_data(cfg, device)
         self.counts: dict[str, float] = {}
-
-    def _dataset(self, source, *, train: bool):
-        from diffbir.training.data import dataset_from_config
-
-        pipeline = "config"
-        if self.degrade is not None:
-            pipeline = None if train else "realesrgan"  # held-out images: per image
-        return dataset_from_config(
-            self.cfg.data,
-            source,
-            train=train,
-            seed=self.cfg.run.seed,
-            prompts=False,
-            pipeline=pipeline,
-        )
-
-    def train_dataset(self, records=None):
-        """The training set (``records``: the loop's listing of ``data.source``)."""
-        self.records = records
-        return self._dataset(records if records is not None else self.cfg.data.source, train=True)
-
-    def checkpoint_state(self) -> dict[str, Any] | None:
-        """The batched degradation's state (its training pool), when there is one."""
-        return None if self.degrade is None else self.degrade.state_dict()
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        if self.degrade is not None:
-            self.degrade.load_state_dict(state)
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         hq, lq = batch["hq"], batch.get("lq")

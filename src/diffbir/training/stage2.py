@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffbir.training.batch_degradation import is_batch_pipeline, load_batch_degradation
+from diffbir.training.batch_degradation import DataTask
 from diffbir.training.config import TrainConfig
 from diffbir.training.stage1 import downscale
 
@@ -98,8 +98,10 @@ def _load_condition_cleaner(cfg: TrainConfig) -> nn.Module | None:
     return cleaner.requires_grad_(False).eval()
 
 
-class Stage2Task:
+class Stage2Task(DataTask):
     """Diffusion loss on ``(HQ latent, E(stage1(LQ)))``; only the ControlNet trains."""
+
+    prompts = True
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         from diffbir.diffusion.schedule import NoiseSchedule
@@ -124,10 +126,7 @@ class Stage2Task:
         self.schedule = NoiseSchedule.from_name(cfg.model.schedule)
         self._prompts: dict[str, torch.Tensor] = {}
         self._val_batch: dict[str, Any] | None = None
-        self.degrade = None
-        if is_batch_pipeline(cfg.data.pipeline):
-            self.degrade = load_batch_degradation(cfg.data.pipeline, device)
-        self.records = None
+        self._init_data(cfg, device)
         self.counts: dict[str, float] = {
             "cond_noised": 0.0,
             "cond_noise_t_sum": 0.0,
@@ -135,36 +134,6 @@ class Stage2Task:
         }
 
     # ------------------------------------------------------------------ data
-    def _dataset(self, source, *, train: bool):
-        from diffbir.training.data import dataset_from_config
-
-        pipeline = "config"
-        if self.degrade is not None:
-            # Training batches are degraded on the device; held-out images per image, with
-            # the per-image form of the same second-order model.
-            pipeline = None if train else "realesrgan"
-        return dataset_from_config(
-            self.cfg.data,
-            source,
-            train=train,
-            seed=self.cfg.run.seed,
-            prompts=True,
-            pipeline=pipeline,
-        )
-
-    def train_dataset(self, records=None):
-        """The training set (``records``: the loop's listing of ``data.source``)."""
-        self.records = records
-        return self._dataset(records if records is not None else self.cfg.data.source, train=True)
-
-    def checkpoint_state(self) -> dict[str, Any] | None:
-        """The batched degradation's state (its training pool), when there is one."""
-        return None if self.degrade is None else self.degrade.state_dict()
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        if self.degrade is not None:
-            self.degrade.load_state_dict(state)
-
     def degraded(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """``batch`` with its LQ: as loaded, or made now by the batched degradation."""
         if self.degrade is None:
