@@ -253,7 +253,7 @@ def _common_args(model_config: Path) -> list[str]:
         "--sampler", "edm_dpm++_3m_sde", "--seed", "5",
         "--sd", str(weights["sd"]), "--controlnet", str(weights["controlnet"]),
         "--cleaner", str(weights["cleaner"]), "--model-config", str(model_config),
-        "--no-download", "--device", "cpu", "--dtype", "fp32",
+        "--no-download", "--device", "cpu", "--dtype", "fp32", "--captioner", "none",
     ]  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2DCrossAttn, get_d
 from torch import nn
 
 from diffbir.errors import ConfigError
+from diffbir.models.cpu_fast import accelerate
 from diffbir.models.sd_unet import (
     encoder_config_from_ldm,
     encoder_module_pairs,
@@ -44,7 +45,8 @@ class LAControlNet(ModelMixin, ConfigMixin):
 
     ``forward(sample, hint, timestep, encoder_hidden_states)`` returns the
     raw residuals (before any control scale): one per skip connection of the
-    UNet, in order, then the middle block's.
+    UNet, in order, then the middle block's. Built with the CPU fast paths of
+    :func:`diffbir.models.cpu_fast.accelerate`.
     """
 
     _supports_gradient_checkpointing = True
@@ -129,6 +131,7 @@ class LAControlNet(ModelMixin, ConfigMixin):
             upcast_attention=upcast_attention,
         )
         self.controlnet_mid_block = _zero_conv(mid_ch)
+        accelerate(self)
 
     @property
     def num_residuals(self) -> int:

@@ -169,10 +169,13 @@ def build_unet(config: Mapping | None = None):
     """A ``UNet2DConditionModel`` from a diffusers config (default: SD 2.1-base), random weights.
 
     Build it inside ``torch.device("meta")`` to allocate nothing before loading.
+    It carries the CPU fast paths of :func:`diffbir.models.cpu_fast.accelerate`.
     """
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**dict(config or unet_config_from_ldm()))
+    from diffbir.models.cpu_fast import accelerate
+
+    return accelerate(UNet2DConditionModel(**dict(config or unet_config_from_ldm())))
 
 
 def _levels(config: Mapping) -> tuple[int, int, list[bool]]:

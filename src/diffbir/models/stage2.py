@@ -221,6 +221,8 @@ class Stage2Model(nn.Module):
         """Load a folder written by :meth:`save_pretrained` (no conversion)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
+        from diffbir.models.cpu_fast import accelerate
+
         folder = Path(folder)
         shown = printable(folder)
         if not is_stage2_folder(folder):
@@ -242,8 +244,10 @@ class Stage2Model(nn.Module):
             raise CheckpointError(f"{shown}: saved by a newer diffbir (format {version})")
         dtype = dtype or torch.float32
         try:
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
-            vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
+            unet = accelerate(
+                UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
+            )
+            vae = accelerate(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype))
             controlnet = load_controlnet_folder(folder / "controlnet", dtype=dtype)
             text_encoder = None
             if load_text_encoder:

@@ -8,8 +8,11 @@ released checkpoint loads directly.
 
 Window attention uses ``scaled_dot_product_attention`` with the relative
 position bias (and, in shifted blocks, the shifted-window mask) as an additive
-``attn_mask``. The shift mask depends on the feature size, so it is computed
-for the actual input and cached per size, device and dtype.
+``attn_mask``, always given as a 4-D tensor: on CPU a 3-D float mask sends
+SDPA down its slow unfused path, a 4-D one to the fused kernel. The shift mask
+depends on the feature size, so it is computed for the actual input and cached
+per size, device and dtype. In no-grad float32 CPU inference the linear layers
+run through oneDNN (:mod:`diffbir.models.cpu_fast`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffbir.errors import ConfigError
+from diffbir.models.cpu_fast import linear
 
 # Mean of the training images' RGB channels, subtracted before the network.
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -126,6 +130,8 @@ def windowed_attention(
         nw = mask.shape[0]
         full = bias.unsqueeze(0) + mask.unsqueeze(1)  # nW, heads, N, N
         bias = full.unsqueeze(0).expand(bw // nw, -1, -1, -1, -1).reshape(bw, num_heads, n, n)
+    else:
+        bias = bias.unsqueeze(0)  # 4-D: the fused CPU kernel (a 3-D mask is not fused)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     return out.transpose(1, 2).reshape(bw, n, c)
 
@@ -164,7 +170,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        x = self.drop(self.act(linear(x, self.fc1.weight, self.fc1.bias)))
+        return self.drop(linear(x, self.fc2.weight, self.fc2.bias))
 
 
 class WindowAttention(nn.Module):
@@ -206,14 +213,14 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``(B * nW, N, C)``; ``mask``: additive ``(nW, N, N)`` or None."""
         out = windowed_attention(
-            self.qkv(x),
+            linear(x, self.qkv.weight, self.qkv.bias),
             self.num_heads,
             self.position_bias(),
             mask,
             scale=self.scale,
             dropout_p=self.attn_drop if self.training else 0.0,
         )
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
 
 
 class SwinTransformerBlock(nn.Module):

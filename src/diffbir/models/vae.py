@@ -95,11 +95,14 @@ def build_vae(config: dict | None = None):
 
     ``config`` is a dict from :func:`vae_config_from_ldm` (default: SD 2.1-base).
     Honors an enclosing ``torch.device("meta")`` context, so the full-size model
-    can be built without allocating weights.
+    can be built without allocating weights. It carries the CPU fast paths of
+    :func:`diffbir.models.cpu_fast.accelerate`.
     """
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(**(config if config is not None else vae_config_from_ldm()))
+    from diffbir.models.cpu_fast import accelerate
+
+    return accelerate(AutoencoderKL(**(config if config is not None else vae_config_from_ldm())))
 
 
 def _num_levels(keys, pattern: str) -> int | None:
@@ -207,8 +210,13 @@ def encode_to_latent(vae, x01: torch.Tensor) -> torch.Tensor:
     The input is moved to the VAE's device and dtype; H and W should be
     multiples of 8 (the latent is 1/8 of the size).
     """
+    from diffbir.models.vae_cpu import encode_moments
+
     ref = _param_like(vae)
     x = x01.to(device=ref.device, dtype=ref.dtype) * 2.0 - 1.0
+    moments = encode_moments(vae, x)  # the CPU fast path, None where it does not apply
+    if moments is not None:
+        return moments[:, : moments.shape[1] // 2] * VAE_SCALE
     posterior = vae.encode(x).latent_dist
     # The mode of a diagonal Gaussian is its mean: restoration wants no sampling noise.
     return posterior.mean * VAE_SCALE
@@ -217,7 +225,10 @@ def encode_to_latent(vae, x01: torch.Tensor) -> torch.Tensor:
 def decode_from_latent(vae, z: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
     """Decode a scaled latent to an NCHW RGB image ``(x + 1) / 2``, clamped to [0,1]
     unless ``clamp`` is False (the release's restore path does not clamp here)."""
+    from diffbir.models.vae_cpu import decode
+
     ref = _param_like(vae)
     z = z.to(device=ref.device, dtype=ref.dtype) / VAE_SCALE
-    image = (vae.decode(z).sample + 1.0) / 2.0
+    out = decode(vae, z)  # the CPU fast path, None where it does not apply
+    image = ((vae.decode(z).sample if out is None else out) + 1.0) / 2.0
     return image.clamp(0.0, 1.0) if clamp else image
