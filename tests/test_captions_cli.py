@@ -45,6 +45,12 @@ def test_v21_on_cpu_captions_with_the_light_captioner(release, tmp_path, capsys)
     assert main(["restore", "x.png", "-o", str(out), "--print-config", "--device", "cpu"]) == 0
     assert "captioner: git" in capsys.readouterr().out
     assert _restore(release, [tmp_path / "a.png"], out, "--prompt", "sharp") == 0
+    capsys.readouterr()
+    weights, config = release
+    args = ["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "o2"), "--steps", "1"]
+    args += ["--weights-dir", str(weights), "--model-config", str(config), "--no-download"]
+    assert main([*args, "--min-side", "64", "--device", "cpu"]) == 0
+    assert "captioning with git (v2.1's default here)" in capsys.readouterr().err
     row = _rows(out)["a"]
     assert row["caption"] and row["pos_prompt"] == row["caption"] + ", sharp"
     with Image.open(out / "a.png") as image:

@@ -448,6 +448,13 @@ def _run(args: argparse.Namespace) -> int:
     from diffbir.settings import resolve_device
 
     resolve_device(args.device)  # one line naming the devices there are
+    if config.captioner != "none" and not args.quiet:
+        why = "" if args.captioner else f" ({config.version}'s default here)"
+        print(
+            f"diffbir: captioning with {config.captioner}{why}; --captioner none for the "
+            "prompt alone",
+            file=sys.stderr,
+        )
     job = RestoreJob(
         inputs=args.inputs,
         output=args.output,
