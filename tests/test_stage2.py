@@ -197,3 +197,29 @@ def test_readable_errors(released, tmp_path):
         load_stage2(tmp_path / "missing.ckpt")
     with pytest.raises(ConfigError, match="prediction"):
         load_stage2(released["sd"], prediction="x0")
+
+
+def test_half_precision_weights_are_cast_before_they_are_assigned(released, monkeypatch):
+    """A bf16 load never holds a float32 model: each part's tensors are cast one by one
+    before assignment (the float32 ones are then let go with their part)."""
+    import diffbir.models.stage2 as stage2
+
+    seen = []
+    original = stage2.load_into
+
+    def spy(module, state_dict, *, what=None):
+        seen.append((what, {v.dtype for v in state_dict.values() if v.is_floating_point()}))
+        return original(module, state_dict, what=what)
+
+    monkeypatch.setattr(stage2, "load_into", spy)
+    model = _load(released, dict(released["sd"]), dict(released["control"]), dtype=torch.bfloat16)
+    assert {what for what, _ in seen} == {"UNet", "VAE", "text encoder", "ControlNet"}
+    assert all(dtypes == {torch.bfloat16} for _, dtypes in seen), seen
+    for part in (model.unet, model.vae, model.controlnet, model.text_encoder):
+        assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
+    # float32 loads assign the checkpoint's own tensors: no copy at all
+    seen.clear()
+    sd = dict(released["sd"])
+    fp32 = _load(released, sd, dict(released["control"]))
+    key = next(k for k in released["sd"] if k.startswith("model.diffusion_model.input_blocks.0"))
+    assert any(p.data_ptr() == released["sd"][key].data_ptr() for p in fp32.unet.parameters())

@@ -343,12 +343,28 @@ def _controlnet_config(controlnet_config: Mapping | None, unet) -> dict:
     )
 
 
-def _load_part(what: str, build, convert, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+def _load_part(
+    what: str, build, convert, weights: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Build ``build()`` on the meta device and assign ``convert(weights)``, each float
+    tensor cast to ``dtype`` first: a half-precision model is never held in float32 too."""
     model = _empty(build)
-    return load_into(model, convert(weights), what=what)
+    return load_into(model, _cast(convert(weights), dtype), what=what)
 
 
-def _controlnet_from_source(source, config: dict, what: str = "ControlNet") -> LAControlNet:
+def _cast(weights: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict:
+    """``weights`` with float tensors in ``dtype`` (the others, and ``None``, as they are)."""
+    if dtype is None:
+        return dict(weights)
+    return {
+        k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
+        for k, v in weights.items()
+    }
+
+
+def _controlnet_from_source(
+    source, config: dict, what: str = "ControlNet", dtype: torch.dtype | None = None
+) -> LAControlNet:
     if isinstance(source, LAControlNet):
         return source
     if not isinstance(source, Mapping) and Path(source).is_dir():
@@ -383,6 +399,7 @@ def _controlnet_from_source(source, config: dict, what: str = "ControlNet") -> L
         lambda: build_controlnet(config),
         lambda w: convert_controlnet_state_dict(w, config),
         sd,
+        dtype,
     )
 
 
@@ -449,7 +466,7 @@ def load_stage2(
             f"{_name(sd_checkpoint)}: not an LDM checkpoint (no model.diffusion_model.* keys)"
         )
     parts = split_ldm_checkpoint(sd)
-    del sd
+    del sd  # from here each part's tensors are freed once that part is built
     model = _assemble(
         parts,
         controlnet,
@@ -458,6 +475,7 @@ def load_stage2(
         text_config=text_config,
         controlnet_config=controlnet_config,
         load_text_encoder=load_text_encoder,
+        dtype=dtype,
     )
     model.tokenizer = tokenizer
     model.prediction = prediction or "eps"
@@ -473,7 +491,10 @@ def _assemble(
     text_config,
     controlnet_config,
     load_text_encoder: bool,
+    dtype: torch.dtype | None = None,
 ) -> Stage2Model:
+    """The stage-2 model from an LDM checkpoint's ``parts``, which it empties as it goes
+    (each part cast to ``dtype`` tensor by tensor, then let go)."""
     from diffbir.models.text_encoder import build_text_encoder, convert_text_state_dict
     from diffbir.models.vae import build_vae, convert_vae_state_dict
 
@@ -485,23 +506,27 @@ def _assemble(
         "UNet",
         lambda: build_unet(u_cfg),
         lambda w: convert_unet_state_dict(w, u_cfg),
-        parts["unet"],
+        parts.pop("unet"),
+        dtype,
     )
     v_cfg = _vae_config(vae_config)
-    vae = _load_part("VAE", lambda: build_vae(v_cfg), convert_vae_state_dict, parts["vae"])
+    vae = _load_part(
+        "VAE", lambda: build_vae(v_cfg), convert_vae_state_dict, parts.pop("vae"), dtype
+    )
     text = None
     if load_text_encoder:
         t_cfg = _text_config(text_config)
         text = _empty(lambda: build_text_encoder(t_cfg))
         expected = text.state_dict().keys()
-        weights = convert_text_state_dict(parts["text"], t_cfg, target_keys=expected)
-        text = load_into(text, weights, what="text encoder")
+        weights = convert_text_state_dict(parts.pop("text"), t_cfg, target_keys=expected)
+        text = load_into(text, _cast(weights, dtype), what="text encoder")
+        del weights
 
     cn_config = _controlnet_config(controlnet_config, unet)
     if controlnet is not None:
-        control = _controlnet_from_source(controlnet, cn_config)
+        control = _controlnet_from_source(controlnet, cn_config, dtype=dtype)
     elif "controlnet" in parts:
-        control = _controlnet_from_source(parts["controlnet"], cn_config)
+        control = _controlnet_from_source(parts.pop("controlnet"), cn_config, dtype=dtype)
     else:
         control = None
     if control is None:
