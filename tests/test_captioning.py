@@ -302,3 +302,12 @@ def test_llava_answers_other_questions_in_the_releases_template(llava_dir):
         assert captioner.caption([image]) == short  # asking leaves the caption prompt alone
         with pytest.raises(DiffBIRError, match="empty"):
             captioner.ask([image], "  ")
+
+
+def test_quiet_loading_hides_transformers_bars_and_restores_them(git_dir, capsys):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    load_captioner("git", path=git_dir, device="cpu", progress=False).close()
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # as it was before

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
@@ -62,9 +64,26 @@ def load_captioner(
 
     device = torch.device(device)
     dtype = _default_dtype(name, device) if dtype is None else dtype
-    if name == "llava":
-        return _load_llava(folder, device=device, dtype=dtype, bits=bits, **options)
-    return _load_git(folder, device=device, dtype=dtype, **options)
+    with _progress_bars(progress):
+        if name == "llava":
+            return _load_llava(folder, device=device, dtype=dtype, bits=bits, **options)
+        return _load_git(folder, device=device, dtype=dtype, **options)
+
+
+@contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """transformers' own loading bars off for the block when ``shown`` is False (-q),
+    then as they were."""
+    from transformers.utils import logging as hf_logging
+
+    if shown or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def check_bits(name: str, bits: int, device) -> None:
