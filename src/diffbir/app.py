@@ -69,9 +69,9 @@ def build_app(
     system temp directory, which gradio serves). Start it with :func:`launch`.
     """
     gr = require_gradio()
+    from diffbir.captioning.names import captioner_names
     from diffbir.diffusion.names import sampler_names
     from diffbir.presets import TASK_CHOICES, VERSIONS
-    from diffbir.settings import captioner_names
 
     factory = pipeline_factory or released_pipeline_factory(
         weights_dir=weights_dir,

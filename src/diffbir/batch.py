@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from diffbir.errors import DiffBIRError, is_out_of_memory, printable
+from diffbir.errors import DiffBIRError, ImageReadError, is_out_of_memory, printable
 from diffbir.presets import FACE_WHOLE
 
 
@@ -251,14 +251,13 @@ class RestoreJob:
         for item, out in bar:
             try:
                 image = read_image(item.path)
-                self._prompts[out] = pipeline.image_prompts(
-                    image.rgb[None], self.options, [given[out]]
-                )[0]
-            except DiffBIRError as exc:
-                if "--captioner" in str(exc) or "diffbir download" in str(exc):
-                    raise  # the captioner cannot load: the run cannot go on
+            except ImageReadError as exc:
                 _report(summary, item.path, str(exc))
                 continue
+            # A captioner that cannot load is another DiffBIRError: it ends the run.
+            self._prompts[out] = pipeline.image_prompts(
+                image.rgb[None], self.options, [given[out]]
+            )[0]
             kept.append((item, out))
             if self.verbose:
                 caption = self._prompts[out].caption

@@ -356,13 +356,6 @@ def resolve(
     return config
 
 
-def captioner_names() -> tuple[str, ...]:
-    """``none`` and every captioner's name, as ``--captioner`` takes them."""
-    from diffbir.captioning.names import CAPTIONERS
-
-    return tuple(CAPTIONERS)
-
-
 def default_captioner(version: str, device_type: str) -> str:
     """The captioner a run of ``version`` on ``device_type`` uses unless told: v2.1 was
     trained on LLaVA captions and its release captions with LLaVA, which needs a GPU, so
