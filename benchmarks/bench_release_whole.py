@@ -9,8 +9,9 @@ and the peak RSS of its process.
 
 The release runs from a checkout of https://github.com/XPixelGroup/DiffBIR
 under its own Python (``--release-python``, an environment with its
-requirements; torchvision, facexlib and the captioners are not needed for this
-task). Nothing is written into the checkout: the release runs in a scratch
+requirements; torchvision and facexlib, which it imports at start for the face
+tasks, are stubbed when missing, and no captioner is loaded). Nothing is written
+into the checkout: the release runs in a scratch
 folder that links its ``configs`` and holds a ``weights/`` folder of links to
 ``--weights``. Its ``--precision`` defaults to fp16, which on a CPU computes
 convolutions on a slow reference path; ``--precision fp32`` is passed so the
@@ -57,6 +58,18 @@ RELEASE_DRIVER = textwrap.dedent(
     torch.Tuple = typing.Tuple  # an annotation in the release's samplers; gone in newer torch
     if not torch.cuda.is_available():
         torch.cuda.synchronize = lambda *a, **k: None  # its VRAM monitor calls it unconditionally
+    import importlib.util, types
+    for name in ("torchvision", "facexlib"):  # imported at start for the face tasks only
+        if importlib.util.find_spec(name) is None:
+            stub = types.ModuleType(name)
+            stub.__path__ = []
+            sys.modules[name] = stub
+            for sub in ("transforms", "transforms.functional", "detection", "parsing",
+                        "utils", "utils.misc", "utils.face_restoration_helper"):
+                full = f"{name}.{sub}"
+                sys.modules[full] = types.ModuleType(full)
+                sys.modules[full].__getattr__ = lambda attr, _n=full: (
+                    lambda *a, **k: (_ for _ in ()).throw(RuntimeError(f"{_n}.{attr}: stubbed")))
     threads, inp, out, precision = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     torch.set_num_threads(threads)
     sys.argv = ["inference.py", "--task", "sr", "--upscale", "4", "--version", "v2.1",
@@ -187,7 +200,10 @@ def ours(photo: Path, weights: Path, threads: int) -> dict:
         progress=False,
     )
     t1 = time.perf_counter()
-    result = pipe(to_batch(read_image(photo)), RestoreOptions(captioner="none"))
+    options = RestoreOptions(captioner="none")
+    # As `diffbir restore` does: the prompts encoded, then the text encoder freed.
+    pipe.prepare_prompts(options, drop_text_encoder=True)
+    result = pipe(to_batch(read_image(photo)), options)
     t2 = time.perf_counter()
     return {
         "stages": {k: round(v, 3) for k, v in result.timings.items() if k != "total"},
