@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the copied golden tensors and temp outputs."""
+"""Shared test fixtures: the copied golden tensors, one thread, the tiny release and its pipeline."""
 
 from __future__ import annotations
 
@@ -23,3 +23,30 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """The tiny release of ``tiny_release.py``: ``(folder of checkpoints under the
+    released names, its models.yaml)``, written once per test module."""
+    from tiny_release import make_tiny_release
+
+    folder = tmp_path_factory.mktemp("weights")
+    return folder, make_tiny_release(folder)
+
+
+@pytest.fixture(scope="module")
+def pipe(release, single_thread):
+    """The tiny v2.1 ``sr`` pipeline on the CPU, one per test module (tests may change it)."""
+    from diffbir.pipeline import DiffBIRPipeline
+
+    folder, config = release
+    return DiffBIRPipeline.from_preset(
+        "v2.1",
+        "sr",
+        weights_dir=folder,
+        model_config=config,
+        download=False,
+        progress=False,
+        device="cpu",
+    )

@@ -7,17 +7,10 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import pytest
 from PIL import Image
 from tiny_release import make_tiny_release
 
 from diffbir.cli import main
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    return folder, make_tiny_release(folder)
 
 
 def _photo(path, size=(24, 16), seed=0):

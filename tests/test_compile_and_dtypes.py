@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_release import make_tiny_release
 
 from diffbir.settings import RestoreOptions
 
@@ -36,12 +35,6 @@ CUDA = torch.cuda.is_available()
 MAX_LEVELS = 2
 MEAN_DIFF = 1e-3
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    return folder, make_tiny_release(folder)
 
 
 def _load(release, dtype=None, device="cpu"):

@@ -13,32 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_release import make_tiny_release
 
 from diffbir.diffusion.names import sampler_names
 from diffbir.settings import RestoreOptions
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    return folder, make_tiny_release(folder)
-
-
-@pytest.fixture(scope="module")
-def pipe(release, single_thread):
-    from diffbir.pipeline import DiffBIRPipeline
-
-    folder, config = release
-    return DiffBIRPipeline.from_preset(
-        "v2.1",
-        "sr",
-        weights_dir=folder,
-        model_config=config,
-        download=False,
-        progress=False,
-        device="cpu",
-    )
 
 
 def _lq(size: int = 16, seed: int = 0) -> torch.Tensor:

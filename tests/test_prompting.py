@@ -159,23 +159,6 @@ class FakeCaptioner:
         self.closed = True
 
 
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory, single_thread):
-    from diffbir.pipeline import DiffBIRPipeline
-
-    folder = tmp_path_factory.mktemp("weights")
-    config = make_tiny_release(folder)
-    return DiffBIRPipeline.from_preset(
-        "v2.1",
-        "sr",
-        weights_dir=folder,
-        model_config=config,
-        download=False,
-        progress=False,
-        device="cpu",
-    )
-
-
 def _lq(h=16, w=16, seed=0):
     return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
 

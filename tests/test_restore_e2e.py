@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_release import make_tiny_release
 
 from diffbir.cli import main
 from diffbir.presets import TASKS, VERSIONS
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    return folder, make_tiny_release(folder)
 
 
 def _photo(path, size=(40, 32), seed=0, mode="RGB"):

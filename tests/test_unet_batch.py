@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tiny_release import make_tiny_release
 
 from diffbir.errors import ConfigError
 from diffbir.presets import get_preset
@@ -44,23 +43,6 @@ def test_print_config_shows_it(tmp_path, capsys):
     assert "unet_batch: 2\n" in capsys.readouterr().out
     assert main([*base, "--unet-batch", "0"]) != 0
     assert "--unet-batch" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory, single_thread):
-    from diffbir.pipeline import DiffBIRPipeline
-
-    folder = tmp_path_factory.mktemp("weights")
-    config = make_tiny_release(folder)
-    return DiffBIRPipeline.from_preset(
-        "v2.1",
-        "sr",
-        weights_dir=folder,
-        model_config=config,
-        download=False,
-        progress=False,
-        device="cpu",
-    )
 
 
 def _lq(h: int = 16, w: int = 16, seed: int = 0) -> torch.Tensor:
