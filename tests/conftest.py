@@ -38,15 +38,6 @@ def release(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(release, single_thread):
     """The tiny v2.1 ``sr`` pipeline on the CPU, one per test module (tests may change it)."""
-    from diffbir.pipeline import DiffBIRPipeline
+    from tiny_release import load_tiny_pipeline
 
-    folder, config = release
-    return DiffBIRPipeline.from_preset(
-        "v2.1",
-        "sr",
-        weights_dir=folder,
-        model_config=config,
-        download=False,
-        progress=False,
-        device="cpu",
-    )
+    return load_tiny_pipeline(release)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_release import load_tiny_pipeline
 
 from diffbir.settings import RestoreOptions
 
@@ -38,19 +39,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _load(release, dtype=None, device="cpu"):
-    from diffbir.pipeline import DiffBIRPipeline
-
-    folder, config = release
-    return DiffBIRPipeline.from_preset(
-        "v2.1",
-        "sr",
-        weights_dir=folder,
-        model_config=config,
-        download=False,
-        progress=False,
-        device=device,
-        dtype=dtype,
-    )
+    return load_tiny_pipeline(release, dtype=dtype, device=device)
 
 
 def _options(**extra) -> RestoreOptions:

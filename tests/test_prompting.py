@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tiny_release import make_tiny_release
+from tiny_release import load_tiny_pipeline
 
 from diffbir.errors import ConfigError
 from diffbir.planning import latent_tile_regions, overlap_area
@@ -246,30 +246,13 @@ def test_tile_captions_each_captions_every_region(pipe, monkeypatch):
 
 
 # ------------------------------------------------------------------- offload
-def test_offload_moves_each_model_for_its_stage_only(tmp_path, single_thread):
+def test_offload_moves_each_model_for_its_stage_only(release, single_thread):
     """With offloading, idle models wait on the offload device and each stage brings its
     own to the device and back; the image is the same. (On a CPU-only machine the
     offload device is cpu:0, another name for the same memory, so the moves are
     recorded rather than seen in memory.)"""
-    from diffbir.pipeline import DiffBIRPipeline
-
-    folder = tmp_path / "weights"
-    config = make_tiny_release(folder)
-
-    def load(**kw):
-        return DiffBIRPipeline.from_preset(
-            "v2.1",
-            "sr",
-            weights_dir=folder,
-            model_config=config,
-            download=False,
-            progress=False,
-            device="cpu",
-            **kw,
-        )
-
-    plain = load()
-    offloaded = load().enable_offload(torch.device("cpu", 0))
+    plain = load_tiny_pipeline(release)
+    offloaded = load_tiny_pipeline(release).enable_offload(torch.device("cpu", 0))
     moves = []
     names = {"cleaner": offloaded.cleaner}
     names |= {

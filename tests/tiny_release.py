@@ -135,3 +135,15 @@ def make_tiny_release(folder: Path, seed: int = 0) -> Path:
         encoding="utf-8",
     )
     return config
+
+
+def load_tiny_pipeline(release: tuple[Path, Path], **overrides):
+    """The tiny v2.1 ``sr`` pipeline of ``release`` = ``(folder, models.yaml)`` on the CPU
+    (``overrides`` go to ``DiffBIRPipeline.from_preset``: ``dtype``, ``device``...)."""
+    from diffbir.pipeline import DiffBIRPipeline
+
+    folder, config = release
+    options = dict(download=False, progress=False, device="cpu") | overrides
+    return DiffBIRPipeline.from_preset(
+        "v2.1", "sr", weights_dir=folder, model_config=config, **options
+    )
