@@ -115,6 +115,22 @@ def test_channels_last_vae_matches_stock_forward():
 
 
 @needs_onednn
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_conv_add_writes_the_residual_sum_in_place(kernel):
+    """3x3 goes through oneDNN's fused sum, 1x1 through the matmul and an add: both give
+    ``out + conv(x)`` in ``out`` itself."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, kernel, padding=kernel // 2)
+    x = torch.randn(1, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    out = torch.randn(1, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = out + conv(x)
+        result = vae_cpu._conv_add_(conv, x, out)
+    assert result.data_ptr() == out.data_ptr()
+    assert rel(result, expected) < 1e-6
+
+
+@needs_onednn
 def test_group_norm_is_exact_on_channels_last_input():
     torch.manual_seed(0)
     norm = nn.GroupNorm(4, 16, eps=1e-6)

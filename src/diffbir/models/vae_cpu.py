@@ -89,15 +89,40 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return _nhwc(conv(x))
 
 
+def _conv_add_(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out += conv(x)`` for channels-last tensors, in place: oneDNN adds the residual
+    as the convolution writes (no output buffer, no separate pass; the same sums)."""
+    fused = (
+        conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and out.shape == (x.shape[0], conv.out_channels, *x.shape[2:])
+        and conv.stride == (1, 1)
+        and all(2 * p == k - 1 for p, k in zip(conv.padding, conv.kernel_size))
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and out.is_contiguous(memory_format=torch.channels_last)
+        and out.dtype == x.dtype == conv.weight.dtype
+    )
+    if not fused:
+        out += _conv(conv, x)
+        return out
+    torch.ops.mkldnn._convolution_pointwise_.binary(
+        out, x, conv.weight, conv.bias, list(conv.padding), [1, 1], list(conv.dilation),
+        1, "add", 1.0, None, [], None,
+    )  # fmt: skip
+    return out
+
+
 def _resnet(block, x: torch.Tensor) -> torch.Tensor:
+    """The block's output; ``x`` (this path's own activation) is consumed: without a
+    shortcut convolution the output is written into it."""
     h = group_norm(x, block.norm1, silu=True)
     h = group_norm(_conv(block.conv1, h), block.norm2, silu=True, inplace=True)
-    h = _conv(block.conv2, h)
     shortcut = x if block.conv_shortcut is None else _conv(block.conv_shortcut, x)
-    h += shortcut
+    out = _conv_add_(block.conv2, h, shortcut)
     if block.output_scale_factor != 1.0:
-        h /= block.output_scale_factor
-    return h
+        out /= block.output_scale_factor
+    return out
 
 
 def _attention(attn, x: torch.Tensor) -> torch.Tensor:
