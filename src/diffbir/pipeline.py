@@ -605,53 +605,19 @@ class DiffBIRPipeline:
         *,
         unet_batch: int = 0,
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``model(x, t, context)`` over the whole latent or over blended latent tiles.
+        """``model(x, t, context)`` for the samplers: see :func:`diffbir.network.latent_network`."""
+        from diffbir.network import latent_network
 
-        ``tile_context(box)`` gives a tile's own conditional text rows; they replace the
-        first rows of ``context``, which the :class:`Denoiser` puts first. Each
-        UNet+ControlNet call takes at most ``unet_batch`` rows (``0``: all of them)."""
-        from diffbir.imaging.tiling import tiled_apply
-
-        stage2, dtype = self.stage2, self.dtype
-
-        def call(x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-            out = stage2.denoise(x.to(dtype), t, cond, text.to(dtype), control_scale=strength)
-            return out.float()
-
-        def denoise(x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-            # On the CPU, rows one at a time are faster than CFG's pair in one call.
-            return _by_rows(call, unet_batch, x, t, cond, text)
-
-        # CFG doubles the batch; the repeated condition is made once, not every step.
-        repeated: dict[int, torch.Tensor] = {}
-
-        def cond_for(batch: int) -> torch.Tensor:
-            if batch not in repeated:
-                repeated[batch] = _repeat_to(cond_latent.to(dtype), batch)
-            return repeated[batch]
-
-        def whole(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-            return denoise(x, t, cond_for(x.shape[0]), context)
-
-        tile = plan.latent
-        if tile is None or max(cond_latent.shape[-2:]) * 8 <= tile:
-            return whole
-        latent_tile = tile // 8
-        overlap = _overlap_pixels(latent_tile, plan.overlap, 1)
-
-        def tiled(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-            cond = cond_for(x.shape[0])
-
-            def one(xt: torch.Tensor, ct: torch.Tensor, box) -> torch.Tensor:
-                text = context
-                if tile_context is not None:
-                    own = tile_context(box)
-                    text = torch.cat([own, context[own.shape[0] :]])
-                return denoise(xt, t, ct, text)
-
-            return tiled_apply(one, x, cond, tile=latent_tile, overlap=overlap, with_box=True)
-
-        return tiled
+        return latent_network(
+            self.stage2,
+            self.dtype,
+            cond_latent,
+            strength,
+            tile=plan.latent,
+            overlap=plan.overlap,
+            tile_context=tile_context,
+            unet_batch=unet_batch,
+        )
 
     def _guidance(
         self,
@@ -744,31 +710,6 @@ def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreRes
         notes=[note for p in parts for note in p.notes],
         prompts=[prompt for p in parts for prompt in p.prompts],
     )
-
-
-def _by_rows(call, limit: int, x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor):
-    """``call(x, t, cond, text)`` over at most ``limit`` rows at a time (``0``: all at
-    once), the outputs joined. ``t`` and ``text`` with one row are shared by every row."""
-    batch = x.shape[0]
-    if limit <= 0 or batch <= limit:
-        return call(x, t, cond, text)
-    t = torch.as_tensor(t, device=x.device)
-
-    def rows(v: torch.Tensor, i: int) -> torch.Tensor:
-        return v if v.dim() == 0 or v.shape[0] == 1 else v[i : i + limit]
-
-    return torch.cat(
-        [
-            call(x[i : i + limit], rows(t, i), rows(cond, i), rows(text, i))
-            for i in range(0, batch, limit)
-        ]
-    )
-
-
-def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
-    if x.shape[0] == batch:
-        return x
-    return x.repeat(batch // x.shape[0], *([1] * (x.dim() - 1)))
 
 
 @contextmanager

@@ -1,0 +1,105 @@
+"""The network the samplers call: ``model(x, t, context)``.
+
+The UNet + ControlNet of the stage-2 model with the condition latent bound in,
+run over the whole latent or over blended latent tiles (each tile may bring
+its own conditional text rows), and at most ``unet_batch`` rows per call: on
+the CPU, the rows of CFG's pair one at a time are faster than the pair in one
+call, as the release's EDM and spaced samplers call its two branches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffbir.planning import _overlap_pixels
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+TileContext = Callable[[tuple[int, int, int, int]], torch.Tensor]
+
+
+def latent_network(
+    stage2,
+    dtype: torch.dtype,
+    cond_latent: torch.Tensor,
+    strength: float,
+    *,
+    tile: int | None = None,
+    overlap: float = 0.0,
+    tile_context: TileContext | None = None,
+    unet_batch: int = 0,
+) -> ModelFn:
+    """``model(x, t, context)`` over the whole latent, or over blended latent tiles of
+    ``tile`` image pixels (``tile // 8`` latent pixels, ``overlap`` a fraction) when the
+    latent is larger than one tile.
+
+    ``tile_context(box)`` gives a tile's own conditional text rows; they replace the
+    first rows of ``context``, which the :class:`~diffbir.diffusion.denoiser.Denoiser`
+    puts first. Each UNet+ControlNet call takes at most ``unet_batch`` rows (``0``: all
+    of them). ``strength`` scales the ControlNet's residuals.
+    """
+    from diffbir.imaging.tiling import tiled_apply
+
+    def call(x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        out = stage2.denoise(x.to(dtype), t, cond, text.to(dtype), control_scale=strength)
+        return out.float()
+
+    def denoise(x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return by_rows(call, unet_batch, x, t, cond, text)
+
+    # CFG doubles the batch; the repeated condition is made once, not every step.
+    repeated: dict[int, torch.Tensor] = {}
+
+    def cond_for(batch: int) -> torch.Tensor:
+        if batch not in repeated:
+            repeated[batch] = repeat_to(cond_latent.to(dtype), batch)
+        return repeated[batch]
+
+    def whole(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return denoise(x, t, cond_for(x.shape[0]), context)
+
+    if tile is None or max(cond_latent.shape[-2:]) * 8 <= tile:
+        return whole
+    latent_tile = tile // 8
+    latent_overlap = _overlap_pixels(latent_tile, overlap, 1)
+
+    def tiled(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        cond = cond_for(x.shape[0])
+
+        def one(xt: torch.Tensor, ct: torch.Tensor, box) -> torch.Tensor:
+            text = context
+            if tile_context is not None:
+                own = tile_context(box)
+                text = torch.cat([own, context[own.shape[0] :]])
+            return denoise(xt, t, ct, text)
+
+        return tiled_apply(one, x, cond, tile=latent_tile, overlap=latent_overlap, with_box=True)
+
+    return tiled
+
+
+def by_rows(call, limit: int, x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor):
+    """``call(x, t, cond, text)`` over at most ``limit`` rows at a time (``0``: all at
+    once), the outputs joined. ``t`` and ``text`` with one row are shared by every row."""
+    batch = x.shape[0]
+    if limit <= 0 or batch <= limit:
+        return call(x, t, cond, text)
+    t = torch.as_tensor(t, device=x.device)
+
+    def rows(v: torch.Tensor, i: int) -> torch.Tensor:
+        return v if v.dim() == 0 or v.shape[0] == 1 else v[i : i + limit]
+
+    return torch.cat(
+        [
+            call(x[i : i + limit], rows(t, i), rows(cond, i), rows(text, i))
+            for i in range(0, batch, limit)
+        ]
+    )
+
+
+def repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``x`` repeated along the batch to ``batch`` rows (as it is when it has them)."""
+    if x.shape[0] == batch:
+        return x
+    return x.repeat(batch // x.shape[0], *([1] * (x.dim() - 1)))
