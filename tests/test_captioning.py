@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tiny_captioners import save_tiny_git, save_tiny_llava
 
-from diffbir import weights
+from diffbir import weights, weights_folders
 from diffbir.captioning import (
     CAPTIONERS,
     LLAVA_PROMPT,
@@ -125,7 +125,7 @@ def test_offline_missing_model_is_one_line(name, tmp_path):
     with pytest.raises(WeightsNotFoundError) as info:
         load_captioner(name, device="cpu", weights_dir=tmp_path / "w")
     message = str(info.value)
-    folder = weights.MODEL_FOLDERS[name].folder
+    folder = weights_folders.MODEL_FOLDERS[name].folder
     assert "\n" not in message
     assert str(tmp_path / "w" / folder) in message and "config.json" in message
     assert f"`diffbir download {name}`" in message and "--captioner none" in message
@@ -210,7 +210,7 @@ def test_git_from_a_weights_dir_like_the_published_folder(tmp_path):
     folder = wdir / "git-base-coco"
     folder.mkdir(parents=True)
     save_tiny_git(folder, bin_weights=True)
-    assert weights.missing_in_folder(weights.MODEL_FOLDERS["git"], folder) == []
+    assert weights_folders.missing_in_folder(weights_folders.MODEL_FOLDERS["git"], folder) == []
     images = [photo(64, 48, 5), photo(32, 32, 6)]
     with load_captioner("git", device="cpu", weights_dir=wdir, batch_size=2, max_new_tokens=5) as c:
         assert next(c.model.parameters()).dtype == torch.float32
@@ -249,7 +249,7 @@ def test_download_fetches_the_folder_file_by_file_then_loads_offline(tmp_path, m
 
     from diffbir.cli import main
 
-    entry = weights.MODEL_FOLDERS["git"]
+    entry = weights_folders.MODEL_FOLDERS["git"]
     source = save_tiny_git(tmp_path / "source", bin_weights=True)
     with running_server() as server:
         for path in (*entry.required, *entry.extra):
@@ -281,7 +281,7 @@ def test_listing_shows_captioners_with_size_and_licence(tmp_path, capsys):
 
 
 def test_folder_entries_are_pinned_resolve_urls():
-    for name, entry in weights.MODEL_FOLDERS.items():
+    for name, entry in weights_folders.MODEL_FOLDERS.items():
         assert name in CAPTIONERS and CAPTIONERS[name].model == entry.repo
         for file in entry.files():
             assert file.url == (

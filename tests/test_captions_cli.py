@@ -110,14 +110,14 @@ def test_bad_prompt_options_are_one_line(release, tmp_path, capsys):
 
 
 def test_missing_captioner_weights_name_the_files_and_the_way_out(tmp_path, capsys, monkeypatch):
-    from diffbir import weights
+    from diffbir import weights, weights_folders
 
     monkeypatch.setattr(weights, "default_cache_dir", lambda: tmp_path / "cache")
     folder = tmp_path / "weights"
     make_tiny_release(folder)
     import shutil
 
-    shutil.rmtree(folder / weights.MODEL_FOLDERS["git"].folder)
+    shutil.rmtree(folder / weights_folders.MODEL_FOLDERS["git"].folder)
     _photo(tmp_path / "a.png")
     args = ["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "-q"]
     args += ["--weights-dir", str(folder), "--model-config", str(folder / "models.yaml")]

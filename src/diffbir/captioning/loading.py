@@ -116,7 +116,7 @@ def _default_dtype(name: str, device):
 
 
 def _model_folder(name, *, path, weights_dir, offline, progress) -> Path:
-    from .. import weights
+    from .. import weights, weights_folders
 
     if path is not None:
         folder = Path(path).expanduser()
@@ -128,7 +128,7 @@ def _model_folder(name, *, path, weights_dir, offline, progress) -> Path:
         return folder
     if offline is None:
         offline = weights.offline_from_env() is not None
-    return weights.resolve_folder(
+    return weights_folders.resolve_folder(
         name, weights_dir=weights_dir, download=not offline, progress=progress
     )
 

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List the registry, or make sure the named files are present locally."""
-    from diffbir import weights
+    from diffbir import weights, weights_folders
     from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
 
     with notes_as_lines():
@@ -66,11 +66,15 @@ def run(args: argparse.Namespace) -> int:
         names = list(weights.REGISTRY) if args.all else []
         names += [n for n in args.names if n not in names]
         # Reject every unknown name before any download.
-        known = [n if n in weights.MODEL_FOLDERS else weights.get(n).name for n in names]
+        known = [n if n in weights_folders.MODEL_FOLDERS else weights.get(n).name for n in names]
         # Go on past a file that cannot be had, then name every such file in one error.
         failures: list[tuple[str, DiffBIRError]] = []
         for name in known:
-            resolver = weights.resolve_folder if name in weights.MODEL_FOLDERS else weights.resolve
+            resolver = (
+                weights_folders.resolve_folder
+                if name in weights_folders.MODEL_FOLDERS
+                else weights.resolve
+            )
             try:
                 path = resolver(
                     name, weights_dir=args.weights_dir, download=True, progress=not args.quiet
@@ -101,17 +105,19 @@ def _print_listing(weights, weights_dir: Path | None) -> None:
     print("\nLicences:")
     for note, names in licences.items():
         print(f"  {note}: {', '.join(names)}")
-    _print_model_folders(weights, weights_dir)
+    _print_model_folders(weights_dir)
 
 
-def _print_model_folders(weights, weights_dir: Path | None) -> None:
+def _print_model_folders(weights_dir: Path | None) -> None:
     """The captioners' model folders: fetched by name, each file from its repository."""
-    entries = list(weights.MODEL_FOLDERS.values())
+    from diffbir import weights_folders
+
+    entries = list(weights_folders.MODEL_FOLDERS.values())
     width = max(len(e.name) for e in entries)
     print("\nCaptioner models (folders; `diffbir download NAME`, not part of --all):")
     print(f"{'NAME':<{width}}  {'SIZE':>9}  {'HERE':<4}  DESCRIPTION")
     for e in entries:
-        here = "yes" if weights.find_local_folder(e, weights_dir=weights_dir) else "no"
+        here = "yes" if weights_folders.find_local_folder(e, weights_dir=weights_dir) else "no"
         print(f"{e.name:<{width}}  {_human_size(e.size):>9}  {here:<4}  {e.description} ({e.repo})")
     print("Licences:")
     for e in entries:
