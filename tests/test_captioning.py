@@ -304,6 +304,24 @@ def test_llava_answers_other_questions_in_the_releases_template(llava_dir):
             captioner.ask([image], "  ")
 
 
+def test_llava_ask_leaves_the_captioner_unchanged_while_it_runs(llava_dir):
+    """A question's tokens go with its call only, so another thread captioning with the
+    same captioner meanwhile still asks the release's question."""
+    with load_captioner("llava", path=llava_dir, device="cpu", max_new_tokens=2) as captioner:
+        release_ids = list(captioner.prompt_ids)
+        generate, seen = captioner.model.generate, []
+
+        def spy(*args, **kwargs):
+            seen.append((list(captioner.prompt_ids), kwargs["input_ids"][0].tolist()))
+            return generate(*args, **kwargs)
+
+        captioner.model.generate = spy
+        captioner.ask([photo(30, 20, 1)], "Describe this image in a very detailed manner.")
+    ((during, asked),) = seen
+    assert during == release_ids
+    assert asked != release_ids
+
+
 def test_quiet_loading_hides_transformers_bars_and_restores_them(git_dir, capsys):
     from transformers.utils import logging as hf_logging
 

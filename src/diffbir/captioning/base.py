@@ -64,6 +64,10 @@ class ModelCaptioner(Captioner):
         self.max_new_tokens = max_new_tokens
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
+        return self._each_batch(images, self._caption_batch)
+
+    def _each_batch(self, images: Sequence[Image.Image], run) -> list[str]:
+        """``run(batch)`` over RGB batches of at most ``batch_size`` images, texts stripped."""
         import torch
 
         if self.model is None:
@@ -72,7 +76,7 @@ class ModelCaptioner(Captioner):
         out: list[str] = []
         with torch.inference_mode():
             for batch in _chunks(rgb, self.batch_size):
-                out.extend(text.strip() for text in self._caption_batch(batch))
+                out.extend(text.strip() for text in run(batch))
         return out
 
     def _caption_batch(self, images: list[Image.Image]) -> list[str]:

@@ -70,20 +70,21 @@ class LlavaCaptioner(ModelCaptioner):
             image_token_id(self.model.config),
             image_tokens(self.model.config),
         )
-        saved, self.prompt_ids = self.prompt_ids, ids
-        try:
-            return self.caption(images)
-        finally:
-            self.prompt_ids = saved
+        # The question's tokens go with this call only: the captioner is not changed,
+        # so other threads captioning with it meanwhile still ask the release's question.
+        return self._each_batch(images, lambda batch: self._generate(batch, ids))
 
     def _caption_batch(self, images: list[Image.Image]) -> list[str]:
+        return self._generate(images, self.prompt_ids)
+
+    def _generate(self, images: list[Image.Image], prompt: list[int]) -> list[str]:
         import torch
 
         squares = [pad_to_square(image, self.fill) for image in images]
         pixels = self.image_processor(images=squares, return_tensors="pt")["pixel_values"]
         dtype = next(self.model.parameters()).dtype
         pixels = pixels.to(self.device, dtype=dtype if dtype.is_floating_point else torch.float16)
-        ids = torch.tensor([self.prompt_ids] * len(images), device=self.device)
+        ids = torch.tensor([prompt] * len(images), device=self.device)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
