@@ -45,7 +45,6 @@ from diffbir.planning import (
     MAX_DIFFUSION_SIDE,
     TilePlan,
     _condition_size,
-    _overlap_pixels,
     check_output_size,
     diffusion_min_side,
     plan_tiles,
@@ -627,48 +626,13 @@ class DiffBIRPipeline:
         plan: TilePlan,
         stage1_hw: tuple[int, int],
     ):
-        """Latent image guidance in the v2 release's units (``--g_scale``): the step on
-        z0 is ``-3000 g dL/dz0 / coef1``, coef1 of the sampler's own step, so one step
-        moves the spaced sampler's posterior mean by ``-3000 g dL/dz0`` as in v2."""
-        if config.guidance_scale <= 0:
-            return None
-        from diffbir.diffusion.guidance import LatentGuidance, release_step_rescale
-        from diffbir.diffusion.registry import grid_timesteps
-        from diffbir.models.vae import decode_from_latent
+        """The run's latent image guidance, or None: see :func:`diffbir.network.latent_guidance`."""
+        from diffbir.network import latent_guidance
 
-        pixel = config.guidance_space == "pixel"
-        vae, dtype = self.stage2.vae, self.dtype
-        grid = grid_timesteps(config.sampler, self.schedule, config.steps)
-        mask = None
-        if config.guidance_mask is not None:
-            mask = _mask_for(config.guidance_mask, cond_img.shape[-2:], stage1_hw)
-        tile = plan.latent // 8 if pixel and plan.latent is not None else None
-        return LatentGuidance(
-            cond_latent.float(),
-            3000.0 * config.guidance_scale,
-            start=config.guidance_start,
-            stop=config.guidance_stop,
-            repeat=config.guidance_repeat,
-            space=config.guidance_space,
-            loss=config.guidance_loss,
-            decode=(lambda z: decode_from_latent(vae, z.to(dtype), clamp=False).float()),
-            pixel_target=cond_img.float(),
-            step_rescale=release_step_rescale(self.schedule.alphas_cumprod, grid),
-            mask=mask,
-            tile=tile,
-            tile_overlap=_overlap_pixels(tile, plan.overlap, 1) if tile else 0,
-        )
-
-
-def _mask_for(mask: torch.Tensor, padded_hw, stage1_hw) -> torch.Tensor:
-    """The user's mask ([H,W] or [1,1,H,W] at the input's size) at the condition image's
-    size (bilinear), zero over the padding: [1,1,H',W'] float32."""
-    mask = mask.float()
-    while mask.dim() < 4:
-        mask = mask.unsqueeze(0)
-    mask = F.interpolate(mask[:1, :1], size=tuple(stage1_hw), mode="bilinear", align_corners=False)
-    pad_h, pad_w = padded_hw[0] - stage1_hw[0], padded_hw[1] - stage1_hw[1]
-    return F.pad(mask.clamp(0, 1), (0, pad_w, 0, pad_h))
+        return latent_guidance(
+            config, self.stage2.vae, self.dtype, self.schedule, cond_latent, cond_img, plan,
+            stage1_hw,
+        )  # fmt: skip
 
 
 _ALL_PARTS = ("cleaner", "text_encoder", "vae", "unet", "controlnet")
