@@ -145,7 +145,84 @@ def test_group_norm_is_exact_on_channels_last_input():
         out = vae_cpu.group_norm(x, norm, silu=False)
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert rel(out.double(), ref) < 1e-6
-        silu = vae_cpu.group_norm(
-            x.clone(memory_format=torch.channels_last), norm, silu=True, inplace=True
-        )
+        copy = x.clone(memory_format=torch.channels_last)
+        silu = vae_cpu.group_norm(copy, norm, silu=True, out=copy)
+        assert silu.data_ptr() == copy.data_ptr()
         assert rel(silu.double(), F.silu(ref)) < 1e-6
+
+
+@needs_onednn
+@pytest.mark.parametrize(("size", "bias"), [((9, 14), True), ((1, 1), True), ((6, 5), False)])
+def test_upsample_by_pixel_phases_equals_nearest_then_conv(size, bias):
+    """Four 2x2 kernels over the small image give "nearest x2, then 3x3 conv": against
+    float64, at least as close as the convolution at the doubled size."""
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    up = Upsample2D(16, use_conv=True, out_channels=24).eval()
+    if not bias:
+        up.conv.bias = None
+    x = torch.randn(2, 16, *size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = vae_cpu._upsample(up, x, vae_cpu._Buffers())
+        stock = up(x.contiguous())
+        exact = up.double()(x.double().contiguous())
+    assert out.shape == (2, 24, 2 * size[0], 2 * size[1])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel(out.double(), exact) <= max(rel(stock.double(), exact), 1e-7) * 1.5
+
+
+@needs_onednn
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 1, 1), (1, 1, 0), (3, 2, 0)])
+def test_conv_into_writes_the_convolution_into_the_buffer(kernel, stride, padding):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, kernel, stride=stride, padding=padding)
+    x = torch.randn(1, 8, 13, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = conv(x)
+        out = torch.full_like(expected, float("nan")).contiguous(memory_format=torch.channels_last)
+        result = vae_cpu._conv_into(conv, x, out)
+    assert result.data_ptr() == out.data_ptr()
+    assert rel(result, expected) < 1e-6
+
+
+def test_buffers_reuse_memory_and_keep_the_running_activation():
+    buffers = vae_cpu._Buffers()
+    like = torch.empty(2, 1, 1, 1)
+    a = buffers.get("act0", like, 4, 8, 8)
+    assert a.shape == (2, 4, 8, 8) and a.is_contiguous(memory_format=torch.channels_last)
+    # A smaller request is a view of the same memory; a larger one gets a larger buffer.
+    assert buffers.get("act0", like, 2, 4, 8).data_ptr() == a.data_ptr()
+    assert buffers.get("act0", like, 8, 8, 8).numel() == 2 * 8 * 8 * 8
+    # The spare buffer is never the one holding the activation.
+    held = buffers.get("act0", like, 4, 8, 8)
+    spare = buffers.spare(held, 4, 8, 8)
+    assert spare.untyped_storage().data_ptr() != held.untyped_storage().data_ptr()
+    assert buffers.spare(spare, 4, 8, 8).untyped_storage().data_ptr() == held.data_ptr()
+    # An activation outside the buffers (a fresh tensor) gets the first one.
+    fresh = torch.empty(2, 4, 8, 8)
+    assert buffers.spare(fresh, 4, 8, 8).data_ptr() == held.data_ptr()
+
+
+@needs_onednn
+@pytest.mark.parametrize(("latent", "image"), [((5, 7), (26, 18)), ((1, 1), (8, 8))])
+def test_channels_last_vae_on_odd_sizes(latent, image):
+    """Odd sizes go through the padded downsampling and the pixel-phase upsampling: as
+    close to a float64 run as the stock forward (a 1x1 latent makes GroupNorm divide
+    rounding noise by sqrt(eps), so the bar is relative to the stock path's error)."""
+    import copy
+
+    torch.manual_seed(0)
+    vae = build_vae(vae_config_from_ldm(TINY_VAE)).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        exact = copy.deepcopy(vae).double()
+        z = torch.randn(1, 4, *latent)
+        want = exact.decode(z.double()).sample
+        stock = rel(vae.decode(z).sample.double(), want)
+        assert rel(vae_cpu.decode(vae, z).double(), want) <= 2 * stock + 1e-6
+        x = torch.rand(2, 3, *image) * 2 - 1
+        want = exact.quant_conv(exact.encoder(x.double()))
+        stock = rel(vae.quant_conv(vae.encoder(x)).double(), want)
+        assert rel(vae_cpu.encode_moments(vae, x).double(), want) <= 2 * stock + 1e-6
