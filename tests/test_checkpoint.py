@@ -52,6 +52,49 @@ def test_safetensors_round_trip(tmp_path):
     assert_same(load_state_dict(str(path)), sd)
 
 
+def _mapped_from(tensor: torch.Tensor, path) -> bool:
+    """Whether the tensor's memory lies in a mapping of ``path`` (Linux's /proc/self/maps)."""
+    address = tensor.data_ptr()
+    target = os.path.realpath(path)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(n, 16) for n in fields[0].split("-"))
+            if start <= address < end:
+                return len(fields) == 6 and fields[5].strip() == target
+    return False
+
+
+linux_maps = pytest.mark.skipif(
+    not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps"
+)
+
+
+@linux_maps
+@pytest.mark.parametrize("wrap", [lambda sd: sd, lambda sd: {"state_dict": sd, "epoch": 3}])
+def test_mmap_maps_a_zip_pickle(tmp_path, wrap):
+    sd = tensors() | {"step": torch.tensor(7), "half": torch.randn(5).half()}
+    path = tmp_path / "w.ckpt"
+    torch.save(wrap(sd), path)
+    loaded = load_state_dict(path, mmap=True)
+    assert_same(loaded, sd)
+    assert all(_mapped_from(t, path) for t in loaded.values())
+    # Copy-on-write: writing a loaded tensor leaves the file as it was.
+    loaded["conv.bias"].zero_()
+    assert_same(load_state_dict(path), sd)
+    assert not any(_mapped_from(t, path) for t in load_state_dict(path).values())
+
+
+@linux_maps
+def test_mmap_reads_a_legacy_pickle(tmp_path):
+    sd = tensors()
+    path = tmp_path / "w.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    loaded = load_state_dict(path, mmap=True)
+    assert_same(loaded, sd)
+    assert not any(_mapped_from(t, path) for t in loaded.values())
+
+
 @pytest.mark.parametrize(
     "wrap",
     [

@@ -223,3 +223,30 @@ def test_half_precision_weights_are_cast_before_they_are_assigned(released, monk
     fp32 = _load(released, sd, dict(released["control"]))
     key = next(k for k in released["sd"] if k.startswith("model.diffusion_model.input_blocks.0"))
     assert any(p.data_ptr() == released["sd"][key].data_ptr() for p in fp32.unet.parameters())
+
+
+def test_half_precision_loads_map_the_files(released, tmp_path, monkeypatch):
+    """From files, a bf16 load maps them (the float32 tensors stay in the page cache
+    while each is cast) and gives the same model as a load from memory; a float32
+    load reads them into the process, so its weights do not depend on the file."""
+    import diffbir.models.stage2 as stage2
+
+    torch.save(released["sd"], tmp_path / "sd.ckpt")
+    torch.save(released["control"], tmp_path / "control.pth")
+    calls = []
+    original = stage2.load_state_dict
+
+    def spy(source, **kwargs):
+        calls.append((type(source).__name__, kwargs.get("mmap", False)))
+        return original(source, **kwargs)
+
+    monkeypatch.setattr(stage2, "load_state_dict", spy)
+    files = (tmp_path / "sd.ckpt", tmp_path / "control.pth")
+    half = _load(released, *files, dtype=torch.bfloat16)
+    assert [mapped for name, mapped in calls if name.endswith("Path")] == [True, True]
+    reference = _load(released, released["sd"], released["control"], dtype=torch.bfloat16)
+    for ours, want in zip(half.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(ours, want)
+    calls.clear()
+    _load(released, *files)
+    assert [mapped for name, mapped in calls if name.endswith("Path")] == [False, False]

@@ -6,6 +6,12 @@ code; ``.safetensors`` files load through safetensors. Released files wrap
 their tensors in different ways (``{"state_dict": ...}``, ``{"params": ...}``,
 keys prefixed ``module.``): :func:`load_state_dict` removes those wrappers so
 converters see one flat mapping of names to tensors.
+
+With ``mmap=True`` a pickle's tensors are views of the file mapped into
+memory (copy-on-write, the file is never written) rather than copies read
+into the process: a loader that casts each tensor to half precision then
+never holds the file's float32 tensors in its own memory, only the page
+cache the kernel can drop. (safetensors' own loader maps its files always.)
 """
 
 from __future__ import annotations
@@ -30,14 +36,19 @@ _DETAIL_LIMIT = 200
 
 
 def load_state_dict(
-    source: str | PathLike | Mapping, *, device: str | torch.device = "cpu"
+    source: str | PathLike | Mapping,
+    *,
+    device: str | torch.device = "cpu",
+    mmap: bool = False,
 ) -> StateDict:
     """Return the flat ``name -> tensor`` mapping held by a file or a loaded object.
 
     ``source`` is a path (safetensors or a PyTorch pickle) or an already loaded
     mapping. Wrappers are unwrapped and a leading ``module.`` is stripped from
-    every key. Raises :class:`CheckpointError` for a missing file, a file that
-    is not a checkpoint, or a pickle that would need arbitrary code to load.
+    every key. ``mmap``: map a pickle instead of reading it, for CPU loads (one
+    in the pre-1.6, non-zip format is read as usual). Raises
+    :class:`CheckpointError` for a missing file, a file that is not a
+    checkpoint, or a pickle that would need arbitrary code to load.
     """
     if isinstance(source, Mapping):
         return _flatten(source, "<state dict>")
@@ -60,7 +71,7 @@ def load_state_dict(
                 f"{shown}: not a readable safetensors file ({_first_line(exc, with_type=False)})"
             ) from None
     else:
-        raw = _torch_load(path, device)
+        raw = _torch_load(path, device, mmap=mmap and torch.device(device).type == "cpu")
     return _flatten(raw, shown)
 
 
@@ -74,10 +85,12 @@ def _folder_hint(folder: Path) -> str:
     return f"; pass the weights file in it: {_preview([printable(n) for n in found], 3)}"
 
 
-def _torch_load(path: Path, device: str | torch.device) -> object:
+def _torch_load(path: Path, device: str | torch.device, *, mmap: bool = False) -> object:
     shown = printable(path)
+    if mmap and not _is_zip(path):
+        mmap = False  # only the zip format (torch.save since PyTorch 1.6) can be mapped
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(str(exc))
         # The weights-only unpickler names a GLOBAL when the pickle wants to import
@@ -96,6 +109,11 @@ def _torch_load(path: Path, device: str | torch.device) -> object:
         raise CheckpointError(
             f"{shown}: not a PyTorch checkpoint or truncated ({_first_line(exc)})"
         ) from None
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _unpickler_detail(message: str) -> str:

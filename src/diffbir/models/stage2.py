@@ -362,6 +362,12 @@ def _cast(weights: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dic
     }
 
 
+def _maps(dtype: torch.dtype | None) -> bool:
+    """Whether to map a weights file rather than read it: when its float32 tensors will
+    be cast (to ``dtype``, half precision), so the float32 copy stays in the page cache."""
+    return dtype is not None and dtype != torch.float32
+
+
 def _controlnet_from_source(
     source, config: dict, what: str = "ControlNet", dtype: torch.dtype | None = None
 ) -> LAControlNet:
@@ -385,7 +391,7 @@ def _controlnet_from_source(
                 f"save_pretrained, {STAGE2_MARKER} from Stage2Model.save_pretrained, or "
                 f"{TRAINED_CONTROLNET_FILE} from `diffbir train stage2`)"
             )
-    sd = load_state_dict(source)
+    sd = load_state_dict(source, mmap=_maps(dtype))
     if not is_controlnet_state_dict(sd):
         parts = split_ldm_checkpoint(sd)
         if "controlnet" not in parts:
@@ -436,7 +442,9 @@ def load_stage2(
     ``text_config`` as ``{"embed_dim", "text_cfg", "layer"}`` or a bare text_cfg.
     ``prediction`` is "eps" or "v" (default: "eps", or the saved value for a
     folder). ``dtype`` defaults to float32. Tensors of a given state dict are
-    used in place when their dtype already fits (no copy). Raises :class:`CheckpointError`
+    used in place when their dtype already fits (no copy); for another ``dtype``
+    the files are memory-mapped and each tensor cast from the mapping, so the
+    file's float32 weights are never copied into the process. Raises :class:`CheckpointError`
     with a readable key diff when the weights do not fit.
     """
     dtype = dtype or torch.float32
@@ -455,7 +463,7 @@ def load_stage2(
             model.controlnet = _controlnet_from_source(controlnet, cn_config).to(dtype)
         return model.eval().to(device or "cpu")
 
-    sd = load_state_dict(sd_checkpoint)
+    sd = load_state_dict(sd_checkpoint, mmap=_maps(dtype))
     if is_controlnet_state_dict(sd):
         raise CheckpointError(
             f"{_name(sd_checkpoint)} is a bare ControlNet, not a Stable Diffusion checkpoint; "
