@@ -275,6 +275,7 @@ def _upsample(up, x: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
         and conv.padding_mode == "zeros"
     ):
         return _conv(conv, _nhwc(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+    x = _nhwc(x)
     n, _, h, w = x.shape
     c = conv.out_channels
     weight, bias = _phase_kernels(conv)
