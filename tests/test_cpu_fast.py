@@ -226,3 +226,23 @@ def test_channels_last_vae_on_odd_sizes(latent, image):
         want = exact.quant_conv(exact.encoder(x.double()))
         stock = rel(vae.quant_conv(vae.encoder(x)).double(), want)
         assert rel(vae_cpu.encode_moments(vae, x).double(), want) <= 2 * stock + 1e-6
+
+
+@needs_onednn
+def test_public_upsample_by_phases_for_block_by_block_callers():
+    """``vae_cpu.upsample`` (the tiled VAE's step) is ``up(x)`` in NCHW, as close to
+    float64 as the stock module, and is the stock module itself with autograd on."""
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    up = Upsample2D(8, use_conv=True, out_channels=12).eval()
+    x = torch.randn(2, 8, 7, 10)
+    with torch.no_grad():
+        exact = up.double()(x.double())
+        up.float()
+        out = vae_cpu.upsample(up, x)
+        stock = up(x)
+    assert out.shape == (2, 12, 14, 20) and out.is_contiguous()
+    assert rel(out.double(), exact) <= max(rel(stock.double(), exact), 1e-7) * 1.5
+    with_grad = vae_cpu.upsample(up, x)
+    assert with_grad.requires_grad and torch.equal(with_grad.detach(), stock)

@@ -34,6 +34,7 @@ from torch import nn
 
 from diffbir.errors import ConfigError
 from diffbir.models.vae import VAE_SCALE, _param_like
+from diffbir.models.vae_cpu import upsample
 
 Span = tuple[int, int]
 
@@ -183,7 +184,7 @@ def _decoder_steps(vae: nn.Module) -> list[_Step]:
         for resnet in block.resnets:
             steps += _resnet_steps(resnet)
         for up in block.upsamplers or []:
-            steps.append(_Apply(up))
+            steps.append(_Apply(partial(upsample, up)))  # up(x), by pixel phases on CPU fp32
     steps += [_group_norm(dec.conv_norm_out), _Apply(dec.conv_act), _Apply(dec.conv_out)]
     return steps
 

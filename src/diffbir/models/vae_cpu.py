@@ -16,7 +16,8 @@ which run at the doubled resolution over an image of repeated pixels. Here
 - "nearest x2, then 3x3 convolution" is computed as four 2x2 convolutions
   of the small image, one per output pixel phase (the 3x3 taps that fall on
   the same source pixel summed, in float64, into one): the same function
-  with 4/9 of the products (:func:`_upsample`).
+  with 4/9 of the products (:func:`_upsample`; :func:`upsample` for the
+  tiled VAE, which runs the decoder block by block).
 
 GroupNorm is computed here rather than by ``F.group_norm``: PyTorch's CPU
 kernel on a channels-last tensor accumulates naively in float32 and is off by
@@ -261,19 +262,28 @@ def _phase_kernels(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight.contiguous(memory_format=torch.channels_last), bias
 
 
-def _upsample(up, x: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
-    """Nearest x2 then the 3x3 convolution, as one 2x2 convolution of the small image
-    producing the four output phases (see :func:`_phase_kernels`), interleaved into
-    the spare activation buffer."""
-    conv = up.conv
-    if not (
+# Output pixel phases (row parity, column parity), in the order _phase_kernels stacks them.
+_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _by_phases(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` after "nearest x2" can run as :func:`_phase_kernels`' 2x2 kernels."""
+    return (
         conv.kernel_size == (3, 3)
         and conv.padding == (1, 1)
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
-    ):
+    )
+
+
+def _upsample(up, x: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
+    """Nearest x2 then the 3x3 convolution, as one 2x2 convolution of the small image
+    producing the four output phases (see :func:`_phase_kernels`), interleaved into
+    the spare activation buffer."""
+    conv = up.conv
+    if not _by_phases(conv):
         return _conv(conv, _nhwc(F.interpolate(x, scale_factor=2.0, mode="nearest")))
     x = _nhwc(x)
     n, _, h, w = x.shape
@@ -286,9 +296,43 @@ def _upsample(up, x: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
     phases = phases.permute(0, 2, 3, 1)  # n, h+1, w+1, 4c
     out = buffers.spare(x, c, 2 * h, 2 * w)
     interleaved = out.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c)
-    for i, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+    for i, (a, b) in enumerate(_PHASES):
         interleaved[:, :, a, :, b] = phases[:, a : a + h, b : b + w, i * c : (i + 1) * c]
     return out
+
+
+def upsample(up, x: torch.Tensor) -> torch.Tensor:
+    """``up(x)`` for a diffusers ``Upsample2D`` (nearest x2, then its 3x3 convolution),
+    NCHW in and out: by pixel phases (4/9 of the products, see :func:`_phase_kernels`)
+    where the fp32 CPU path applies, else ``up(x)`` itself. For callers that run the
+    decoder block by block (the tiled VAE)."""
+    if not (
+        x.dim() == 4
+        and onednn_eligible(x, up.conv.weight)
+        and _upsampler_supported(up)
+        and _by_phases(up.conv)
+    ):
+        return up(x)
+    conv = up.conv
+    n, _, h, w = x.shape
+    c = conv.out_channels
+    weight, bias = _phase_kernels(conv)
+    phases = F.conv2d(x, weight.contiguous(), bias, padding=1)
+    out = x.new_empty(n, c, 2 * h, 2 * w)
+    for i, (a, b) in enumerate(_PHASES):
+        out[:, :, a::2, b::2] = phases[:, i * c : (i + 1) * c, a : a + h, b : b + w]
+    return out
+
+
+def _upsampler_supported(module) -> bool:
+    """A diffusers ``Upsample2D`` that interpolates (nearest x2) and then convolves."""
+    return (
+        module.norm is None
+        and not module.use_conv_transpose
+        and module.use_conv
+        and module.interpolate
+        and module.name == "conv"
+    )
 
 
 def _supported(vae) -> bool:
@@ -323,9 +367,7 @@ def _supported(vae) -> bool:
                 ):
                     return False
             elif isinstance(module, Upsample2D):
-                if module.norm is not None or module.use_conv_transpose or not module.use_conv:
-                    return False
-                if not module.interpolate or module.name != "conv":
+                if not _upsampler_supported(module):
                     return False
             elif isinstance(module, Downsample2D):
                 if module.norm is not None or not module.use_conv:
