@@ -329,3 +329,30 @@ def test_encode_rejects_bad_input(vae, shape, tile, kwargs, message):
 def test_decode_rejects_bad_input(vae, shape, tile, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         tiled_decode(vae, torch.zeros(shape), tile, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_cpu_float32_tiles_run_channels_last_with_the_same_result(vae):
+    """On the fp32 CPU path the tiles are channels-last (oneDNN's own layout) and the
+    output is NCHW; without oneDNN the tiles stay NCHW; both give the same image."""
+    seen = []
+    hook = vae.decoder.conv_in.register_forward_hook(
+        lambda module, args, out: seen.append(
+            args[0].is_contiguous(memory_format=torch.channels_last)
+        )
+    )
+    z = torch.randn(1, 4, 24, 16, generator=torch.Generator().manual_seed(3))
+    try:
+        fast = tiled_decode(vae, z, 8, pad=2)
+        assert seen and all(seen) and fast.is_contiguous()
+        seen.clear()
+        with torch.backends.mkldnn.flags(enabled=False):
+            plain = tiled_decode(vae, z, 8, pad=2)
+        assert seen and not any(seen)
+    finally:
+        hook.remove()
+    assert ((fast - plain).norm() / plain.norm()).item() < 1e-5
+    x = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(4))
+    with torch.backends.mkldnn.flags(enabled=False):
+        plain = tiled_encode(vae, x, 32, pad=8)
+    assert ((tiled_encode(vae, x, 32, pad=8) - plain).norm() / plain.norm()).item() < 1e-5

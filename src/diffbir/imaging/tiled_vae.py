@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffbir.errors import ConfigError
+from diffbir.models.cpu_fast import onednn_eligible
 from diffbir.models.vae import VAE_SCALE, _param_like
 from diffbir.models.vae_cpu import upsample
 
@@ -332,16 +333,21 @@ def _run_tiled(
     the tile with the statistics of the previous pass, runs the tile-local
     steps, and folds the tile's core into the statistics for the next norm.
     Only the tiles' activations and residuals persist between passes (in RAM
-    when ``offload``), plus (B, groups) statistics.
+    when ``offload``), plus (B, groups) statistics. The result is NCHW.
     """
     height, width = x.shape[-2:]
     rows = _core_spans(height, tile, pad, align)
     cols = _core_spans(width, tile, pad, align)
+    # On the fp32 CPU path the tiles go channels-last (NHWC), which oneDNN convolves
+    # directly, instead of converting NCHW to its layout and back around each conv.
+    nhwc = onednn_eligible(x) and x.dim() == 4
     tiles = []
     for r in rows:
         for c in cols:
             seen_r, seen_c = _with_margin(r, pad, height), _with_margin(c, pad, width)
             view = x[..., seen_r[0] : seen_r[1], seen_c[0] : seen_c[1]]
+            if nhwc:
+                view = view.contiguous(memory_format=torch.channels_last)
             tiles.append(_Tile(seen_r, seen_c, r, c, view))
 
     device = x.device

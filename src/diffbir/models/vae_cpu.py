@@ -303,7 +303,7 @@ def _upsample(up, x: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
 
 def upsample(up, x: torch.Tensor) -> torch.Tensor:
     """``up(x)`` for a diffusers ``Upsample2D`` (nearest x2, then its 3x3 convolution),
-    NCHW in and out: by pixel phases (4/9 of the products, see :func:`_phase_kernels`)
+    in ``x``'s memory format (NCHW or channels-last): by pixel phases (4/9 of the products, see :func:`_phase_kernels`)
     where the fp32 CPU path applies, else ``up(x)`` itself. For callers that run the
     decoder block by block (the tiled VAE)."""
     if not (
@@ -318,7 +318,9 @@ def upsample(up, x: torch.Tensor) -> torch.Tensor:
     c = conv.out_channels
     weight, bias = _phase_kernels(conv)
     phases = F.conv2d(x, weight.contiguous(), bias, padding=1)
-    out = x.new_empty(n, c, 2 * h, 2 * w)
+    nhwc = x.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    out = torch.empty(n, c, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=layout)
     for i, (a, b) in enumerate(_PHASES):
         out[:, :, a::2, b::2] = phases[:, i * c : (i + 1) * c, a : a + h, b : b + w]
     return out
