@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import best_of
 from PIL import Image
 
 # Published architecture sizes (each repository's config.json).
@@ -150,15 +151,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 def photo() -> Image.Image:
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 256, (512, 768, 3), dtype=np.uint8))
-
-
-def _timed(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _generate(model, tokens: int, **inputs):
@@ -284,10 +276,10 @@ def _bench_candidate(label, build, image, tokens: int, repeat: int) -> tuple:
     built = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters()) / 1e6
     inputs = make_inputs(image)
-    pre = _timed(lambda: make_inputs(image), repeat)
+    pre = best_of(lambda: make_inputs(image), repeat)
     _generate(model, 1, **inputs)  # warm-up
-    first = _timed(lambda: _generate(model, 1, **inputs), repeat)
-    full = _timed(lambda: _generate(model, tokens, **inputs), repeat)
+    first = best_of(lambda: _generate(model, 1, **inputs), repeat)
+    full = best_of(lambda: _generate(model, tokens, **inputs), repeat)
     return (label, f"{params:.0f}M", f"{built:.1f}", f"{pre:.3f}", f"{first:.2f}", f"{full:.2f}")
 
 
@@ -330,8 +322,8 @@ def bench_git(device, tokens: int, repeat: int) -> tuple:
         load = time.perf_counter() - start
     image = photo()
     captioner.caption([image])
-    one = _timed(lambda: captioner.caption([image]), repeat)
-    four = _timed(lambda: captioner.caption([image] * 4), repeat) / 4
+    one = best_of(lambda: captioner.caption([image]), repeat)
+    four = best_of(lambda: captioner.caption([image] * 4), repeat) / 4
     dtype = str(next(captioner.model.parameters()).dtype).replace("torch.", "")
     captioner.close()
     return ("git", str(device), dtype, f"{load:.1f}", f"{one:.2f}", f"{four:.2f}")
@@ -368,7 +360,7 @@ def bench_llava(device, tokens: int, repeat: int) -> tuple:
     captioner = LlavaCaptioner(model, tokenizer, proc, device=device, max_new_tokens=tokens)
     print(f"llava: built in {built:.0f} s, prompt {len(captioner.prompt_ids)} tokens", flush=True)
     image = photo()
-    one = _timed(lambda: captioner.caption([image]), repeat)
+    one = best_of(lambda: captioner.caption([image]), repeat)
     captioner.close()
     return ("llava", str(device), str(dtype).replace("torch.", ""), "-", f"{one:.2f}", "-")
 

@@ -14,21 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
+from _common import best_of
 
 from diffbir.imaging.tiled_vae import tiled_decode, tiled_encode
 from diffbir.models.vae import build_vae, decode_from_latent, encode_to_latent
-
-
-def best_of(repeats: int, fn) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             (
                 f"encode {args.size}x{args.size}",
-                best_of(args.repeats, lambda: encode_to_latent(vae, x)),
+                best_of(lambda: encode_to_latent(vae, x), args.repeats),
             )
         )
         rows.append(
             (
                 f"decode {args.size}x{args.size}",
-                best_of(args.repeats, lambda: decode_from_latent(vae, z)),
+                best_of(lambda: decode_from_latent(vae, z), args.repeats),
             )
         )
         if not args.skip_tiled:
@@ -68,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.rand(1, 3, side, side, generator=gen)
             z = torch.randn(1, 4, side // 8, side // 8, generator=gen)
             tile = f"{args.tile}-px tiles"
-            seconds = best_of(args.repeats, lambda: tiled_encode(vae, x, args.tile))
+            seconds = best_of(lambda: tiled_encode(vae, x, args.tile), args.repeats)
             rows.append((f"tiled encode {side}x{side}, {tile}", seconds))
-            seconds = best_of(args.repeats, lambda: tiled_decode(vae, z, args.tile // 8))
+            seconds = best_of(lambda: tiled_decode(vae, z, args.tile // 8), args.repeats)
             rows.append((f"tiled decode {side}x{side}, {tile}", seconds))
     print(f"\n| SD VAE, fp32, {torch.get_num_threads()} threads, torch {torch.__version__} | s |")
     print("|---|---:|")

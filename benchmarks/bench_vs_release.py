@@ -29,10 +29,10 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _common import best_of
 
 # The release's figures as issue #16 gives them (measured on this 2-core AMD EPYC machine).
 RELEASE_MACHINE = (
@@ -66,15 +66,6 @@ LABELS = {
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-
-
-def best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run_parts(repeats: int) -> dict:
