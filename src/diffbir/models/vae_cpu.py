@@ -303,27 +303,13 @@ def _upsample(up, x: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
 
 def upsample(up, x: torch.Tensor) -> torch.Tensor:
     """``up(x)`` for a diffusers ``Upsample2D`` (nearest x2, then its 3x3 convolution),
-    in ``x``'s memory format (NCHW or channels-last): by pixel phases (4/9 of the products, see :func:`_phase_kernels`)
-    where the fp32 CPU path applies, else ``up(x)`` itself. For callers that run the
-    decoder block by block (the tiled VAE)."""
-    if not (
-        x.dim() == 4
-        and onednn_eligible(x, up.conv.weight)
-        and _upsampler_supported(up)
-        and _by_phases(up.conv)
-    ):
+    in ``x``'s memory format: by pixel phases (4/9 of the products, see
+    :func:`_phase_kernels`) where the fp32 CPU path applies, else ``up(x)`` itself.
+    For callers that run the decoder block by block (the tiled VAE)."""
+    if not (x.dim() == 4 and onednn_eligible(x, up.conv.weight) and _upsampler_supported(up)):
         return up(x)
-    conv = up.conv
-    n, _, h, w = x.shape
-    c = conv.out_channels
-    weight, bias = _phase_kernels(conv)
-    phases = F.conv2d(x, weight.contiguous(), bias, padding=1)
-    nhwc = x.is_contiguous(memory_format=torch.channels_last)
-    layout = torch.channels_last if nhwc else torch.contiguous_format
-    out = torch.empty(n, c, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=layout)
-    for i, (a, b) in enumerate(_PHASES):
-        out[:, :, a::2, b::2] = phases[:, i * c : (i + 1) * c, a : a + h, b : b + w]
-    return out
+    out = _upsample(up, x, _Buffers())
+    return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
 
 
 def _upsampler_supported(module) -> bool:
