@@ -460,7 +460,8 @@ def load_stage2(
         )
         if controlnet is not None:
             cn_config = _controlnet_config(controlnet_config, model.unet)
-            model.controlnet = _controlnet_from_source(controlnet, cn_config).to(dtype)
+            control = _controlnet_from_source(controlnet, cn_config, dtype=dtype)
+            model.controlnet = control.to(dtype)
         return model.eval().to(device or "cpu")
 
     sd = load_state_dict(sd_checkpoint, mmap=_maps(dtype))
