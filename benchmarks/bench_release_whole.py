@@ -365,14 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _row(label: str, release: float | None, ours: float | None) -> None:
+    """One table row: both figures and ours / the release's ("-" where one is missing)."""
+    ratio = f"{ours / release:.2f}" if release and ours else "-"
+    cells = [f"{v:.2f}" if v is not None else "-" for v in (release, ours)]
+    print(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
+
+
 def report_parts(results: dict[str, list[dict]]) -> None:
     print("\n| the VAE alone, fp32 CPU | release | ours | ours / release |")
     print("|---|---|---|---|")
     for key, label in (("encode", "VAE encode 512x512 (s)"), ("decode", "VAE decode 512x512 (s)")):
-        rel, our = (min((r[key] for r in results[side]), default=None) for side in results)
-        ratio = f"{our / rel:.2f}" if rel and our else "-"
-        cells = [f"{v:.2f}" if v is not None else "-" for v in (rel, our)]
-        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
+        _row(label, *(min((r[key] for r in results[side]), default=None) for side in results))
 
 
 def report(results: dict[str, list[dict]]) -> None:
@@ -389,10 +393,7 @@ def report(results: dict[str, list[dict]]) -> None:
         ("total", "load + restoration (s)"),
         ("peak_rss_gib", "peak RSS of the process (GiB)"),
     ):
-        rel, our = best.get("release", {}).get(key), best.get("ours", {}).get(key)
-        ratio = f"{our / rel:.2f}" if rel and our else "-"
-        cells = [f"{v:.2f}" if v is not None else "-" for v in (rel, our)]
-        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
+        _row(label, best.get("release", {}).get(key), best.get("ours", {}).get(key))
     for side, runs in results.items():
         for run in runs[:1]:
             calls = run.get("calls", {})

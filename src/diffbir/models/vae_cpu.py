@@ -130,21 +130,23 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return _nhwc(conv(x))
 
 
-def _fusable(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, stride: int = 1) -> bool:
-    """Whether oneDNN can write ``conv(x)`` (padding as the module says) into ``out``."""
+def _fusable(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether oneDNN can write ``conv(x)`` (padding and stride as the module says) into
+    ``out``: channels-last tensors of one dtype, ``out`` of the convolution's shape."""
     if not (
         conv.groups == 1
         and conv.padding_mode == "zeros"
         and isinstance(conv.padding, tuple)
-        and conv.stride == (stride, stride)
         and x.is_contiguous(memory_format=torch.channels_last)
         and out.is_contiguous(memory_format=torch.channels_last)
         and out.dtype == x.dtype == conv.weight.dtype
     ):
         return False
     size = [
-        (length + 2 * p - d * (k - 1) - 1) // stride + 1
-        for length, p, d, k in zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size)
+        (length + 2 * p - d * (k - 1) - 1) // s + 1
+        for length, p, d, k, s in zip(
+            x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride
+        )
     ]
     return out.shape == (x.shape[0], conv.out_channels, *size)
 
@@ -178,7 +180,7 @@ def _conv_add_(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> torch.Ten
 def _conv_into(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` written into ``out`` (channels-last, the output's shape): a zeroed
     buffer plus the fused sum, which is the convolution exactly."""
-    if not _fusable(conv, x, out, stride=conv.stride[0]):
+    if not _fusable(conv, x, out):
         return out.copy_(_conv(conv, x))
     args = list(conv.padding), list(conv.stride), list(conv.dilation)
     return _onednn_add_(out.zero_(), x, conv.weight, conv.bias, *args)
