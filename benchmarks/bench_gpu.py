@@ -2,7 +2,7 @@
 
 Builds the full-size models in memory with random weights (no download): SD
 2.1-base UNet, LAControlNet, VAE, OpenCLIP ViT-H text encoder and the preset's
-SwinIR cleaner, and drives the real :class:`diffbir.pipeline.DiffBIRPipeline`
+SwinIR cleaner, and drives the real :class:`diffbir.restore.pipeline.DiffBIRPipeline`
 (v1 for the paper's setting, v2.1 for its defaults, one set of modules shared by
 both). For each dtype (fp16, bf16, fp32 for reference) and each compile mode
 (``none``, inductor's ``default``, ``reduce-overhead`` = CUDA graphs), the parts:
@@ -129,9 +129,9 @@ def build_modules(
 def make_pipelines(modules: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """``{"v1": ..., "v2.1": ...}``: SR pipelines of both releases over one set of modules
     (each release's own prediction type and schedule)."""
+    from diffbir.config.presets import get_preset
     from diffbir.models.stage2 import Stage2Model
-    from diffbir.pipeline import DiffBIRPipeline
-    from diffbir.presets import get_preset
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     pipes = {}
     for version in ("v1", "v2.1"):
@@ -333,7 +333,7 @@ def _whole(
 
 
 def _options(**values):
-    from diffbir.settings import RestoreOptions
+    from diffbir.config.settings import RestoreOptions
 
     return RestoreOptions(captioner="none", progress=False, **values)
 
@@ -434,7 +434,7 @@ def run_config(rec: Recorder, dtype_name: str, mode: str, parts: list[str], args
     holder: dict = {}
 
     def build() -> dict:
-        from diffbir.presets import get_preset
+        from diffbir.config.presets import get_preset
 
         arches = {get_preset(v, "sr").cleaner_arch for v in ("v1", "v2.1")}
         seconds, modules = timed(lambda: build_modules(device, dtype, arches, args.dry_run))

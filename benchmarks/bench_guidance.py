@@ -50,7 +50,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import DTYPES, build_pipeline  # noqa: E402
 
-from diffbir.pipeline import DiffBIRPipeline, RestoreOptions  # noqa: E402
+from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions  # noqa: E402
 
 DEFAULT_PLOT = Path(__file__).resolve().parent / "plots" / "guidance_curve.png"
 SPACE_COLOURS = {"latent": (31, 119, 180), "pixel": (214, 39, 40)}

@@ -2,7 +2,7 @@
 
 Builds the released architectures in memory (the stage-1 cleaner of the
 preset, SD 2.1-base UNet, VAE, OpenCLIP ViT-H text encoder, LAControlNet) with
-random weights, wraps them in :class:`diffbir.pipeline.DiffBIRPipeline` and
+random weights, wraps them in :class:`diffbir.restore.pipeline.DiffBIRPipeline` and
 restores one ``--size`` square input x ``--upscale`` (default 128 -> 512).
 Prints per-stage seconds, seconds per sampling step and per UNet call, the
 total, the peak RSS of the process and (CUDA) the peak allocated memory, as a
@@ -43,6 +43,7 @@ HEADER = (
 
 def build_pipeline(version: str, task: str, device: torch.device, dtype: torch.dtype):
     """The full-size pipeline of ``version``/``task`` with random weights on ``device``."""
+    from diffbir.config.presets import get_preset
     from diffbir.models.cleaner import build_cleaner
     from diffbir.models.controlnet import build_controlnet, controlnet_config_from_unet
     from diffbir.models.sd_unet import build_unet
@@ -50,8 +51,7 @@ def build_pipeline(version: str, task: str, device: torch.device, dtype: torch.d
     from diffbir.models.text_encoder import build_text_encoder
     from diffbir.models.tokenizer import OpenCLIPTokenizer
     from diffbir.models.vae import build_vae
-    from diffbir.pipeline import DiffBIRPipeline
-    from diffbir.presets import get_preset
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     preset = get_preset(version, task)
     torch.manual_seed(0)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from diffbir.pipeline import RestoreOptions
+    from diffbir.restore.pipeline import RestoreOptions
 
     device = torch.device(args.device)
     if args.threads:

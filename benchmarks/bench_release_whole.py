@@ -226,7 +226,7 @@ def ours(photo: Path, weights: Path, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     from diffbir.imaging.io import read_image, to_batch
-    from diffbir.pipeline import DiffBIRPipeline, RestoreOptions
+    from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions
 
     pipe = DiffBIRPipeline.from_preset(
         "v2.1",
@@ -259,14 +259,14 @@ def our_vae(weights: Path, threads: int, calls: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from diffbir.checkpoint import load_into, load_state_dict
-    from diffbir.convert import split_ldm_checkpoint
     from diffbir.models.vae import (
         build_vae,
         convert_vae_state_dict,
         decode_from_latent,
         encode_to_latent,
     )
+    from diffbir.weights.checkpoint import load_into, load_state_dict
+    from diffbir.weights.convert import split_ldm_checkpoint
 
     part = split_ldm_checkpoint(load_state_dict(weights / WEIGHT_FILES[0]))["vae"]
     vae = load_into(build_vae(), convert_vae_state_dict(part), what="VAE").eval()

@@ -46,10 +46,10 @@ import torch
 from diffbir.diffusion import edm, vp
 from diffbir.diffusion.denoiser import Denoiser
 from diffbir.diffusion.names import OWN, RELEASE
+from diffbir.diffusion.noise import BatchNoise, ImageStream
 from diffbir.diffusion.registry import SamplerKnobs, run_sampler
 from diffbir.diffusion.samplers import SAMPLERS
 from diffbir.diffusion.schedule import NoiseSchedule
-from diffbir.randomness import BatchNoise, ImageStream
 
 MU, S = 1.5, 0.5
 STEP_COUNTS = (5, 10, 20, 50)

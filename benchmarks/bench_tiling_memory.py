@@ -45,7 +45,7 @@ def _rss_mib() -> float:
 
 
 def _load(weights: Path, version: str, task: str):
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     return DiffBIRPipeline.from_preset(
         version,
@@ -60,7 +60,7 @@ def _load(weights: Path, version: str, task: str):
 
 
 def _options(args: argparse.Namespace, mode: str):
-    from diffbir.pipeline import RestoreOptions
+    from diffbir.restore.pipeline import RestoreOptions
 
     common = dict(steps=args.steps, upscale=args.upscale, seed=0, tile_overlap=args.overlap)
     if mode == "budget":
@@ -123,7 +123,7 @@ def measure_psnr(weights: Path, overlaps: list[float], threads: int) -> None:
     """PSNR of tiled against untiled restores, the e2e test's setting, per overlap."""
     import torch
 
-    from diffbir.pipeline import RestoreOptions
+    from diffbir.restore.pipeline import RestoreOptions
 
     torch.set_num_threads(threads)
     pipe = _load(weights, "v1", "denoise")

@@ -103,7 +103,7 @@ def run_whole(repeats: int) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_pipeline import build_pipeline
 
-    from diffbir.pipeline import RestoreOptions
+    from diffbir.restore.pipeline import RestoreOptions
 
     pipe = build_pipeline("v2.1", "sr", torch.device("cpu"), torch.float32)
     lq = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))

@@ -41,10 +41,10 @@ def main() -> int:
     from PIL import ImageDraw
 
     from diffbir.captioning import load_captioner
+    from diffbir.config.presets import get_preset
+    from diffbir.config.settings import RestoreOptions, resolve
     from diffbir.imaging.io import read_image
-    from diffbir.presets import get_preset
-    from diffbir.prompting import describe_images, to_pil
-    from diffbir.settings import RestoreOptions, resolve
+    from diffbir.restore.prompts import describe_images, to_pil
 
     image = read_image(args.photo)
     options = RestoreOptions(

@@ -22,7 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffbir.app_core import (
+from diffbir.config.presets import TASKS, VERSIONS, get_preset
+from diffbir.errors import ConfigError, DiffBIRError, ImageReadError
+from diffbir.imaging.io import read_image
+from diffbir.restore.pipeline import RestoreResult, resize
+from diffbir.restore.prompts import ImagePrompt
+from diffbir.ui.core import (
     OOM_MESSAGE,
     FormValues,
     PipelineCache,
@@ -31,11 +36,6 @@ from diffbir.app_core import (
     restore_uploads,
     safe_stem,
 )
-from diffbir.errors import ConfigError, DiffBIRError, ImageReadError
-from diffbir.imaging.io import read_image
-from diffbir.pipeline import RestoreResult, resize
-from diffbir.presets import TASKS, VERSIONS, get_preset
-from diffbir.prompting import ImagePrompt
 
 
 class FakePipeline:
@@ -47,7 +47,7 @@ class FakePipeline:
         self.error = error
 
     def resolve(self, options):
-        from diffbir.settings import resolve
+        from diffbir.config.settings import resolve
 
         return resolve(get_preset("v2.1", "sr"), options)
 
@@ -443,7 +443,7 @@ def test_serve_without_gradio_prints_the_install_hint():
 
 def test_build_app_loads_nothing_until_a_run():
     pytest.importorskip("gradio")
-    from diffbir.app import build_app
+    from diffbir.ui.app import build_app
 
     factory = CountingFactory()
     demo = build_app(pipeline_factory=factory)
@@ -531,7 +531,7 @@ def test_without_an_edit_each_image_is_captioned(tmp_path):
 
 
 def test_describe_shows_the_first_photos_caption(tmp_path):
-    from diffbir.app_core import describe_upload
+    from diffbir.ui.core import describe_upload
 
     cache = PipelineCache(CountingFactory())
     path = _image(tmp_path / "a.png", size=(20, 30))
@@ -550,8 +550,8 @@ def test_form_captioner_auto_is_the_release_default():
 
 
 def test_released_models_share_stage2_across_tasks(monkeypatch):
-    from diffbir.app_core import ReleasedModels
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
+    from diffbir.ui.core import ReleasedModels
 
     loads = []
 

@@ -72,7 +72,7 @@ def server(tmp_path_factory):
     """The UI on a free loopback port, loading the tiny release on first use."""
     from tiny_release import make_tiny_release
 
-    from diffbir.app import build_app, launch
+    from diffbir.ui.app import build_app, launch
 
     folder = tmp_path_factory.mktemp("tiny_release")
     model_config = make_tiny_release(folder)

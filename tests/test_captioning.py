@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from tiny_captioners import save_tiny_git, save_tiny_llava
 
-from diffbir import weights, weights_folders
 from diffbir.captioning import (
     CAPTIONERS,
     LLAVA_PROMPT,
@@ -29,6 +28,8 @@ from diffbir.captioning import (
 )
 from diffbir.captioning.llava import prompt_ids
 from diffbir.errors import ConfigError, DiffBIRError, WeightsNotFoundError
+from diffbir.weights import folders as weights_folders
+from diffbir.weights import registry as weights
 
 
 def photo(width, height, seed):

@@ -110,7 +110,8 @@ def test_bad_prompt_options_are_one_line(release, tmp_path, capsys):
 
 
 def test_missing_captioner_weights_name_the_files_and_the_way_out(tmp_path, capsys, monkeypatch):
-    from diffbir import weights, weights_folders
+    from diffbir.weights import folders as weights_folders
+    from diffbir.weights import registry as weights
 
     monkeypatch.setattr(weights, "default_cache_dir", lambda: tmp_path / "cache")
     folder = tmp_path / "weights"

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from diffbir.checkpoint import check_keys, load_into, load_state_dict
 from diffbir.errors import CheckpointError
+from diffbir.weights.checkpoint import check_keys, load_into, load_state_dict
 
 # torch notes that a protocol-4 pickle is unusual; the refusal is what is under test.
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffbir.checkpoint import check_keys, load_into
 from diffbir.errors import CheckpointError, ConfigError
 from diffbir.models.cleaner import (
     RELEASED_CONFIGS,
@@ -19,6 +18,7 @@ from diffbir.models.cleaner import (
     load_cleaner,
 )
 from diffbir.models.swinir import strip_derived_buffers
+from diffbir.weights.checkpoint import check_keys, load_into
 
 ARCHS = ("swinir", "rrdbnet", "scunet")
 

@@ -8,7 +8,7 @@ import pytest
 from test_weights import payload, running_server
 
 from diffbir.cli import main
-from diffbir.weights import REGISTRY
+from diffbir.weights.registry import REGISTRY
 
 
 @pytest.fixture(autouse=True)

@@ -23,12 +23,12 @@ import torch
 import yaml
 from PIL import Image
 
-from diffbir.checkpoint import check_keys, load_state_dict
 from diffbir.cli import main
 from diffbir.degradation.config import parse_config
 from diffbir.degradation.pipelines import load_pipeline, load_preset
 from diffbir.errors import CheckpointError, ConfigError, DiffBIRError
-from diffbir.weights import REGISTRY, resolve
+from diffbir.weights.checkpoint import check_keys, load_state_dict
+from diffbir.weights.registry import REGISTRY, resolve
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
 
@@ -257,7 +257,7 @@ def test_degrade_cuda_without_cuda_is_one_line(tmp_path, capsys):
 
 
 def _available() -> list[str]:
-    from diffbir.settings import available_devices
+    from diffbir.config.settings import available_devices
 
     return available_devices()
 
@@ -391,7 +391,9 @@ def test_load_stage2_explains_a_folder_that_holds_no_controlnet(tiny, tmp_path):
     assert "empty\\nrun" in _one_line(str(info.value))
 
 
-@pytest.mark.filterwarnings("ignore::diffbir.weights.SizeMismatchWarning")  # tiny stand-ins
+@pytest.mark.filterwarnings(
+    "ignore::diffbir.weights.registry.SizeMismatchWarning"
+)  # tiny stand-ins
 def test_restore_takes_a_saved_controlnet_folder(tiny, tmp_path):
     photo = _photo(tmp_path / "in.png", 32, 40)
     for folder in (tiny["saved"], tiny["trained"]):

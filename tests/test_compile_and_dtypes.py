@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tiny_release import load_tiny_pipeline
 
-from diffbir.settings import RestoreOptions
+from diffbir.config.settings import RestoreOptions
 
 CUDA = torch.cuda.is_available()
 # Compiled against eager: equal up to float32 rounding (the eager CPU path may route

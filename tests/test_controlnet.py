@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import load_into
 from diffbir.models.controlnet import (
     LAControlNet,
     build_controlnet,
@@ -23,6 +22,7 @@ from diffbir.models.sd_unet import (
     unet_config_from_ldm,
     unet_forward,
 )
+from diffbir.weights.checkpoint import load_into
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

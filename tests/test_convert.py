@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from diffbir.convert import (
+from diffbir.models.controlnet import build_controlnet, convert_controlnet_state_dict
+from diffbir.models.stage2 import Stage2Model, _assemble
+from diffbir.weights.convert import (
     is_controlnet_state_dict,
     is_ldm_checkpoint,
     is_stage2_folder,
     split_ldm_checkpoint,
 )
-from diffbir.models.controlnet import build_controlnet, convert_controlnet_state_dict
-from diffbir.models.stage2 import Stage2Model, _assemble
 
 
 def _manifest(request, name: str) -> dict[str, torch.Tensor]:

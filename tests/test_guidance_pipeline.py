@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from diffbir.config.settings import RestoreOptions
 from diffbir.diffusion.names import sampler_names
-from diffbir.settings import RestoreOptions
 
 
 def _lq(size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -72,7 +72,7 @@ def test_scale_zero_is_bitwise_the_unguided_run(pipe, sampler):
 
 
 def test_guidance_works_with_cfg_and_every_release(release, single_thread):
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     folder, config = release
     for version in ("v1", "v2", "v2.1"):
@@ -198,7 +198,7 @@ def test_guidance_mask_file(release, tmp_path, capsys, single_thread):
 def test_guidance_in_bfloat16(release, space, single_thread):
     # The models in bf16 (as on a GPU with --dtype bf16): the guidance gradient flows
     # through the half-precision decoder into the float32 sampler state.
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     folder, config = release
     pipe = DiffBIRPipeline.from_preset(

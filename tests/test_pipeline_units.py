@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffbir.errors import ConfigError
-from diffbir.pipeline import (
+from diffbir.restore.pipeline import (
     RestoreOptions,
     load_model_config,
     output_size,

@@ -2,9 +2,9 @@
 
 import pytest
 
+from diffbir.config.presets import TASKS, VERSIONS, all_presets, get_preset
 from diffbir.errors import ConfigError
-from diffbir.presets import TASKS, VERSIONS, all_presets, get_preset
-from diffbir.weights import REGISTRY
+from diffbir.weights.registry import REGISTRY
 
 
 def test_every_preset_names_registered_files():

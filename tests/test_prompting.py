@@ -9,16 +9,16 @@ import pytest
 import torch
 from tiny_release import load_tiny_pipeline
 
+from diffbir.config.settings import RestoreOptions
 from diffbir.errors import ConfigError
-from diffbir.planning import latent_tile_regions, overlap_area
-from diffbir.prompting import (
+from diffbir.restore.plan import latent_tile_regions, overlap_area
+from diffbir.restore.prompts import (
     ImagePrompt,
     join_prompt,
     prompt_for_file,
     read_prompts_file,
     sidecar_text,
 )
-from diffbir.settings import RestoreOptions
 
 
 # ------------------------------------------------------------------ the join
@@ -109,8 +109,8 @@ def test_sidecar_text_and_precedence(tmp_path):
 
 # ---------------------------------------------------------------- tile plans
 def _config(**kw):
-    from diffbir.presets import get_preset
-    from diffbir.settings import resolve
+    from diffbir.config.presets import get_preset
+    from diffbir.config.settings import resolve
 
     return resolve(get_preset("v2.1", "sr"), RestoreOptions(seed=1, captioner="none", **kw))
 

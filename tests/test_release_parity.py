@@ -58,7 +58,7 @@ def _check_output(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
 
 
 def _options(case: dict):
-    from diffbir.settings import RestoreOptions
+    from diffbir.config.settings import RestoreOptions
 
     return RestoreOptions(
         upscale=case["upscale"],
@@ -111,7 +111,7 @@ def _weights(case: dict) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def pipelines(model_config):
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     cache: dict = {}
 
@@ -146,7 +146,7 @@ def _expanded(case: dict, name: str, rows: int) -> torch.Tensor:
 def _release_layout(pipe):
     """The same pipeline, but its VAE encoder sees a channels-last condition image, as
     in the release's batched CPU runs (test only: it reproduces their rounding)."""
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     class ReleaseLayout(DiffBIRPipeline):
         def encode_condition(self, image, tile, overlap):

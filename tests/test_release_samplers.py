@@ -23,10 +23,10 @@ from scipy import integrate
 from diffbir.diffusion import edm, vp
 from diffbir.diffusion.denoiser import Denoiser, ramped_cfg_scale
 from diffbir.diffusion.names import canonical, describe_samplers, sampler_names
+from diffbir.diffusion.noise import BatchNoise, ImageStream
 from diffbir.diffusion.registry import SamplerKnobs, run_sampler
 from diffbir.diffusion.schedule import NoiseSchedule
 from diffbir.errors import ConfigError
-from diffbir.randomness import BatchNoise, ImageStream
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "pipeline"
 MU, S = 0.7, 0.5

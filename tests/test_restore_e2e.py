@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from diffbir.cli import main
-from diffbir.presets import TASKS, VERSIONS
+from diffbir.config.presets import TASKS, VERSIONS
 
 
 def _photo(path, size=(40, 32), seed=0, mode="RGB"):
@@ -122,7 +122,7 @@ def test_missing_weights_give_one_clear_error(tmp_path, capsys):
 
 def test_tiled_run_matches_untiled(release, tmp_path):
     """Latent, VAE and stage-1 tiles blend back to (nearly) the untiled result."""
-    from diffbir.pipeline import DiffBIRPipeline, RestoreOptions
+    from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions
 
     weights, config = release
     pipe = DiffBIRPipeline.from_preset(
@@ -189,7 +189,7 @@ def test_faces_in_whole_photos(release, tmp_path, capsys):
 
 def test_prompts_encoded_once_and_text_encoder_freed(release):
     from diffbir.errors import ConfigError
-    from diffbir.pipeline import DiffBIRPipeline, RestoreOptions
+    from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions
 
     weights, config = release
     pipe = DiffBIRPipeline.from_preset(

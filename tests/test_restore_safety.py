@@ -203,13 +203,13 @@ class _FailingPipeline:
         self.error, self.fail_on, self.calls = error, fail_on, 0
 
     def resolve(self, options):
-        from diffbir.presets import get_preset
-        from diffbir.settings import resolve
+        from diffbir.config.presets import get_preset
+        from diffbir.config.settings import resolve
 
         return resolve(get_preset("v2.1", "sr"), options)
 
     def image_prompts(self, lq, options, given=None):
-        from diffbir.prompting import ImagePrompt
+        from diffbir.restore.prompts import ImagePrompt
 
         config = self.resolve(options)
         return [g or ImagePrompt(config.prompt, config.negative_prompt) for g in given]
@@ -221,7 +221,7 @@ class _FailingPipeline:
         pass
 
     def __call__(self, batch, options, prompts=None):
-        from diffbir.pipeline import RestoreResult
+        from diffbir.restore.pipeline import RestoreResult
 
         self.calls += 1
         if self.calls - 1 == self.fail_on:
@@ -234,8 +234,8 @@ class _FailingPipeline:
     [MemoryError(), torch.OutOfMemoryError("CUDA out of memory"), RuntimeError("std::bad_alloc")],
 )
 def test_every_kind_of_out_of_memory_spares_the_rest_of_the_batch(tmp_path, capsys, error):
-    from diffbir.batch import RestoreJob
-    from diffbir.settings import RestoreOptions
+    from diffbir.config.settings import RestoreOptions
+    from diffbir.jobs.batch import RestoreJob
 
     for index in range(3):
         _photo(tmp_path / "in" / f"{index}.png", seed=index)
@@ -248,8 +248,8 @@ def test_every_kind_of_out_of_memory_spares_the_rest_of_the_batch(tmp_path, caps
 
 
 def test_the_cli_and_the_web_ui_share_one_output_limit():
-    from diffbir import app_core
-    from diffbir.planning import MAX_DIFFUSION_SIDE, MAX_OUTPUT_PIXELS, diffusion_min_side
+    from diffbir.restore.plan import MAX_DIFFUSION_SIDE, MAX_OUTPUT_PIXELS, diffusion_min_side
+    from diffbir.ui import core as app_core
 
     assert app_core.DEFAULT_MAX_OUTPUT_PIXELS == MAX_OUTPUT_PIXELS == 8192 * 8192
     assert diffusion_min_side((3, 2000), 512) == 12  # 12x8000, not 512x341,333
@@ -262,7 +262,7 @@ def test_the_cli_and_the_web_ui_share_one_output_limit():
 
 def test_the_pipeline_refuses_results_above_the_limit_before_any_work(release):
     from diffbir.errors import ConfigError
-    from diffbir.pipeline import DiffBIRPipeline, RestoreOptions
+    from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions
 
     weights, config = release
     pipe = DiffBIRPipeline.from_preset(
@@ -356,7 +356,7 @@ def test_numbers_that_are_not_numbers_are_one_line(tmp_path, capsys, extra, name
 
 
 def test_every_seed_torch_takes_is_accepted(release):
-    from diffbir.pipeline import DiffBIRPipeline, RestoreOptions
+    from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions
 
     weights, config = release
     pipe = DiffBIRPipeline.from_preset(
@@ -372,7 +372,7 @@ def test_every_seed_torch_takes_is_accepted(release):
 
 @pytest.mark.parametrize("device", ["foo", "cuda", "cuda:7"])
 def test_a_missing_device_is_one_line_naming_the_available_ones(tmp_path, capsys, device):
-    from diffbir.settings import available_devices
+    from diffbir.config.settings import available_devices
 
     if device in available_devices():
         pytest.skip(f"{device} exists here")
@@ -386,7 +386,7 @@ def test_a_missing_device_is_one_line_naming_the_available_ones(tmp_path, capsys
 
 def test_the_api_names_the_available_devices_too():
     from diffbir.errors import ConfigError
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     with pytest.raises(ConfigError, match="available here: cpu"):
         DiffBIRPipeline.from_preset("v1", "denoise", device="foo", download=False)

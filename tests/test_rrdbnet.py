@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import load_into
 from diffbir.models.rrdbnet import RRDBNet
+from diffbir.weights.checkpoint import load_into
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import load_into
 from diffbir.errors import ConfigError
 from diffbir.models.scunet import SCUNet
+from diffbir.weights.checkpoint import load_into
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import load_into
 from diffbir.models.swinir import (
     SWIN_MASK_VALUE,
     ShiftMaskCache,
@@ -16,6 +15,7 @@ from diffbir.models.swinir import (
     relative_position_index,
     strip_derived_buffers,
 )
+from diffbir.weights.checkpoint import load_into
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import check_keys, load_into
 from diffbir.errors import ConfigError
 from diffbir.models.text_encoder import (
     build_text_encoder,
@@ -18,6 +17,7 @@ from diffbir.models.text_encoder import (
     text_config_from_open_clip,
     text_state_dict_to_open_clip,
 )
+from diffbir.weights.checkpoint import check_keys, load_into
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

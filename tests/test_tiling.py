@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import load_into
 from diffbir.imaging.tiling import blend_weights, tile_spans, tiled_apply
 from diffbir.models.swinir import SwinIR, strip_derived_buffers
+from diffbir.weights.checkpoint import load_into
 
 
 def psnr(a: torch.Tensor, ref: torch.Tensor) -> float:

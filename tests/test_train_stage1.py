@@ -73,7 +73,7 @@ def test_keeps_the_last_checkpoints(overfit_run):
 
 def test_export_loads_as_a_cleaner_and_restores(overfit_run):
     from diffbir.models.cleaner import apply_cleaner, load_cleaner
-    from diffbir.pipeline import load_model_config
+    from diffbir.restore.pipeline import load_model_config
 
     cfg, result = overfit_run
     weights, config_file = result.exported

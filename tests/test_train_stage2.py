@@ -66,11 +66,11 @@ def test_validation_writes_samples(run60):
 
 
 def test_trained_controlnet_loads_into_the_pipeline_and_restores(run60, fixtures):
+    from diffbir.config.presets import get_preset
     from diffbir.models.cleaner import build_cleaner
     from diffbir.models.stage2 import load_stage2
     from diffbir.models.tokenizer import load_tokenizer
-    from diffbir.pipeline import DiffBIRPipeline, RestoreOptions
-    from diffbir.presets import get_preset
+    from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions
 
     cfg, result = run60
     out = result.exported[0].parent

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import load_into
 from diffbir.errors import ConfigError
 from diffbir.models.sd_unet import (
     build_unet,
@@ -18,6 +17,7 @@ from diffbir.models.sd_unet import (
     unet_forward,
     unet_state_dict_to_ldm,
 )
+from diffbir.weights.checkpoint import load_into
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

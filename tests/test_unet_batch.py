@@ -13,10 +13,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from diffbir.config.presets import get_preset
+from diffbir.config.settings import RestoreOptions, resolve
 from diffbir.errors import ConfigError
-from diffbir.presets import get_preset
-from diffbir.prompting import ImagePrompt
-from diffbir.settings import RestoreOptions, resolve
+from diffbir.restore.prompts import ImagePrompt
 
 
 def test_resolve_picks_one_row_on_cpu_and_the_whole_batch_elsewhere():
@@ -88,7 +88,7 @@ def _same(a, b) -> None:
 def test_the_network_gives_the_same_rows_split_or_not(pipe):
     # One call of the model the sampler sees, whole and over latent tiles, CFG's pair
     # of two photos (4 rows): split into any row counts, its output is the same.
-    from diffbir.planning import TilePlan
+    from diffbir.restore.plan import TilePlan
 
     g = torch.Generator().manual_seed(3)
     cond = torch.randn(2, 4, 16, 24, generator=g)
@@ -148,7 +148,7 @@ def test_latent_tiles(pipe, monkeypatch):
 def test_tiles_with_prompts_of_their_own(pipe, monkeypatch):
     # A tile's own conditional row replaces the first row of the full text before the
     # rows are split: the result is the same either way, and differs from the plain one.
-    from diffbir.planning import latent_tile_regions
+    from diffbir.restore.plan import latent_tile_regions
 
     lq = _lq(24, 40)
     tiles = dict(latent_tile=128, tile_overlap=0.25, upscale=8)

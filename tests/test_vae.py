@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffbir.checkpoint import check_keys, load_into
 from diffbir.errors import CheckpointError, ConfigError
 from diffbir.models.vae import (
     VAE_SCALE,
@@ -20,6 +19,7 @@ from diffbir.models.vae import (
     vae_config_from_ldm,
     vae_state_dict_to_ldm,
 )
+from diffbir.weights.checkpoint import check_keys, load_into
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -16,9 +16,9 @@ from types import MappingProxyType
 
 import pytest
 
-from diffbir import weights
 from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError
-from diffbir.weights import REGISTRY, WeightFile, download, resolve
+from diffbir.weights import registry as weights
+from diffbir.weights.registry import REGISTRY, WeightFile, download, resolve
 
 # ---------------------------------------------------------------- local server
 
@@ -477,7 +477,7 @@ def test_known_checksums_of_the_published_files():
 
 
 def test_resolve_many_lists_every_missing_file(tmp_path, monkeypatch):
-    from diffbir.weights import resolve_many
+    from diffbir.weights.registry import resolve_many
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "v2.pth").write_bytes(b"x")

@@ -9,13 +9,13 @@ import pytest
 import torch
 from tiny_release import FIXTURES, make_tiny_release
 
+from diffbir.config.settings import RestoreOptions
 from diffbir.errors import ConfigError
-from diffbir.settings import RestoreOptions
 
 
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory, single_thread):
-    from diffbir.whole_photo import WholePhotoPipeline
+    from diffbir.restore.whole_photo import WholePhotoPipeline
 
     folder = tmp_path_factory.mktemp("weights")
     config = make_tiny_release(folder)
@@ -68,7 +68,7 @@ def test_faces_in_batches_match_faces_one_by_one(pipelines, monkeypatch):
 
 
 def test_face_batch_must_be_positive(pipelines):
-    from diffbir.whole_photo import WholePhotoPipeline
+    from diffbir.restore.whole_photo import WholePhotoPipeline
 
     p = pipelines[1]
     with pytest.raises(ConfigError, match="face batch"):

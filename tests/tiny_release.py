@@ -94,7 +94,7 @@ def make_tiny_release(folder: Path, seed: int = 0) -> Path:
         text_state_dict_to_open_clip,
     )
     from diffbir.models.vae import build_vae, vae_config_from_ldm, vae_state_dict_to_ldm
-    from diffbir.weights_folders import MODEL_FOLDERS
+    from diffbir.weights.folders import MODEL_FOLDERS
 
     folder.mkdir(parents=True, exist_ok=True)
     save_tiny_git(folder / MODEL_FOLDERS["git"].folder, bin_weights=True)
@@ -140,7 +140,7 @@ def make_tiny_release(folder: Path, seed: int = 0) -> Path:
 def load_tiny_pipeline(release: tuple[Path, Path], **overrides):
     """The tiny v2.1 ``sr`` pipeline of ``release`` = ``(folder, models.yaml)`` on the CPU
     (``overrides`` go to ``DiffBIRPipeline.from_preset``: ``dtype``, ``device``...)."""
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     folder, config = release
     options = dict(download=False, progress=False, device="cpu") | overrides

@@ -116,7 +116,8 @@ def _default_dtype(name: str, device):
 
 
 def _model_folder(name, *, path, weights_dir, offline, progress) -> Path:
-    from .. import weights, weights_folders
+    from diffbir.weights import folders as weights_folders
+    from diffbir.weights import registry as weights
 
     if path is not None:
         folder = Path(path).expanduser()

@@ -64,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from diffbir.captioning import load_captioner
+    from diffbir.config.settings import default_captioner, resolve_device
     from diffbir.errors import ConfigError, DiffBIRError, printable
     from diffbir.imaging.io import read_image
     from diffbir.imaging.paths import collect_inputs
-    from diffbir.prompting import to_pil
-    from diffbir.settings import default_captioner, resolve_device
+    from diffbir.restore.prompts import to_pil
 
     if args.batch_size < 1 or args.save_every < 1:
         raise ConfigError("--batch-size and --save-every must be at least 1")

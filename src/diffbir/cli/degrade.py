@@ -93,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from diffbir.config.settings import resolve_device
     from diffbir.degradation.pipelines import load_pipeline
     from diffbir.errors import ConfigError, DiffBIRError, is_out_of_memory, printable
     from diffbir.imaging.io import read_image, write_image
     from diffbir.imaging.paths import collect_inputs, output_paths_for
-    from diffbir.settings import resolve_device
     from diffbir.training.data import crop_to_size
 
     # Every option is checked before anything is read or written.

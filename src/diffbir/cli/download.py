@@ -56,8 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List the registry, or make sure the named files are present locally."""
-    from diffbir import weights, weights_folders
     from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
+    from diffbir.weights import folders as weights_folders
+    from diffbir.weights import registry as weights
 
     with notes_as_lines():
         if not args.names and not args.all:
@@ -85,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"{name}: {printable(path)}")
         if failures:
-            raise weights.missing_files_error(failures)
+            urls = {name: entry.url for name, entry in weights_folders.MODEL_FOLDERS.items()}
+            raise weights.missing_files_error(failures, urls=urls)
     return 0
 
 
@@ -110,7 +112,7 @@ def _print_listing(weights, weights_dir: Path | None) -> None:
 
 def _print_model_folders(weights_dir: Path | None) -> None:
     """The captioners' model folders: fetched by name, each file from its repository."""
-    from diffbir import weights_folders
+    from diffbir.weights import folders as weights_folders
 
     entries = list(weights_folders.MODEL_FOLDERS.values())
     width = max(len(e.name) for e in entries)

@@ -8,12 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from diffbir.cli.common import add_model_source_args
-from diffbir.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
+from diffbir.config.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
 
 
 def _release_defaults(field: str) -> str:
     """'v1 50, v2 50, v2.1 10': a preset field's value per release (sr task)."""
-    from diffbir.presets import get_preset
+    from diffbir.config.presets import get_preset
 
     values = []
     for version in VERSIONS:
@@ -299,7 +299,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _prompt_table(path: Path | None):
     if path is None:
         return None
-    from diffbir.prompting import read_prompts_file
+    from diffbir.restore.prompts import read_prompts_file
 
     return read_prompts_file(path)
 
@@ -314,7 +314,7 @@ def _mask(path: Path | None):
 
 def options_from_args(args: argparse.Namespace):
     """The :class:`RestoreOptions` described by parsed CLI arguments."""
-    from diffbir.pipeline import RestoreOptions
+    from diffbir.restore.pipeline import RestoreOptions
 
     return RestoreOptions(
         upscale=args.upscale,
@@ -385,8 +385,8 @@ def _resolved(args: argparse.Namespace, options):
     cannot work (steps for the sampler, ...) is refused before any file is touched."""
     import warnings
 
-    from diffbir.presets import get_preset
-    from diffbir.settings import resolve
+    from diffbir.config.presets import get_preset
+    from diffbir.config.settings import resolve
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the pipeline warns once, when it runs
@@ -395,7 +395,7 @@ def _resolved(args: argparse.Namespace, options):
 
 def _device_type(args: argparse.Namespace) -> str:
     """``cpu``/``cuda``... of the run's device (picks the default captioner)."""
-    from diffbir.settings import resolve_device
+    from diffbir.config.settings import resolve_device
 
     return resolve_device(args.device).type
 
@@ -435,14 +435,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from diffbir.batch import RestoreJob
+    from diffbir.jobs.batch import RestoreJob
 
     _check_arguments(args)
     options = options_from_args(args)
     config = _resolved(args, options)
     if args.print_config:
-        from diffbir.presets import get_preset
-        from diffbir.settings import resolve
+        from diffbir.config.presets import get_preset
+        from diffbir.config.settings import resolve
 
         # resolved again with its notes shown (e.g. edm_* with an eps-prediction release)
         device_type = _device_type(args)
@@ -453,7 +453,7 @@ def _run(args: argparse.Namespace) -> int:
             print("# faces:")
             print(face.describe(), end="")
         return 0
-    from diffbir.settings import resolve_device
+    from diffbir.config.settings import resolve_device
 
     resolve_device(args.device)  # one line naming the devices there are
     if config.captioner != "none" and not args.quiet:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffbir.app_core import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 from diffbir.cli.common import add_model_source_args
+from diffbir.ui.core import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffbir.app import build_app, check_address, display_url, launch, require_gradio
     from diffbir.errors import ConfigError
+    from diffbir.ui.app import build_app, check_address, display_url, launch, require_gradio
 
     require_gradio()
     if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.max_files < 1:

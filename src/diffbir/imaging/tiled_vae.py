@@ -34,7 +34,7 @@ from torch import nn
 
 from diffbir.errors import ConfigError
 from diffbir.models.cpu_fast import onednn_eligible
-from diffbir.models.vae import VAE_SCALE, _param_like
+from diffbir.models.vae import VAE_SCALE, first_parameter
 from diffbir.models.vae_cpu import upsample
 
 Span = tuple[int, int]
@@ -452,7 +452,7 @@ def tiled_encode(
             f"tiled_encode: image size {height}x{width} must be a multiple of {factor} "
             "in both dimensions"
         )
-    ref = _param_like(vae)
+    ref = first_parameter(vae)
     with torch.no_grad():
         x = x01.to(device=ref.device, dtype=ref.dtype) * 2.0 - 1.0
         mean = _run_tiled(
@@ -498,7 +498,7 @@ def tiled_decode(
         )
     _check_size("tiled_decode: tile", tile, minimum=1)
     _check_size("tiled_decode: pad", pad, minimum=0)
-    ref = _param_like(vae)
+    ref = first_parameter(vae)
     with torch.no_grad():
         z = z.to(device=ref.device, dtype=ref.dtype) / VAE_SCALE
         image = _run_tiled(

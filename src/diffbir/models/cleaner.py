@@ -15,12 +15,12 @@ from os import PathLike
 import torch
 from torch import nn
 
-from diffbir.checkpoint import load_into, load_state_dict
 from diffbir.errors import CheckpointError, ConfigError
 from diffbir.imaging.tiling import tiled_apply
 from diffbir.models.rrdbnet import RRDBNet
 from diffbir.models.scunet import SCUNet
 from diffbir.models.swinir import SwinIR, strip_derived_buffers
+from diffbir.weights.checkpoint import load_into, load_state_dict
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "swinir": SwinIR,

@@ -20,15 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffbir.checkpoint import load_into, load_state_dict
-from diffbir.convert import (
-    STAGE2_MARKER,
-    is_controlnet_state_dict,
-    is_diffusers_folder,
-    is_ldm_checkpoint,
-    is_stage2_folder,
-    split_ldm_checkpoint,
-)
 from diffbir.errors import CheckpointError, ConfigError, DiffBIRError, printable
 from diffbir.models.controlnet import (
     LAControlNet,
@@ -43,6 +34,15 @@ from diffbir.models.sd_unet import (
     convert_unet_state_dict,
     unet_config_from_ldm,
     unet_forward,
+)
+from diffbir.weights.checkpoint import load_into, load_state_dict
+from diffbir.weights.convert import (
+    STAGE2_MARKER,
+    is_controlnet_state_dict,
+    is_diffusers_folder,
+    is_ldm_checkpoint,
+    is_stage2_folder,
+    split_ldm_checkpoint,
 )
 
 PREDICTIONS = ("eps", "v")
@@ -313,7 +313,7 @@ def _unet_ldm_config(unet_config: Mapping | None) -> dict:
     return dict(unet_config or {})
 
 
-def _vae_config(vae_config: Mapping | None) -> dict:
+def resolve_vae_config(vae_config: Mapping | None) -> dict:
     from diffbir.models.vae import vae_config_from_ldm
 
     cfg = dict(vae_config or {})
@@ -323,7 +323,7 @@ def _vae_config(vae_config: Mapping | None) -> dict:
     return vae_config_from_ldm(cfg or None, embed_dim)
 
 
-def _text_config(text_config: Mapping | None) -> dict:
+def resolve_text_config(text_config: Mapping | None) -> dict:
     from diffbir.models.text_encoder import text_config_from_open_clip
 
     cfg = dict(text_config or {})
@@ -334,7 +334,7 @@ def _text_config(text_config: Mapping | None) -> dict:
     return text_config_from_open_clip(cfg or None)
 
 
-def _controlnet_config(controlnet_config: Mapping | None, unet) -> dict:
+def resolve_controlnet_config(controlnet_config: Mapping | None, unet) -> dict:
     # The ControlNet mirrors the UNet unless told otherwise.
     if controlnet_config is None:
         return controlnet_config_from_unet(unet.config)
@@ -459,7 +459,7 @@ def load_stage2(
             prediction=prediction,
         )
         if controlnet is not None:
-            cn_config = _controlnet_config(controlnet_config, model.unet)
+            cn_config = resolve_controlnet_config(controlnet_config, model.unet)
             control = _controlnet_from_source(controlnet, cn_config, dtype=dtype)
             model.controlnet = control.to(dtype)
         return model.eval().to(device or "cpu")
@@ -518,20 +518,20 @@ def _assemble(
         parts.pop("unet"),
         dtype,
     )
-    v_cfg = _vae_config(vae_config)
+    v_cfg = resolve_vae_config(vae_config)
     vae = _load_part(
         "VAE", lambda: build_vae(v_cfg), convert_vae_state_dict, parts.pop("vae"), dtype
     )
     text = None
     if load_text_encoder:
-        t_cfg = _text_config(text_config)
+        t_cfg = resolve_text_config(text_config)
         text = _empty(lambda: build_text_encoder(t_cfg))
         expected = text.state_dict().keys()
         weights = convert_text_state_dict(parts.pop("text"), t_cfg, target_keys=expected)
         text = load_into(text, _cast(weights, dtype), what="text encoder")
         del weights
 
-    cn_config = _controlnet_config(controlnet_config, unet)
+    cn_config = resolve_controlnet_config(controlnet_config, unet)
     if controlnet is not None:
         control = _controlnet_from_source(controlnet, cn_config, dtype=dtype)
     elif "controlnet" in parts:

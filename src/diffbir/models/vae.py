@@ -200,7 +200,7 @@ def _hf_key_to_ldm(key: str, levels: int | None) -> str:
     return key
 
 
-def _param_like(module: torch.nn.Module) -> torch.Tensor:
+def first_parameter(module: torch.nn.Module) -> torch.Tensor:
     return next(module.parameters())
 
 
@@ -212,7 +212,7 @@ def encode_to_latent(vae, x01: torch.Tensor) -> torch.Tensor:
     """
     from diffbir.models.vae_cpu import encode_moments
 
-    ref = _param_like(vae)
+    ref = first_parameter(vae)
     x = x01.to(device=ref.device, dtype=ref.dtype) * 2.0 - 1.0
     moments = encode_moments(vae, x)  # the CPU fast path, None where it does not apply
     if moments is not None:
@@ -227,7 +227,7 @@ def decode_from_latent(vae, z: torch.Tensor, *, clamp: bool = True) -> torch.Ten
     unless ``clamp`` is False (the release's restore path does not clamp here)."""
     from diffbir.models.vae_cpu import decode
 
-    ref = _param_like(vae)
+    ref = first_parameter(vae)
     z = z.to(device=ref.device, dtype=ref.dtype) / VAE_SCALE
     out = decode(vae, z)  # the CPU fast path, None where it does not apply
     image = ((vae.decode(z).sample if out is None else out) + 1.0) / 2.0

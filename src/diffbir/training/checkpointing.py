@@ -174,7 +174,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore a checkpoint into the prepared ``model``/``optimizer`` (and ``task``'s own
     state, when it saved one); returns ``state.json``."""
-    from diffbir.checkpoint import load_into, load_state_dict
+    from diffbir.weights.checkpoint import load_into, load_state_dict
 
     folder = Path(folder)
     info = json.loads((folder / "state.json").read_text())

@@ -43,7 +43,7 @@ def build_stage1_model(cfg: TrainConfig) -> nn.Module:
 
     m = cfg.model
     if m.init:
-        from diffbir.weights import resolve
+        from diffbir.weights.registry import resolve
 
         model = load_cleaner(resolve(m.init), arch=m.arch, **m.config)
     else:

@@ -47,15 +47,20 @@ def build_random_stage2(cfg: TrainConfig):
     """SD with random weights from ``model.*_config`` (tests and benchmarks), ControlNet from its UNet."""
     from diffbir.models.controlnet import build_controlnet, init_from_unet
     from diffbir.models.sd_unet import build_unet, unet_config_from_ldm
-    from diffbir.models.stage2 import Stage2Model, _controlnet_config, _text_config, _vae_config
+    from diffbir.models.stage2 import (
+        Stage2Model,
+        resolve_controlnet_config,
+        resolve_text_config,
+        resolve_vae_config,
+    )
     from diffbir.models.text_encoder import build_text_encoder
     from diffbir.models.vae import build_vae
 
     m = cfg.model
     unet = build_unet(unet_config_from_ldm(dict(m.unet_config or {})))
-    vae = build_vae(_vae_config(m.vae_config))
-    text = build_text_encoder(_text_config(m.text_config))
-    controlnet = build_controlnet(_controlnet_config(m.controlnet_config, unet))
+    vae = build_vae(resolve_vae_config(m.vae_config))
+    text = build_text_encoder(resolve_text_config(m.text_config))
+    controlnet = build_controlnet(resolve_controlnet_config(m.controlnet_config, unet))
     init_from_unet(controlnet, unet)
     return Stage2Model(unet, vae, controlnet, text, prediction=m.prediction)
 
@@ -64,7 +69,7 @@ def load_training_stage2(cfg: TrainConfig):
     """The stage-2 model to train from: released/saved SD + an optional ControlNet to start from."""
     from diffbir.models.stage2 import load_stage2
     from diffbir.models.tokenizer import load_tokenizer
-    from diffbir.weights import resolve
+    from diffbir.weights.registry import resolve
 
     m = cfg.model
     wd = m.weights_dir
@@ -87,7 +92,7 @@ def load_training_stage2(cfg: TrainConfig):
 
 def _load_condition_cleaner(cfg: TrainConfig) -> nn.Module | None:
     from diffbir.models.cleaner import load_cleaner
-    from diffbir.weights import resolve
+    from diffbir.weights.registry import resolve
 
     m = cfg.model
     if m.cleaner is None:
@@ -179,10 +184,10 @@ class Stage2Task(DataTask):
     def clean_latent(self, hq: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The HQ latent the diffusion loss denoises: a posterior sample (as released) or its
         mode, x ``model.latent_scale``."""
-        from diffbir.models.vae import _param_like
+        from diffbir.models.vae import first_parameter
 
         vae = self.stage2.vae
-        ref = _param_like(vae)
+        ref = first_parameter(vae)
         posterior = vae.encode(hq.to(ref.device, ref.dtype) * 2.0 - 1.0).latent_dist
         z = posterior.mean.float()
         if self.cfg.model.clean_latent == "sample":

@@ -3,7 +3,7 @@
 The pipeline owns no file handling: it maps a batch of NCHW RGB images in
 [0, 1] to restored images. ``diffbir.cli.restore``, the web UI and
 whole-photo runs call it. Settings are resolved once into a
-:class:`~diffbir.settings.RunConfig` (release defaults, then the caller's
+:class:`~diffbir.config.settings.RunConfig` (release defaults, then the caller's
 overrides); each step below is what the published inference path does, in
 its order, so the same weights, photo, options and seed give its image:
 
@@ -33,32 +33,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffbir import stages
-from diffbir.errors import ConfigError
-from diffbir.imaging.resize import pad_to_multiple
-from diffbir.loading import (
-    _load_stage1,
-    load_model_config,
-    parse_dtype,
-)
-from diffbir.planning import (
-    MAX_DIFFUSION_SIDE,
-    TilePlan,
-    _condition_size,
-    check_output_size,
-    diffusion_min_side,
-    plan_tiles,
-)
-from diffbir.presets import Preset, get_preset
-from diffbir.prompting import ImagePrompt
-from diffbir.settings import (
+from diffbir.config.presets import Preset, get_preset
+from diffbir.config.settings import (
     MIN_DIFFUSION_SIDE,
     RestoreOptions,
     RunConfig,
     resolve,
     resolve_device,
 )
-from diffbir.stages import output_size
+from diffbir.errors import ConfigError
+from diffbir.imaging.resize import pad_to_multiple
+from diffbir.restore import stages
+from diffbir.restore.loading import (
+    load_model_config,
+    load_stage1,
+    parse_dtype,
+)
+from diffbir.restore.plan import (
+    MAX_DIFFUSION_SIDE,
+    TilePlan,
+    check_output_size,
+    condition_size,
+    diffusion_min_side,
+    plan_tiles,
+)
+from diffbir.restore.prompts import ImagePrompt
+from diffbir.restore.stages import output_size
 
 __all__ = [
     "DiffBIRPipeline",
@@ -180,7 +180,7 @@ class DiffBIRPipeline:
         """
         from diffbir.models.stage2 import load_stage2
         from diffbir.models.tokenizer import load_tokenizer
-        from diffbir.weights import resolve_many
+        from diffbir.weights.registry import resolve_many
 
         preset = get_preset(version, task)
         device = resolve_device(device)  # one line naming what exists, if it does not
@@ -211,7 +211,7 @@ class DiffBIRPipeline:
                 device=device,
                 dtype=dtype,
             )
-        stage1 = _load_stage1(cleaner_path, None if cleaner else preset.cleaner_arch, configs)
+        stage1 = load_stage1(cleaner_path, None if cleaner else preset.cleaner_arch, configs)
         pipeline = cls(stage1, stage2, preset, device=device, dtype=dtype)
         pipeline.weights_dir = None if weights_dir is None else Path(weights_dir)
         pipeline.download = download
@@ -281,7 +281,7 @@ class DiffBIRPipeline:
         return stages.cleaner_arch(self.cleaner)
 
     def run_input(self, lq: torch.Tensor, upscale: float) -> torch.Tensor:
-        """The cleaner's input (see :func:`diffbir.stages.run_input`)."""
+        """The cleaner's input (see :func:`diffbir.restore.stages.run_input`)."""
         return stages.run_input(lq, upscale, self.cleaner_arch)
 
     def clean(
@@ -298,12 +298,12 @@ class DiffBIRPipeline:
     def encode_condition(
         self, image: torch.Tensor, tile: int | None, overlap: float
     ) -> torch.Tensor:
-        """The condition latent of ``image`` (see :func:`diffbir.stages.encode`)."""
+        """The condition latent of ``image`` (see :func:`diffbir.restore.stages.encode`)."""
         del overlap  # the tiled VAE computes margins around its tiles instead
         return stages.encode(self.stage2, image.to(self.device), tile, self.dtype)
 
     def decode(self, z: torch.Tensor, tile: int | None, overlap: float) -> torch.Tensor:
-        """Images ``(x + 1) / 2`` of latents, not clamped (see :func:`diffbir.stages.decode`)."""
+        """Images ``(x + 1) / 2`` of latents, not clamped (see :func:`diffbir.restore.stages.decode`)."""
         del overlap
         return stages.decode(self.stage2.vae, z, tile, self.dtype)
 
@@ -359,7 +359,7 @@ class DiffBIRPipeline:
         ``given`` one where there is one, else its caption joined to the run's prompt
         (the run's prompt alone with captioner ``none``); with ``tile_captions`` ``each``
         or ``off`` and tiled sampling, the latent tiles' own prompts too."""
-        from diffbir.prompting import describe_images
+        from diffbir.restore.prompts import describe_images
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if lq.dim() == 3:
@@ -417,7 +417,7 @@ class DiffBIRPipeline:
         each image its own (see :meth:`image_prompts`, which makes them when
         None: the run's captioner, or the run's prompt).
         """
-        from diffbir.randomness import ImageStream
+        from diffbir.diffusion.noise import ImageStream
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if lq.dim() == 3:
@@ -451,9 +451,9 @@ class DiffBIRPipeline:
         """One pass of the models over ``lq``'s rows; ``groups`` gives each row's stream,
         ``prompts`` each group's prompts."""
         from diffbir.diffusion.denoiser import Denoiser
+        from diffbir.diffusion.noise import BatchNoise
         from diffbir.diffusion.registry import SamplerKnobs, run_sampler
         from diffbir.imaging.resize import bicubic, to_uint8_levels
-        from diffbir.randomness import BatchNoise
 
         timings: dict[str, float] = {}
         rows = lq.shape[0]
@@ -474,7 +474,7 @@ class DiffBIRPipeline:
             element = torch.finfo(self.dtype).bits // 8
             with _timed(timings, "stage1", self.device), self._on_device("cleaner"):
                 run_input = self.run_input(lq, config.upscale)
-                cond_hw = _condition_size(target_hw, min_side)
+                cond_hw = condition_size(target_hw, min_side)
                 plan = plan_tiles(
                     *cond_hw, budget=config.max_memory, element_size=element, options=config
                 )
@@ -581,7 +581,7 @@ class DiffBIRPipeline:
     def _tile_contexts(self, groups, prompts: list[ImagePrompt], latent_hw):
         """``box -> conditional rows`` for latent tiles with prompts of their own, or None
         when every tile uses its image's prompt."""
-        from diffbir.planning import box_fraction
+        from diffbir.restore.plan import box_fraction
 
         if not any(p.tiles for p in prompts):
             return None
@@ -604,8 +604,8 @@ class DiffBIRPipeline:
         *,
         unet_batch: int = 0,
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``model(x, t, context)`` for the samplers: see :func:`diffbir.network.latent_network`."""
-        from diffbir.network import latent_network
+        """``model(x, t, context)`` for the samplers: see :func:`diffbir.restore.network.latent_network`."""
+        from diffbir.restore.network import latent_network
 
         return latent_network(
             self.stage2,
@@ -626,8 +626,8 @@ class DiffBIRPipeline:
         plan: TilePlan,
         stage1_hw: tuple[int, int],
     ):
-        """The run's latent image guidance, or None: see :func:`diffbir.network.latent_guidance`."""
-        from diffbir.network import latent_guidance
+        """The run's latent image guidance, or None: see :func:`diffbir.restore.network.latent_guidance`."""
+        from diffbir.restore.network import latent_guidance
 
         return latent_guidance(
             config, self.stage2.vae, self.dtype, self.schedule, cond_latent, cond_img, plan,

@@ -58,7 +58,7 @@ class ImagePrompt:
     def tile_prompt(self, region: Region) -> str:
         """The positive prompt of the latent tile covering ``region`` (fractions of the
         image): that of the planned tile it overlaps most, else the image's."""
-        from diffbir.planning import overlap_area
+        from diffbir.restore.plan import overlap_area
 
         best, best_area = self.prompt, 0.0
         for tile_region, prompt in self.tiles:
@@ -247,7 +247,7 @@ def describe_images(
     resolved run ``config``: ``given[i]`` where there is one, else a caption (from
     ``captioner()``, called only when a caption is needed) joined to the run's prompt,
     else the run's prompt; plus tile prompts under ``config.tile_captions``."""
-    from diffbir.planning import latent_tile_regions
+    from diffbir.restore.plan import latent_tile_regions
 
     images = list(lq)
     given = list(given) if given is not None else [None] * len(images)

@@ -7,9 +7,9 @@ pinned revision, kept together under ``<weights dir or cache>/<folder>``.
 :func:`resolve_folder` looks for a complete copy in ``--weights-dir`` (else
 ``DIFFBIR_WEIGHTS_DIR``), then in the download cache; failing that, and unless
 an offline switch is set, it fetches each missing file on its own with
-:func:`diffbir.weights.download` (resume, lock, atomic rename), through
+:func:`diffbir.weights.registry.download` (resume, lock, atomic rename), through
 ``DIFFBIR_MIRROR`` as ``<base>/<folder>/<file>`` when that is set. The shared
-helpers of :mod:`diffbir.weights` are looked up at call time, so patching them
+helpers of :mod:`diffbir.weights.registry` are looked up at call time, so patching them
 there takes effect here too.
 """
 
@@ -22,9 +22,9 @@ from os import PathLike
 from pathlib import Path
 from types import MappingProxyType
 
-from diffbir import weights as _weights
 from diffbir.errors import DownloadError, WeightsNotFoundError, printable
-from diffbir.weights import WeightFile
+from diffbir.weights import registry as _weights  # looked up at call time (tests patch it)
+from diffbir.weights.registry import WeightFile
 
 _HF = "https://huggingface.co"
 _LLAMA2_LICENSE = (
@@ -140,7 +140,7 @@ def find_local_folder(
     cache_dir: str | PathLike | None = None,
 ) -> Path | None:
     """The complete local copy of ``entry`` (weights folder first, then the cache), or ``None``."""
-    wdir, cdir = _weights._folders(weights_dir, cache_dir)
+    wdir, cdir = _weights.search_folders(weights_dir, cache_dir)
     for base in (d for d in (wdir, cdir) if d is not None):
         if not missing_in_folder(entry, base / entry.folder):
             return base / entry.folder
@@ -159,9 +159,9 @@ def resolve_folder(
     """Return the local folder of the model ``name`` (a key of :data:`MODEL_FOLDERS`).
 
     Looks in ``weights_dir`` (else ``DIFFBIR_WEIGHTS_DIR``), then ``cache_dir``
-    (else :func:`diffbir.weights.default_cache_dir`), each under ``entry.folder``; else, when
+    (else :func:`diffbir.weights.registry.default_cache_dir`), each under ``entry.folder``; else, when
     ``download`` is true and no offline switch is set, fetches every missing
-    file with :func:`diffbir.weights.download` (resume, lock, atomic rename) into the weights
+    file with :func:`diffbir.weights.registry.download` (resume, lock, atomic rename) into the weights
     folder if given, else the cache. ``DIFFBIR_MIRROR=URL`` serves them as
     ``URL/<folder>/<file>``.
 
@@ -174,7 +174,7 @@ def resolve_folder(
     found = find_local_folder(entry, weights_dir=weights_dir, cache_dir=cache_dir)
     if found is not None:
         return found
-    wdir, cdir = _weights._folders(weights_dir, cache_dir)
+    wdir, cdir = _weights.search_folders(weights_dir, cache_dir)
     dest = (wdir if wdir is not None else cdir) / entry.folder
     offline = _weights.offline_from_env()
     if not download or offline is not None:
@@ -187,7 +187,7 @@ def resolve_folder(
         if base:
             file = replace(file, url=f"{base}/{entry.folder}/{file.name}")
         try:
-            _weights._download(file, dest, progress=progress)
+            _weights.download(file, dest, progress=progress)
         except DownloadError as exc:
             raise DownloadError(
                 f"{exc}. Or fetch the files of {entry.url} yourself into {printable(dest)}"

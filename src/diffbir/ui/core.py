@@ -1,7 +1,7 @@
 """The web UI's work, without the web: form values -> options, a shared model, a run.
 
 Nothing here imports gradio, so it is tested (and usable) without the ``ui``
-extra. :mod:`diffbir.app` lays out the page and calls :func:`restore_uploads`.
+extra. :mod:`diffbir.ui.app` lays out the page and calls :func:`restore_uploads`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diffbir.errors import DiffBIRError, ImageReadError
-from diffbir.planning import MAX_OUTPUT_PIXELS
+from diffbir.restore.plan import MAX_OUTPUT_PIXELS
 
 #: Inputs larger than this many pixels are refused (2048 x 2048); the x4 result
 #: of such an image is already 67 megapixels.
@@ -72,8 +72,8 @@ class FormValues:
     tile_captions: str = "whole"
 
     def to_options(self):
-        """The :class:`~diffbir.pipeline.RestoreOptions` these values describe (validated)."""
-        from diffbir.pipeline import RestoreOptions
+        """The :class:`~diffbir.restore.pipeline.RestoreOptions` these values describe (validated)."""
+        from diffbir.restore.pipeline import RestoreOptions
 
         def tile(value: float | None) -> int | None:
             return int(value) if value else None
@@ -117,7 +117,7 @@ def _read_form_mask(path: str | None):
 
 def release_defaults(version: str, task: str) -> dict[str, Any]:
     """The form values a release uses by default (shown when version or task changes)."""
-    from diffbir.presets import get_preset
+    from diffbir.config.presets import get_preset
 
     preset = get_preset(version, task)
     return {
@@ -166,7 +166,7 @@ class ReleasedModels:
     def stage2_key(version: str, task: str) -> tuple[str, str]:
         """The stage-2 files ``(sd, controlnet)`` a release's task runs on (for whole
         photos: the background's)."""
-        from diffbir.presets import FACE_WHOLE, get_preset
+        from diffbir.config.presets import FACE_WHOLE, get_preset
 
         preset = get_preset(version, "sr" if task == FACE_WHOLE else task)
         return preset.sd, preset.controlnet
@@ -181,9 +181,9 @@ class ReleasedModels:
         )
 
     def __call__(self, version: str, task: str):
-        from diffbir.pipeline import DiffBIRPipeline
-        from diffbir.presets import FACE_WHOLE
-        from diffbir.whole_photo import WholePhotoPipeline
+        from diffbir.config.presets import FACE_WHOLE
+        from diffbir.restore.pipeline import DiffBIRPipeline
+        from diffbir.restore.whole_photo import WholePhotoPipeline
 
         key = self.stage2_key(version, task)
         if key != self._stage2_key:
@@ -309,8 +309,8 @@ def restore_uploads(
     if len(paths) > max_files:
         raise DiffBIRError(f"{len(paths)} images uploaded; at most {max_files} per run")
 
-    from diffbir.pipeline import output_size
-    from diffbir.presets import get_preset
+    from diffbir.config.presets import get_preset
+    from diffbir.restore.pipeline import output_size
 
     upscale = options.upscale or get_preset(form.version, form.task).upscale
     run = RunReport()
@@ -374,7 +374,7 @@ def restore_uploads(
 
 def edited_prompt(form: FormValues, config):
     """The page's edited caption as every image's prompt, or None to caption each."""
-    from diffbir.prompting import ImagePrompt, join_prompt
+    from diffbir.restore.prompts import ImagePrompt, join_prompt
 
     caption = " ".join((form.caption or "").split())
     if not caption:
@@ -416,7 +416,7 @@ def describe_upload(
 
 def resized_like(rgb, size: tuple[int, int]):
     """``rgb`` [3,h,w] resized (bicubic) to ``size``, so that it lines up with the result."""
-    from diffbir.pipeline import resize
+    from diffbir.restore.pipeline import resize
 
     return resize(rgb.unsqueeze(0).float(), size)[0]
 

@@ -1,9 +1,9 @@
 """The web UI: ``diffbir serve`` (needs the ``ui`` extra: ``pip install "diffbir[ui]"``).
 
 The page lays out the knobs of ``diffbir restore`` and shows the result beside
-the input. The work itself is in :mod:`diffbir.app_core`; this module only
+the input. The work itself is in :mod:`diffbir.ui.core`; this module only
 builds the gradio page and starts the server. gradio is imported inside the
-functions, so ``import diffbir.app`` works without it.
+functions, so ``import diffbir.ui.app`` works without it.
 """
 
 import logging
@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diffbir.app_core import (
+from diffbir.errors import DiffBIRError, printable
+from diffbir.ui.core import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -25,7 +26,6 @@ from diffbir.app_core import (
     released_pipeline_factory,
     restore_uploads,
 )
-from diffbir.errors import DiffBIRError, printable
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def build_app(
     """
     gr = require_gradio()
     from diffbir.captioning.names import captioner_names
+    from diffbir.config.presets import TASK_CHOICES, VERSIONS
     from diffbir.diffusion.names import sampler_names
-    from diffbir.presets import TASK_CHOICES, VERSIONS
 
     factory = pipeline_factory or released_pipeline_factory(
         weights_dir=weights_dir,

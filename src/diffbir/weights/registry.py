@@ -290,7 +290,7 @@ def find_local(
     which would mean reading gigabytes on every run); a size that differs from
     the published one only warns, since a user may keep a converted copy.
     """
-    wdir, cdir = _folders(weights_dir, cache_dir)
+    wdir, cdir = search_folders(weights_dir, cache_dir)
     return _find(file, [d for d in (wdir, cdir) if d is not None])
 
 
@@ -325,7 +325,7 @@ def resolve(
     if text not in registry and (os.sep in text or "/" in text):
         raise WeightsNotFoundError(f"{printable(text)}: no such weights file or folder")
     file = get(text, registry=registry)
-    wdir, cdir = _folders(weights_dir, cache_dir)
+    wdir, cdir = search_folders(weights_dir, cache_dir)
     found = _find(file, [d for d in (wdir, cdir) if d is not None])
     if found is not None:
         return found
@@ -366,21 +366,21 @@ def missing_files_error(
     failures: Sequence[tuple[str, DiffBIRError]],
     *,
     registry: Mapping[str, WeightFile] = REGISTRY,
+    urls: Mapping[str, str] | None = None,
 ) -> DiffBIRError:
-    """One error that names every ``(name, error)`` pair (see :func:`resolve_many`).
-
-    With a single failure its own error is returned.
+    """One error that names every ``(name, error)`` pair (see :func:`resolve_many`);
+    ``urls`` gives the address of names that are not files of ``registry`` (model
+    folders). With a single failure its own error is returned.
     """
     if len(failures) == 1:
         return failures[0][1]
-    from diffbir.weights_folders import MODEL_FOLDERS  # here: weights_folders imports this module
-
+    urls = urls or {}
     lines = [f"{len(failures)} weights files are missing:"]
     for name, _ in failures:
         if name in registry:
             url = registry[name].url
         else:
-            url = MODEL_FOLDERS[name].url if name in MODEL_FOLDERS else "(not a released file)"
+            url = urls.get(name, "(not a released file)")
         lines.append(f"  {printable(name)}  {url}")
     lines.append(
         "Put them in a folder passed with --weights-dir (or DIFFBIR_WEIGHTS_DIR), or run "
@@ -573,9 +573,11 @@ def _sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _folders(
+def search_folders(
     weights_dir: str | PathLike | None, cache_dir: str | PathLike | None
 ) -> tuple[Path | None, Path]:
+    """The weights folder (``weights_dir``, else ``DIFFBIR_WEIGHTS_DIR``, else None) and
+    the cache folder (``cache_dir``, else :func:`default_cache_dir`), in search order."""
     wdir = Path(weights_dir).expanduser() if weights_dir is not None else weights_dir_from_env()
     cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return wdir, cdir

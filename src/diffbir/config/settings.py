@@ -1,7 +1,7 @@
 """Run settings: the user's overrides on top of the release's defaults, resolved once.
 
 :class:`RestoreOptions` is what a caller sets (``None`` = "the release's
-value"); :func:`resolve` turns it and a :class:`~diffbir.presets.Preset` into
+value"); :func:`resolve` turns it and a :class:`~diffbir.config.presets.Preset` into
 a frozen :class:`RunConfig`, the one description of a run that the CLI, the
 Python API, the web UI and whole-photo runs share, that ``--print-config``
 prints and that every written image records.
@@ -16,10 +16,10 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from diffbir.config.presets import Preset
 from diffbir.errors import ConfigError, DiffBIRWarning
-from diffbir.planning import MAX_DIFFUSION_SIDE
-from diffbir.presets import Preset
-from diffbir.prompting import TILE_CAPTIONS
+from diffbir.restore.plan import DEFAULT_TILE_OVERLAP, MAX_DIFFUSION_SIDE
+from diffbir.restore.prompts import TILE_CAPTIONS
 
 # The diffusion models were trained on 512x512 crops; smaller conditions degrade.
 MIN_DIFFUSION_SIDE = 512
@@ -77,12 +77,14 @@ class RestoreOptions:
     # llava's weights: 16, or 8/4 (bitsandbytes, CUDA only); None: the release's 4 where
     # bitsandbytes and CUDA are there, else 16.
     captioner_bits: int | None = None
-    tile_captions: str = "whole"  # tiled sampling: "whole" | "each" | "off" (diffbir.prompting)
+    tile_captions: str = (
+        "whole"  # tiled sampling: "whole" | "each" | "off" (diffbir.restore.prompts)
+    )
     seed: int | None = 231
     cleaner_tile: int | None = None  # pixels; None = automatic
     vae_tile: int | None = None  # pixels of the decoded image; None = automatic
     latent_tile: int | None = None  # pixels (multiple of 64); None = automatic
-    tile_overlap: float = 0.25  # fraction of a tile
+    tile_overlap: float = DEFAULT_TILE_OVERLAP  # fraction of a tile
     min_side: int = MIN_DIFFUSION_SIDE  # short side the diffusion stage works at, at least
     # Bytes for the networks' activations; the full-resolution image buffers come on top.
     max_memory: float | None = None

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from diffbir.config.presets import FACE_WHOLE, get_preset
 from diffbir.errors import ConfigError
-from diffbir.pipeline import DiffBIRPipeline, RestoreOptions, RestoreResult, resize
-from diffbir.presets import FACE_WHOLE, get_preset
+from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions, RestoreResult, resize
 
 DETECTOR_WEIGHTS = "face_detection_yunet_2023mar.onnx"
 
@@ -70,7 +70,7 @@ class WholePhotoPipeline:
         ``loader`` takes the keyword arguments of :meth:`DiffBIRPipeline.from_preset`;
         ``face_batch`` faces of a photo are restored together."""
         from diffbir.faces.detect import YuNetDetector
-        from diffbir.weights import resolve
+        from diffbir.weights.registry import resolve
 
         loader.pop("task", None)
         background = DiffBIRPipeline.from_preset(version, "sr", **loader)
@@ -153,7 +153,7 @@ class WholePhotoPipeline:
         self, lq: torch.Tensor, options: RestoreOptions | None = None, prompts=None
     ) -> WholePhotoResult:
         """Restore each image of the batch ``lq`` ([B,3,H,W] in [0,1]); ``prompts``: each
-        photo's :class:`~diffbir.prompting.ImagePrompt` (made from the options when None)."""
+        photo's :class:`~diffbir.restore.prompts.ImagePrompt` (made from the options when None)."""
         from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_image
 
         options = options or RestoreOptions()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffbir.planning import _overlap_pixels
+from diffbir.restore.plan import overlap_pixels
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TileContext = Callable[[tuple[int, int, int, int]], torch.Tensor]
@@ -64,7 +64,7 @@ def latent_network(
     if tile is None or max(cond_latent.shape[-2:]) * 8 <= tile:
         return whole
     latent_tile = tile // 8
-    latent_overlap = _overlap_pixels(latent_tile, overlap, 1)
+    latent_overlap = overlap_pixels(latent_tile, overlap, 1)
 
     def tiled(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         cond = cond_for(x.shape[0])
@@ -147,7 +147,7 @@ def latent_guidance(
         step_rescale=release_step_rescale(schedule.alphas_cumprod, grid),
         mask=mask,
         tile=tile,
-        tile_overlap=_overlap_pixels(tile, plan.overlap, 1) if tile else 0,
+        tile_overlap=overlap_pixels(tile, plan.overlap, 1) if tile else 0,
     )
 
 

@@ -1,6 +1,6 @@
 """The stages of a restore, as the release's inference path runs them.
 
-Plain functions of the models they use; :class:`diffbir.pipeline.DiffBIRPipeline`
+Plain functions of the models they use; :class:`diffbir.restore.pipeline.DiffBIRPipeline`
 calls them in order (run input -> clean -> encode -> sample -> decode -> colour
 fix). Nothing here is clamped before the final quantisation, as released.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from diffbir.imaging.resize import bicubic, pad_to_multiple, pil_bicubic, resize_short_side
-from diffbir.planning import TilePlan, _overlap_pixels
+from diffbir.restore.plan import TilePlan, overlap_pixels
 
 
 def cleaner_arch(cleaner: torch.nn.Module) -> str:
@@ -69,7 +69,7 @@ def clean(
 
     with torch.no_grad():
         if tile is not None and max(h, w) > tile:
-            overlap = _overlap_pixels(tile, plan.overlap, 8)
+            overlap = overlap_pixels(tile, plan.overlap, 8)
             out = tiled_apply(model, x, tile=tile, overlap=overlap, scale=scale)
         elif arch == "swinir":
             if min(h, w) < min_side:

@@ -2,7 +2,7 @@
 
 :class:`RestoreJob` is what ``diffbir restore`` runs. Before any model is
 loaded it collects the inputs (a missing path, an empty folder, a broken link,
-an unreadable file or a result above :data:`~diffbir.planning.MAX_OUTPUT_PIXELS`
+an unreadable file or a result above :data:`~diffbir.restore.plan.MAX_OUTPUT_PIXELS`
 is reported in one line and skipped), refuses a run that would overwrite one of
 its inputs, checks that the output folder can be written, and removes the
 temporary files a killed earlier run left there. It then skips finished outputs
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from diffbir.config.presets import FACE_WHOLE
 from diffbir.errors import DiffBIRError, ImageReadError, is_out_of_memory, printable
-from diffbir.presets import FACE_WHOLE
 
 
 @dataclass
@@ -72,7 +72,7 @@ class RestoreJob:
 
     inputs: Sequence[str | Path]
     output: Path
-    options: object  # diffbir.pipeline.RestoreOptions
+    options: object  # diffbir.restore.pipeline.RestoreOptions
     recursive: bool = False
     suffix: str = ".png"
     quality: int = 95
@@ -83,10 +83,10 @@ class RestoreJob:
     batch_size: int = 1
     progress: bool = True
     verbose: bool = False
-    # The output factor, to refuse results above diffbir.planning.MAX_OUTPUT_PIXELS before
+    # The output factor, to refuse results above diffbir.restore.plan.MAX_OUTPUT_PIXELS before
     # any model loads (None: options.upscale; when that is None too, the pipeline checks).
     upscale: float | None = None
-    # Per-image prompts: a --prompts table (diffbir.prompting.PromptTable) and NAME.txt
+    # Per-image prompts: a --prompts table (diffbir.restore.prompts.PromptTable) and NAME.txt
     # sidecars beside the images.
     prompt_table: object | None = None
     sidecars: bool = True
@@ -121,7 +121,7 @@ class RestoreJob:
         ``SystemExit``) with ``interrupted`` set, in a single process."""
         from tqdm.auto import tqdm
 
-        from diffbir.distributed import Shard
+        from diffbir.jobs.sharding import Shard
 
         started = time.time()
         if self.output.exists() and not self.output.is_dir():
@@ -204,7 +204,7 @@ class RestoreJob:
         from tqdm.auto import tqdm
 
         from diffbir.imaging.io import read_image
-        from diffbir.prompting import prompt_for_file
+        from diffbir.restore.prompts import prompt_for_file
 
         config = pipeline.resolve(self.options)
         given = {}
@@ -310,7 +310,7 @@ class RestoreJob:
         """Why ``item`` cannot be restored, found from its header alone (unreadable, or a
         result above the output limit), or None."""
         from diffbir.imaging.io import read_image_size
-        from diffbir.planning import MAX_OUTPUT_PIXELS, check_output_size
+        from diffbir.restore.plan import MAX_OUTPUT_PIXELS, check_output_size
 
         try:
             size = read_image_size(item.path)
@@ -513,7 +513,7 @@ def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> Non
 
 def _plain(given, config):
     """``given`` or, when None, the run's prompts."""
-    from diffbir.prompting import ImagePrompt
+    from diffbir.restore.prompts import ImagePrompt
 
     return given if given is not None else ImagePrompt(config.prompt, config.negative_prompt)
 
@@ -577,7 +577,7 @@ def _code(stop: SystemExit) -> int:
 
 
 def _load_pipeline(loader: dict, shard):
-    from diffbir.pipeline import DiffBIRPipeline
+    from diffbir.restore.pipeline import DiffBIRPipeline
 
     loader = dict(loader)
     # True, or the keyword arguments of DiffBIRPipeline.compile (backend, mode).
@@ -585,7 +585,7 @@ def _load_pipeline(loader: dict, shard):
     if shard.world > 1 and loader.get("device") is None:
         loader["device"] = shard.device
     if loader.get("task") == FACE_WHOLE:
-        from diffbir.whole_photo import WholePhotoPipeline
+        from diffbir.restore.whole_photo import WholePhotoPipeline
 
         pipeline = WholePhotoPipeline.from_preset(**loader)
     else:

@@ -13,10 +13,10 @@ MODEL_CONFIG_KEYS = ("cleaner", "unet", "vae", "text", "controlnet")
 CLEANER_ARCHS = ("swinir", "rrdbnet", "scunet")
 
 
-def _load_stage1(path: Path, arch: str | None, configs: Mapping) -> torch.nn.Module:
+def load_stage1(path: Path, arch: str | None, configs: Mapping) -> torch.nn.Module:
     """Load the cleaner; a ``cleaner`` config section may be keyed by architecture."""
-    from diffbir.checkpoint import load_state_dict
     from diffbir.models.cleaner import infer_arch, load_cleaner
+    from diffbir.weights.checkpoint import load_state_dict
 
     config = dict(configs.get("cleaner", {}))
     if config and set(config) <= set(CLEANER_ARCHS):

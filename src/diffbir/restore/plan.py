@@ -2,7 +2,7 @@
 
 The plan depends only on the image size, the dtype's width and the activation
 budget (``--max-memory``, or the fixed default of
-:data:`diffbir.settings.DEFAULT_MAX_MEMORY`), never on the memory that happens
+:data:`diffbir.config.settings.DEFAULT_MAX_MEMORY`), never on the memory that happens
 to be free, so the same command gives the same image on every machine.
 
 Sizes are planned here too, before any memory is spent: the largest result a
@@ -26,6 +26,8 @@ MAX_OUTPUT_PIXELS = 8192 * 8192
 #: diffusion stage: a 3x2000 strip raised to a 512 short side would be 512x341,333
 #: (175 megapixels per buffer); images more elongated than 16:1 are raised less.
 MAX_DIFFUSION_SIDE = 8192
+#: The fraction of a tile that neighbouring tiles share unless told (``--tile-overlap``).
+DEFAULT_TILE_OVERLAP = 0.25
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,6 @@ def plan_tiles(
     size). Explicit sizes in ``options`` win; a stage whose whole image fits
     runs untiled. The plan depends on nothing but these arguments.
     """
-    if options is None:
-        from diffbir.settings import RestoreOptions
-
-        options = RestoreOptions()
     scale = element_size / 4
 
     def choose(stage: str, explicit: int | None) -> int | None:
@@ -82,16 +80,19 @@ def plan_tiles(
                 return tile
         return _TILE_CHOICES[-1]
 
+    def given(name: str):
+        return None if options is None else getattr(options, name)
+
     return TilePlan(
-        cleaner=choose("cleaner", options.cleaner_tile),
-        vae_encode=choose("vae_encode", options.vae_tile),
-        vae_decode=choose("vae_decode", options.vae_tile),
-        latent=choose("latent", options.latent_tile),
-        overlap=options.tile_overlap,
+        cleaner=choose("cleaner", given("cleaner_tile")),
+        vae_encode=choose("vae_encode", given("vae_tile")),
+        vae_decode=choose("vae_decode", given("vae_tile")),
+        latent=choose("latent", given("latent_tile")),
+        overlap=DEFAULT_TILE_OVERLAP if options is None else options.tile_overlap,
     )
 
 
-def _condition_size(target_hw: tuple[int, int], min_side: int) -> tuple[int, int]:
+def condition_size(target_hw: tuple[int, int], min_side: int) -> tuple[int, int]:
     """The diffusion stage's pixel size for an output of ``target_hw`` (``min_side`` as
     :func:`diffusion_min_side` gives it), rounded up: used to choose tiles."""
     h, w = target_hw
@@ -102,7 +103,7 @@ def _condition_size(target_hw: tuple[int, int], min_side: int) -> tuple[int, int
     return h, w
 
 
-def _overlap_pixels(tile: int, fraction: float, multiple: int) -> int:
+def overlap_pixels(tile: int, fraction: float, multiple: int) -> int:
     """``fraction`` of ``tile`` as a multiple of ``multiple`` (at least one when > 0)."""
     if fraction <= 0:
         return 0
@@ -166,7 +167,7 @@ def latent_tiles(latent_hw: tuple[int, int], plan: TilePlan) -> list[tuple[int, 
     if tile is None or max(h, w) * 8 <= tile:
         return [(0, h, 0, w)]
     latent_tile = tile // 8
-    overlap = _overlap_pixels(latent_tile, plan.overlap, 1)
+    overlap = overlap_pixels(latent_tile, plan.overlap, 1)
     return [
         (r0, r1, c0, c1)
         for r0, r1 in tile_spans(h, latent_tile, overlap)
@@ -180,7 +181,7 @@ def latent_tile_regions(lq_hw: tuple[int, int], options, *, element_size: int = 
     the whole image when sampling is not tiled. ``options`` is a resolved run config."""
     target_hw = check_output_size(lq_hw, options.upscale, max_pixels=None)
     min_side = diffusion_min_side(target_hw, options.min_side)
-    cond_h, cond_w = _condition_size(target_hw, min_side)
+    cond_h, cond_w = condition_size(target_hw, min_side)
     plan = plan_tiles(
         cond_h, cond_w, budget=options.max_memory, element_size=element_size, options=options
     )

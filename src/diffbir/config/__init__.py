@@ -1,0 +1,1 @@
+"""Settings: the release table (presets), the user's options, and their resolution into one frozen run configuration."""

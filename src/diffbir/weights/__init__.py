@@ -1,0 +1,1 @@
+"""Weights: the registry of released files, downloads, safe checkpoint loading and layout conversion."""
