@@ -25,7 +25,8 @@ from PIL import Image
 from diffbir.config.presets import TASKS, VERSIONS, get_preset
 from diffbir.errors import ConfigError, DiffBIRError, ImageReadError
 from diffbir.imaging.io import read_image
-from diffbir.restore.pipeline import RestoreResult, resize
+from diffbir.imaging.resize import resize_for_display as resize
+from diffbir.restore.base import RestoreResult
 from diffbir.restore.prompts import ImagePrompt
 from diffbir.ui.core import (
     OOM_MESSAGE,
@@ -46,28 +47,44 @@ class FakePipeline:
         self.fail_on = fail_on or set()
         self.error = error
 
+    device = torch.device("cpu")
+
     def resolve(self, options):
         from diffbir.config.settings import resolve
 
         return resolve(get_preset("v2.1", "sr"), options)
 
+    def _config(self, options):
+        from diffbir.config.settings import RunConfig
+
+        return options if isinstance(options, RunConfig) else self.resolve(options)
+
+    def free_captioner(self):
+        pass
+
+    def prepare_image_prompts(self, prompts, *, drop_text_encoder=False):
+        pass
+
     def image_prompts(self, lq, options, given=None):
         """The given prompt, else a caption that names the image's size."""
-        config = self.resolve(options)
+        config = self._config(options)
         if given and given[0] is not None:
             return [given[0]]
         caption = "" if config.captioner == "none" else f"a photo {lq.shape[-1]}x{lq.shape[-2]}"
         prompt = ", ".join(t for t in (caption, config.prompt) if t)
         return [ImagePrompt(prompt, config.negative_prompt, caption)]
 
-    def __call__(self, lq: torch.Tensor, options, prompts=None) -> RestoreResult:
+    def restore(self, lq: torch.Tensor, options, prompts=None) -> RestoreResult:
+        options = self._config(options)
         self.calls.append((tuple(lq.shape), options))
         self.prompts = prompts
         if len(self.calls) - 1 in self.fail_on:
             raise self.error
         h, w = lq.shape[-2:]
         up = resize(lq, (int(h * options.upscale), int(w * options.upscale)))
-        return RestoreResult(image=1 - up, stage1=up)
+        return RestoreResult(image=1 - up, stage1=up, config=options, prompts=list(prompts or []))
+
+    __call__ = restore
 
 
 class CountingFactory:

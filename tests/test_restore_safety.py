@@ -208,10 +208,9 @@ class _FailingPipeline:
 
         return resolve(get_preset("v2.1", "sr"), options)
 
-    def image_prompts(self, lq, options, given=None):
+    def image_prompts(self, lq, config, given=None):
         from diffbir.restore.prompts import ImagePrompt
 
-        config = self.resolve(options)
         return [g or ImagePrompt(config.prompt, config.negative_prompt) for g in given]
 
     def prepare_image_prompts(self, prompts, *, drop_text_encoder=False):
@@ -220,8 +219,8 @@ class _FailingPipeline:
     def free_captioner(self):
         pass
 
-    def __call__(self, batch, options, prompts=None):
-        from diffbir.restore.pipeline import RestoreResult
+    def restore(self, batch, config, prompts=None):
+        from diffbir.restore.base import RestoreResult
 
         self.calls += 1
         if self.calls - 1 == self.fail_on:
@@ -234,12 +233,12 @@ class _FailingPipeline:
     [MemoryError(), torch.OutOfMemoryError("CUDA out of memory"), RuntimeError("std::bad_alloc")],
 )
 def test_every_kind_of_out_of_memory_spares_the_rest_of_the_batch(tmp_path, capsys, error):
-    from diffbir.config.settings import RestoreOptions
     from diffbir.jobs.batch import RestoreJob
+    from diffbir.restore.factory import resolve_run
 
     for index in range(3):
         _photo(tmp_path / "in" / f"{index}.png", seed=index)
-    job = RestoreJob([tmp_path / "in"], tmp_path / "out", RestoreOptions(), progress=False)
+    job = RestoreJob([tmp_path / "in"], tmp_path / "out", resolve_run("v2.1", "sr"), progress=False)
     summary = job.run({}, pipeline=_FailingPipeline(error, fail_on=1))
     err = capsys.readouterr().err
     assert summary.restored == 2 and [Path(p).name for p, _ in summary.failed] == ["1.png"]

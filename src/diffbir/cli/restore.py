@@ -380,19 +380,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
 
 
-def _resolved(args: argparse.Namespace, options):
-    """The run's settings (release defaults + options), resolved now so that a value that
-    cannot work (steps for the sampler, ...) is refused before any file is touched."""
-    import warnings
-
-    from diffbir.config.presets import get_preset
-    from diffbir.config.settings import resolve
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the pipeline warns once, when it runs
-        return resolve(get_preset(args.version, args.task), options, device_type=_device_type(args))
-
-
 def _device_type(args: argparse.Namespace) -> str:
     """``cpu``/``cuda``... of the run's device (picks the default captioner)."""
     from diffbir.config.settings import resolve_device
@@ -436,26 +423,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from diffbir.jobs.batch import RestoreJob
+    from diffbir.restore.factory import resolve_run
 
     _check_arguments(args)
     options = options_from_args(args)
-    config = _resolved(args, options)
+    # The run's settings, resolved once here: every image (and face) of the run uses them.
+    config = resolve_run(args.version, args.task, options, device_type=_device_type(args))
     if args.print_config:
-        from diffbir.config.presets import get_preset
-        from diffbir.config.settings import resolve
-
-        # resolved again with its notes shown (e.g. edm_* with an eps-prediction release)
-        device_type = _device_type(args)
-        config = resolve(get_preset(args.version, args.task), options, device_type=device_type)
         print(config.describe(), end="")
-        if args.task == FACE_WHOLE:
-            face = resolve(get_preset(args.version, "face"), options, device_type=device_type)
-            print("# faces:")
-            print(face.describe(), end="")
         return 0
-    from diffbir.config.settings import resolve_device
-
-    resolve_device(args.device)  # one line naming the devices there are
     if config.captioner != "none" and not args.quiet:
         why = "" if args.captioner else f" ({config.version}'s default here)"
         print(
@@ -466,7 +442,7 @@ def _run(args: argparse.Namespace) -> int:
     job = RestoreJob(
         inputs=args.inputs,
         output=args.output,
-        options=options,
+        config=config,
         recursive=args.recursive,
         suffix="." + args.format,
         quality=args.quality,
@@ -477,7 +453,6 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         verbose=args.verbose,
-        upscale=config.upscale,
         prompt_table=_prompt_table(args.prompts),
         sidecars=not args.no_sidecars,
     )

@@ -278,19 +278,27 @@ class RunConfig:
     max_memory: float
     unet_batch: int
     progress: bool
+    # Whole-photo runs (task face-whole): the faces' own settings, resolved with the
+    # photo's (the same seed, x1); None for every other task.
+    faces: RunConfig | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict:
-        """Every setting by name; the guidance mask as ``"given"`` or ``None``."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every setting by name (the faces' apart); the guidance mask as ``"given"`` or
+        ``None``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "faces"}
         data["guidance_mask"] = None if self.guidance_mask is None else "given"
         return data
 
     def describe(self) -> str:
-        """``key: value`` lines (YAML), as ``--print-config`` shows them."""
+        """``key: value`` lines (YAML), as ``--print-config`` shows them; a whole-photo
+        run's faces follow under ``# faces:``."""
         import yaml
 
         data = {k: v for k, v in self.as_dict().items() if k != "progress"}
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+        if self.faces is not None:
+            text += "# faces:\n" + self.faces.describe()
+        return text
 
     def metadata(self) -> dict[str, str]:
         """What a written image records of how it was made (text chunks / JSON)."""
@@ -367,6 +375,30 @@ def resolve(
             f"--start-strength below 1 works with our own samplers only, not {config.sampler}"
         )
     return config
+
+
+def resolve_whole_photo(
+    version: str, options: RestoreOptions | None = None, *, device_type: str = "cpu"
+) -> RunConfig:
+    """A whole-photo run (task ``face-whole``): the photo's settings (the release's ``sr``
+    models at its whole-photo upscale) with the faces' (``face`` models, x1) in
+    :attr:`RunConfig.faces`. An unset seed is drawn once and used for both."""
+    from dataclasses import replace
+
+    from diffbir.config.presets import FACE_WHOLE, get_preset
+
+    options = options or RestoreOptions()
+    if options.n_samples != 1:
+        raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
+    photo = resolve(get_preset(version, FACE_WHOLE), options, device_type=device_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the photo's resolve said it already
+        faces = resolve(
+            get_preset(version, "face"),
+            replace(options, upscale=1.0, seed=photo.seed),
+            device_type=device_type,
+        )
+    return replace(photo, faces=faces)
 
 
 def default_captioner(version: str, device_type: str) -> str:

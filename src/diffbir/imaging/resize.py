@@ -54,6 +54,14 @@ def bicubic(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x.float(), size=tuple(size_hw), mode="bicubic", antialias=True)
 
 
+def resize_for_display(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """:func:`bicubic` clamped to [0, 1], in ``x``'s dtype (``x`` itself at its size): for
+    images shown or compared, not for the restore path's own resizes."""
+    if tuple(x.shape[-2:]) == tuple(size_hw):
+        return x
+    return bicubic(x, size_hw).clamp_(0, 1).to(x.dtype)
+
+
 def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
     """The release's size for a short side of ``size``: the long side is truncated."""
     if h == w:

@@ -1,6 +1,8 @@
-"""Batch restoration of files: inputs -> pipeline -> atomic outputs, resumable.
+"""Batch restoration of files: inputs -> restorer -> atomic outputs, resumable.
 
-:class:`RestoreJob` is what ``diffbir restore`` runs. Before any model is
+:class:`RestoreJob` is what ``diffbir restore`` runs: the files' side of a run
+(which inputs, which outputs, resuming, sharding) around the shared run loop of
+:mod:`diffbir.jobs.loop`, with itself as the loop's sink. Before any model is
 loaded it collects the inputs (a missing path, an empty folder, a broken link,
 an unreadable file or a result above :data:`~diffbir.restore.plan.MAX_OUTPUT_PIXELS`
 is reported in one line and skipped), refuses a run that would overwrite one of
@@ -13,7 +15,6 @@ with ``accelerate launch`` (one model per GPU, each output written once).
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from diffbir.config.presets import FACE_WHOLE
-from diffbir.errors import DiffBIRError, ImageReadError, is_out_of_memory, printable
+from diffbir.config.settings import RunConfig
+from diffbir.errors import DiffBIRError, printable
+from diffbir.jobs.loop import RunLoop, Work, output_metadata, size_problem
 
 
 @dataclass
@@ -72,7 +74,8 @@ class RestoreJob:
 
     inputs: Sequence[str | Path]
     output: Path
-    options: object  # diffbir.restore.pipeline.RestoreOptions
+    # The run's settings, resolved once (diffbir.restore.factory.resolve_run).
+    config: RunConfig
     recursive: bool = False
     suffix: str = ".png"
     quality: int = 95
@@ -83,9 +86,6 @@ class RestoreJob:
     batch_size: int = 1
     progress: bool = True
     verbose: bool = False
-    # The output factor, to refuse results above diffbir.restore.plan.MAX_OUTPUT_PIXELS before
-    # any model loads (None: options.upscale; when that is None too, the pipeline checks).
-    upscale: float | None = None
     # Per-image prompts: a --prompts table (diffbir.restore.prompts.PromptTable) and NAME.txt
     # sidecars beside the images.
     prompt_table: object | None = None
@@ -111,9 +111,10 @@ class RestoreJob:
 
     def run(self, loader: dict, pipeline=None) -> JobSummary:
         """Restore every planned input. ``loader`` holds the arguments of
-        :meth:`DiffBIRPipeline.from_preset` (plus ``compile``); the pipeline is
-        only loaded when there is something to do, after the inputs and the
-        output folder have been checked. A ready ``pipeline`` may be passed instead.
+        :func:`~diffbir.restore.factory.load_restorer` (version, task, weights, device,
+        ``compile``...); the restorer is only loaded when there is something to do,
+        after the inputs and the output folder have been checked. A ready restorer
+        may be passed as ``pipeline`` instead.
 
         Every input that cannot be used is reported in one line and counted in the
         summary's ``failed``; the others complete. A load failure ends the run with
@@ -131,16 +132,16 @@ class RestoreJob:
         shard = Shard.current()
         summary = JobSummary()
         problems: list[tuple[str, str]] = []
-        work = self.plan(problems)
+        planned = self.plan(problems)
         if shard.rank == 0:
             for source, reason in problems:
                 _report(summary, source, reason)
         todo = []
-        for item, out in shard.take(work):
+        for item, out in shard.take(planned):
             if self.skip_existing and all(p.exists() for p in self.sample_paths(out)):
                 summary.skipped += 1
                 continue
-            reason = self._size_problem(item)
+            reason = size_problem(Path(item.path), self.config.upscale)
             if reason is not None:
                 _report(summary, item.path, reason)
                 continue
@@ -149,37 +150,48 @@ class RestoreJob:
             from diffbir.imaging.io import check_writable_folder
 
             check_writable_folder(self.output)  # before minutes of model loading
-        if shard.rank == 0 and work:
-            self._remove_stale_temp_files(work, started)
-        self._prompts: dict[Path, object] = {}
+        if shard.rank == 0 and planned:
+            self._remove_stale_temp_files(planned, started)
         try:
             if todo and pipeline is None:
                 try:
-                    pipeline = _load_pipeline(loader, shard)
+                    pipeline = _load_restorer(loader, shard)
                 except DiffBIRError as exc:
                     summary.fatal = str(exc)
                     todo = []
+            loop = RunLoop(
+                pipeline,
+                self.config,
+                sink=self,
+                report=lambda path, reason: _report(summary, path, reason),
+                batch_size=self.batch_size,
+            )
+            work = [Work(Path(item.path), out) for item, out in todo]
+            prompts = {}
             if todo:
                 try:
-                    todo = self._describe(pipeline, todo, summary, shard)
+                    prompts = self._prompts_of(loop, todo, summary, shard)
                     # Every prompt of the run is known now: encode them, free the text encoder.
-                    pipeline.prepare_image_prompts(
-                        list(self._prompts.values()), drop_text_encoder=True
-                    )
+                    pipeline.prepare_image_prompts(list(prompts.values()), drop_text_encoder=True)
                 except DiffBIRError as exc:
                     summary.fatal = str(exc)
-                    todo = []
+                    work = []
+            self._prompts = prompts
             bar = tqdm(
-                total=len(todo),
+                total=len(work),
                 desc="restoring" if shard.world == 1 else f"restoring [{shard.rank}]",
                 unit="img",
-                disable=not self.progress or not todo,
+                disable=not self.progress or not work,
                 position=shard.rank,
             )
             with bar:
-                for group in self._batches(todo, summary):
-                    self._restore_group(pipeline, group, summary)
-                    bar.update(len(group))
+                summary.restored += loop.run(
+                    work,
+                    prompts,
+                    after_group=lambda group: bar.update(len(group)),
+                    on_done=self._done,
+                )
+            summary.timings.update(loop.timings)
         except (KeyboardInterrupt, SystemExit) as stop:
             if shard.world > 1:
                 raise  # the other processes stop too; no summary to gather
@@ -191,22 +203,21 @@ class RestoreJob:
     def sample_paths(self, out: Path) -> list[Path]:
         """The files one input gives: ``out``, or ``NAME_0``, ``NAME_1``... with
         ``n_samples`` > 1 (the release's naming)."""
-        n = getattr(self.options, "n_samples", 1)
+        n = self.config.n_samples
         if n == 1:
             return [out]
         return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
 
     # ---------------------------------------------------------------- internals
-    def _describe(self, pipeline, todo: list, summary: JobSummary, shard) -> list:
-        """Find every input's prompts before the diffusion stage: its --prompts row or
+    def _prompts_of(self, loop: RunLoop, todo: list, summary: JobSummary, shard) -> dict:
+        """Every input's prompts before the diffusion stage: its --prompts row or
         sidecar, else a caption (one pass over the images that need one, after which the
-        captioner is freed). Returns the inputs still to restore."""
+        captioner is freed)."""
         from tqdm.auto import tqdm
 
-        from diffbir.imaging.io import read_image
         from diffbir.restore.prompts import prompt_for_file
 
-        config = pipeline.resolve(self.options)
+        config = self.config
         given = {}
         for item, out in todo:
             try:
@@ -220,51 +231,28 @@ class RestoreJob:
                 )
             except DiffBIRError as exc:
                 _report(summary, item.path, str(exc))
-        todo = [(item, out) for item, out in todo if out in given]
-        needs_model = config.captioner != "none" and (
-            config.tile_captions == "each" or any(g is None for g in given.values())
-        )
-        if not needs_model:
-            kept = []
-            for item, out in todo:
-                if config.tile_captions != "off":
-                    self._prompts[out] = _plain(given[out], config)
-                else:  # the tiles' prompts need the image's size only
-                    try:
-                        blank = _size_only(item.path)
-                    except DiffBIRError as exc:
-                        _report(summary, item.path, str(exc))
-                        continue
-                    self._prompts[out] = pipeline.image_prompts(blank, self.options, [given[out]])[
-                        0
-                    ]
-                kept.append((item, out))
-            return kept
-        kept = []
-        bar = tqdm(
-            todo,
-            desc="captioning" if shard.world == 1 else f"captioning [{shard.rank}]",
-            unit="img",
-            disable=not self.progress,
-            position=shard.rank,
-        )
-        for item, out in bar:
-            try:
-                image = read_image(item.path)
-            except ImageReadError as exc:
-                _report(summary, item.path, str(exc))
-                continue
-            # A captioner that cannot load is another DiffBIRError: it ends the run.
-            self._prompts[out] = pipeline.image_prompts(
-                image.rgb[None], self.options, [given[out]]
-            )[0]
-            kept.append((item, out))
+        work = [Work(Path(item.path), out) for item, out in todo if out in given]
+
+        def bar(items):
+            desc = "captioning" if shard.world == 1 else f"captioning [{shard.rank}]"
+            return tqdm(
+                items, desc=desc, unit="img", disable=not self.progress, position=shard.rank
+            )
+
+        def said(work: Work, prompt) -> None:
             if self.verbose:
-                caption = self._prompts[out].caption
-                print(f"{printable(item.path)}: {caption!r}", file=sys.stderr)
-        pipeline.free_captioner()  # before the diffusion stage
-        _free_memory()
-        return kept
+                print(f"{printable(work.source)}: {prompt.caption!r}", file=sys.stderr)
+
+        return loop.prompts(work, given, on_caption=said, bar=bar)
+
+    def _done(self, work: Work, result, index: int) -> None:
+        """Say what became of an input: the restorer's note, and with --verbose its times."""
+        notes = result.notes
+        if notes and index < len(notes) and notes[index]:
+            print(f"diffbir: {printable(work.source)}: {notes[index]}", file=sys.stderr)
+        if self.verbose:
+            stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+            print(f"{printable(work.source)} -> {printable(work.key)} ({stages})", file=sys.stderr)
 
     def _written_paths(self, out: Path) -> list[Path]:
         """Every file the run may write for the input whose output is ``out``."""
@@ -306,21 +294,6 @@ class RestoreJob:
                     f"{printable(source)}; choose an output folder that holds no input"
                 )
 
-    def _size_problem(self, item) -> str | None:
-        """Why ``item`` cannot be restored, found from its header alone (unreadable, or a
-        result above the output limit), or None."""
-        from diffbir.imaging.io import read_image_size
-        from diffbir.restore.plan import MAX_OUTPUT_PIXELS, check_output_size
-
-        try:
-            size = read_image_size(item.path)
-            upscale = self.upscale if self.upscale is not None else self.options.upscale
-            if upscale is not None:
-                check_output_size(size, upscale, max_pixels=MAX_OUTPUT_PIXELS)
-        except DiffBIRError as exc:
-            return str(exc)
-        return None
-
     def _remove_stale_temp_files(self, work: list, started: float) -> None:
         """Remove the hidden temporary files a killed run left beside this run's outputs
         (only our own pattern, older than this run, of no live process)."""
@@ -344,78 +317,14 @@ class RestoreJob:
                 file=sys.stderr,
             )
 
-    def _batches(self, todo: list, summary: JobSummary):
-        """Read images ahead and yield groups of equal size (at most batch_size)."""
-        from diffbir.imaging.io import read_image
-
-        group: list = []
-        for item, out in todo:
-            try:
-                image = read_image(item.path)
-            except DiffBIRError as exc:
-                _report(summary, item.path, str(exc))
-                continue
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                _report(summary, item.path, _oom_message(exc))
-                continue
-            # With several samples per input, the batch holds one input's samples.
-            per_batch = self.batch_size if getattr(self.options, "n_samples", 1) == 1 else 1
-            if group and (len(group) == per_batch or group[0][2].rgb.shape != image.rgb.shape):
-                yield group
-                group = []
-            group.append((item, out, image))
-        if group:
-            yield group
-
-    def _restore_group(self, pipeline, group: list, summary: JobSummary) -> None:
-        out_of_memory = None
-        try:
-            batch = torch.stack([image.rgb for _, _, image in group])
-            prompts = [self._prompts[out] for _, out, _ in group]
-            result = pipeline(batch, self.options, prompts)
-        except DiffBIRError as exc:
-            for item, _, _ in group:
-                _report(summary, item.path, str(exc))
-            return
-        except Exception as exc:
-            # Out of memory on these images (CUDA's, or the CPU allocator's / MemoryError):
-            # one line each, and the rest of the batch goes on.
-            if not is_out_of_memory(exc):
-                raise
-            out_of_memory = _oom_message(exc)
-        if out_of_memory is not None:
-            _free_memory()  # outside the handler, so the failed frames are gone
-            for item, _, _ in group:
-                _report(summary, item.path, out_of_memory)
-            return
-        for key, value in result.timings.items():
-            summary.timings[key] = summary.timings.get(key, 0.0) + value
-        for index, (item, out, image) in enumerate(group):
-            try:
-                self._write_outputs(result, index, out, image, item.path)
-            except DiffBIRError as exc:
-                _report(summary, item.path, str(exc))
-                continue
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                _report(summary, item.path, _oom_message(exc))
-                continue
-            summary.restored += 1
-            notes = getattr(result, "notes", None)
-            if notes and index < len(notes) and notes[index]:
-                print(f"diffbir: {printable(item.path)}: {notes[index]}", file=sys.stderr)
-            if self.verbose:
-                stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-                print(f"{printable(item.path)} -> {printable(out)} ({stages})", file=sys.stderr)
-
-    def _write_outputs(self, result, index: int, out: Path, image, source: Path) -> None:
+    def write(self, work: Work, image, result, index: int) -> None:
+        """The run loop's sink: the restored file(s) of one input, and with --save-stage1,
+        --compare, --save-faces those too; a row of prompt.csv."""
         from diffbir.imaging.io import write_image
 
-        n_samples = getattr(self.options, "n_samples", 1)
-        metadata = _metadata(result, source, index)
+        out = work.key
+        n_samples = self.config.n_samples
+        metadata = output_metadata(result, work.source, index)
         for sample, path in enumerate(self.sample_paths(out)):
             restored = result.image[index * n_samples + sample]
             write_image(path, restored, alpha=image.alpha, quality=self.quality, metadata=metadata)
@@ -436,7 +345,7 @@ class RestoreJob:
         from diffbir.faces import image_to_tensor
         from diffbir.imaging.io import write_image
 
-        faces = getattr(result, "faces", None)
+        faces = result.faces
         if not faces:
             return
         relative = out.relative_to(self.output)
@@ -454,31 +363,6 @@ def side_by_side(lq: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
     width = max(1, round(lq.shape[-1] * scale))
     left = torch.nn.functional.interpolate(lq[None].float(), size=(h, width), mode="nearest")[0]
     return torch.cat([left, restored.float().cpu()], dim=-1)
-
-
-def _metadata(result, source: Path, index: int) -> dict[str, str] | None:
-    """How an output was made (release, sampler, steps, prompts, caption, seed...), or None."""
-    import json
-
-    config = getattr(result, "config", None)
-    if config is None:
-        return None
-    data = {"software": "diffbir", "source": Path(source).name}
-    data.update(config.metadata())
-    prompts = getattr(result, "prompts", None)
-    if prompts and index < len(prompts):
-        prompt = prompts[index]
-        data.update(
-            prompt=prompt.prompt,
-            negative_prompt=prompt.negative_prompt,
-            caption=prompt.caption,
-            prompt_source=prompt.source,
-        )
-        if prompt.tiles:
-            data["tile_prompts"] = json.dumps(
-                [{"region": [round(v, 4) for v in r], "prompt": p} for r, p in prompt.tiles]
-            )
-    return data
 
 
 def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> None:
@@ -511,22 +395,6 @@ def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> Non
         raise DiffBIRError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-def _plain(given, config):
-    """``given`` or, when None, the run's prompts."""
-    from diffbir.restore.prompts import ImagePrompt
-
-    return given if given is not None else ImagePrompt(config.prompt, config.negative_prompt)
-
-
-def _size_only(path: Path) -> torch.Tensor:
-    """A blank [1,3,H,W] of the image's size (one stored value): planning tiles needs
-    nothing else."""
-    from diffbir.imaging.io import read_image_size
-
-    h, w = read_image_size(path)
-    return torch.zeros(1, 3, 1, 1).expand(1, 3, h, w)
-
-
 def _lock(f) -> None:
     """An exclusive advisory lock on ``f`` until it is closed (POSIX; elsewhere none)."""
     try:
@@ -550,20 +418,6 @@ def _report(summary: JobSummary, path: Path | str, reason: str) -> None:
     print(f"diffbir: skipped {shown}: {reason}", file=sys.stderr)
 
 
-def _oom_message(exc: BaseException) -> str:
-    where = "GPU" if "CUDA" in str(exc) else "CPU"
-    return (
-        f"out of memory ({where}): lower --max-memory or set --latent-tile/--vae-tile/"
-        "--cleaner-tile, lower --upscale or --batch-size, or use --dtype fp16/bf16 on a GPU"
-    )
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _real(path: Path) -> Path:
     """``path`` with links and ``..`` resolved (it need not exist), for comparing places."""
     try:
@@ -576,20 +430,10 @@ def _code(stop: SystemExit) -> int:
     return stop.code if isinstance(stop.code, int) else 1
 
 
-def _load_pipeline(loader: dict, shard):
-    from diffbir.restore.pipeline import DiffBIRPipeline
+def _load_restorer(loader: dict, shard):
+    from diffbir.restore.factory import load_restorer
 
     loader = dict(loader)
-    # True, or the keyword arguments of DiffBIRPipeline.compile (backend, mode).
-    compile_model = loader.pop("compile", False)
     if shard.world > 1 and loader.get("device") is None:
-        loader["device"] = shard.device
-    if loader.get("task") == FACE_WHOLE:
-        from diffbir.restore.whole_photo import WholePhotoPipeline
-
-        pipeline = WholePhotoPipeline.from_preset(**loader)
-    else:
-        pipeline = DiffBIRPipeline.from_preset(**loader)
-    if compile_model:
-        pipeline.compile(**(compile_model if isinstance(compile_model, dict) else {}))
-    return pipeline
+        loader["device"] = shard.device  # one model per GPU
+    return load_restorer(**loader)

@@ -27,11 +27,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from diffbir.config.presets import Preset, get_preset
 from diffbir.config.settings import (
@@ -44,6 +42,7 @@ from diffbir.config.settings import (
 from diffbir.errors import ConfigError
 from diffbir.imaging.resize import pad_to_multiple
 from diffbir.restore import stages
+from diffbir.restore.base import RestoreResult
 from diffbir.restore.loading import (
     load_model_config,
     load_stage1,
@@ -70,42 +69,7 @@ __all__ = [
     "output_size",
     "pad_to_multiple",
     "plan_tiles",
-    "resize",
-    "resize_short_side_to",
 ]
-
-
-@dataclass
-class RestoreResult:
-    """Restored images and what led to them.
-
-    ``image`` holds exact 8-bit levels (k / 255), the release's quantisation;
-    ``intermediates`` the condition latent, the start point ``x_T`` and the
-    sampler's result ``z`` (latents are small)."""
-
-    image: torch.Tensor  # [B*n_samples,3,H,W] float32 in [0,1], the requested output size
-    stage1: torch.Tensor  # [B*n_samples,3,h,w] the cleaner's output (the condition), unclamped
-    timings: dict[str, float] = field(default_factory=dict)
-    tiles: TilePlan | None = None
-    config: RunConfig | None = None
-    intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
-    notes: list[str | None] = field(default_factory=list)  # per image: a remark or None
-    prompts: list[ImagePrompt] = field(default_factory=list)  # per image: what it was given
-
-
-def resize_short_side_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic (antialiased) resize so that the short side equals ``size`` (clamped)."""
-    from diffbir.imaging.resize import short_side_size
-
-    return resize(x, short_side_size(*x.shape[-2:], size))
-
-
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic antialiased resize computed in float32, clamped to [0, 1] (for display)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    out = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
-    return out.clamp_(0, 1).to(x.dtype)
 
 
 class DiffBIRPipeline:
@@ -145,6 +109,8 @@ class DiffBIRPipeline:
         self._captioner = None
         self._captioner_key: tuple[str, int] | None = None
         self._offload: torch.device | None = None  # where idle models wait (enable_offload)
+        # The files the models came from, by part (from_preset fills it).
+        self.sources: dict[str, str] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -213,6 +179,9 @@ class DiffBIRPipeline:
             )
         stage1 = load_stage1(cleaner_path, None if cleaner else preset.cleaner_arch, configs)
         pipeline = cls(stage1, stage2, preset, device=device, dtype=dtype)
+        pipeline.sources = {"cleaner": str(cleaner_path)}
+        if len(paths) == 3:
+            pipeline.sources.update(sd=str(paths[1]), controlnet=str(paths[2]))
         pipeline.weights_dir = None if weights_dir is None else Path(weights_dir)
         pipeline.download = download
         if offload:
@@ -270,6 +239,26 @@ class DiffBIRPipeline:
         for module in (self.stage2.unet, self.stage2.controlnet):
             module.compile(**options)
         return self
+
+    def loaded_models(self) -> dict[str, str]:
+        """``part -> what was loaded``: each model's class, size, dtype and device, and the
+        file it came from when :meth:`from_preset` loaded it."""
+        parts = {"cleaner": self.cleaner}
+        for name in ("unet", "controlnet", "vae", "text_encoder"):
+            module = getattr(self.stage2, name, None)
+            if module is not None:
+                parts[name] = module
+        described = {}
+        for name, module in parts.items():
+            count = sum(p.numel() for p in module.parameters())
+            first = next(module.parameters(), None)
+            dtype = str(first.dtype).removeprefix("torch.") if first is not None else "-"
+            text = f"{type(module).__name__}, {count / 1e6:.1f}M parameters, {dtype}"
+            source = self.sources.get(name) or self.sources.get(
+                "sd" if name in ("unet", "vae", "text_encoder") else ""
+            )
+            described[name] = text + (f", from {source}" if source else "")
+        return described
 
     def resolve(self, options: RestoreOptions | None = None) -> RunConfig:
         """The frozen settings of a run with ``options`` (this release's defaults for ``None``)."""

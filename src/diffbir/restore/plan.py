@@ -112,25 +112,30 @@ def overlap_pixels(tile: int, fraction: float, multiple: int) -> int:
 
 
 def check_output_size(
-    lq_hw: tuple[int, int], upscale: float, *, max_pixels: int | None = MAX_OUTPUT_PIXELS
+    lq_hw: tuple[int, int],
+    upscale: float,
+    *,
+    max_pixels: int | None = MAX_OUTPUT_PIXELS,
+    knob: str = "--upscale",
 ) -> tuple[int, int]:
     """The result's ``(height, width)`` for an input of ``lq_hw`` at ``upscale``, or a
-    :class:`ConfigError` (one line) when it would be empty or above ``max_pixels``."""
+    :class:`ConfigError` (one line; ``knob`` names the setting to change) when it would
+    be empty or above ``max_pixels``."""
     h, w = lq_hw
     if not math.isfinite(upscale) or upscale <= 0:
-        raise ConfigError(f"--upscale must be a positive finite number, got {upscale}")
+        raise ConfigError(f"{knob} must be a positive finite number, got {upscale}")
     rows, cols = h * upscale, w * upscale
     if rows < 1 or cols < 1:
         raise ConfigError(
             f"the result of this {w}x{h} image at --upscale {upscale:g} would be "
-            f"{cols:.2f}x{rows:.2f} pixels; raise --upscale"
+            f"{cols:.2f}x{rows:.2f} pixels; raise {knob}"
         )
     out_h, out_w = int(rows), int(cols)
     if max_pixels is not None and out_h * out_w > max_pixels:
         side = math.isqrt(max_pixels)
         raise ConfigError(
             f"the result would be {out_w}x{out_h} pixels, above the limit of "
-            f"{max_pixels:,} pixels ({side}x{side}); lower --upscale"
+            f"{max_pixels:,} pixels ({side}x{side}); lower {knob}"
         )
     return out_h, out_w
 

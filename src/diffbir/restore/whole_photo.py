@@ -9,24 +9,19 @@ no face are restored as a whole, with a note.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from diffbir.config.presets import FACE_WHOLE, get_preset
+from diffbir.config.presets import get_preset
+from diffbir.config.settings import RestoreOptions, RunConfig, resolve_whole_photo
 from diffbir.errors import ConfigError
-from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions, RestoreResult, resize
+from diffbir.imaging.resize import resize_for_display
+from diffbir.restore.base import RestoreResult
+from diffbir.restore.pipeline import DiffBIRPipeline
 
 DETECTOR_WEIGHTS = "face_detection_yunet_2023mar.onnx"
-
-
-@dataclass
-class WholePhotoResult(RestoreResult):
-    """A :class:`RestoreResult` plus, per image, the faces that were pasted in."""
-
-    faces: list[list] = field(default_factory=list)  # per image: list[RestoredFace]
-    notes: list[str | None] = field(default_factory=list)  # per image: a remark or None
 
 
 class WholePhotoPipeline:
@@ -52,6 +47,7 @@ class WholePhotoPipeline:
         self.only_center = only_center
         self.min_face_size = min_face_size
         self.max_faces = max_faces
+        self.device = background.device
 
     @classmethod
     def from_preset(
@@ -102,9 +98,11 @@ class WholePhotoPipeline:
         )
 
     def prepare_prompts(self, options: RestoreOptions, *, drop_text_encoder: bool = False) -> None:
-        """Encode the prompts of both pipelines, then optionally free the text encoder(s)."""
-        self.face.prepare_prompts(options)
-        self.background.prepare_prompts(options)
+        """Encode the run's prompts for both pipelines, then optionally free the text
+        encoder(s)."""
+        config = self.resolve(options)
+        self.face.prepare_prompts(config.faces)
+        self.background.prepare_prompts(config)
         if drop_text_encoder:
             self.face.stage2.drop_text_encoder()
             self.background.stage2.drop_text_encoder()
@@ -116,21 +114,34 @@ class WholePhotoPipeline:
             self.face.compile(backend, mode=mode)
         return self
 
+    def loaded_models(self) -> dict[str, str]:
+        """The photo's models, the faces' (those they do not share) and the detector."""
+        models = {f"photo {k}": v for k, v in self.background.loaded_models().items()}
+        photo = set(self.background.loaded_models().values())
+        for key, value in self.face.loaded_models().items():
+            if value not in photo:
+                models[f"face {key}"] = value
+        models["face detector"] = type(self.detector).__name__
+        return models
+
     def __call__(
-        self, lq: torch.Tensor, options: RestoreOptions | None = None, prompts=None
-    ) -> WholePhotoResult:
+        self, lq: torch.Tensor, options: RunConfig | RestoreOptions | None = None, prompts=None
+    ) -> RestoreResult:
         return self.restore(lq, options, prompts)
 
-    def _options(self, options: RestoreOptions | None) -> tuple[RestoreOptions, RestoreOptions]:
-        """The background's options (the whole-photo upscale) and the faces' (x1)."""
-        options = options or RestoreOptions()
-        default = get_preset(self.background.preset.version, FACE_WHOLE).upscale
-        upscale = options.upscale if options.upscale is not None else default
-        return replace(options, upscale=upscale), replace(options, upscale=1.0)
+    def resolve(self, options: RestoreOptions | None = None) -> RunConfig:
+        """The run's settings: the photo's, with the faces' in ``faces`` (one seed)."""
+        version = self.background.preset.version
+        return resolve_whole_photo(version, options, device_type=self.device.type)
 
-    def resolve(self, options: RestoreOptions | None = None):
-        """The background's resolved settings (what a written photo records)."""
-        return self.background.resolve(self._options(options)[0])
+    def _config(self, options: RunConfig | RestoreOptions | None) -> RunConfig:
+        if not isinstance(options, RunConfig):
+            return self.resolve(options)
+        if options.faces is None:
+            raise ConfigError(
+                "a whole-photo run takes the settings its resolve() gives (with the faces')"
+            )
+        return options
 
     def prepare_image_prompts(self, prompts, *, drop_text_encoder: bool = False) -> None:
         """Encode the photos' prompts for the background and (without tiles) the faces."""
@@ -140,34 +151,34 @@ class WholePhotoPipeline:
             self.face.stage2.drop_text_encoder()
             self.background.stage2.drop_text_encoder()
 
-    def image_prompts(self, lq: torch.Tensor, options: RestoreOptions | None = None, given=None):
+    def image_prompts(
+        self, lq: torch.Tensor, options: RunConfig | RestoreOptions | None = None, given=None
+    ):
         """Each photo's prompts, made as the background pipeline makes them (a caption
         of the whole photo); its faces are restored with the same prompt."""
-        return self.background.image_prompts(lq, self._options(options)[0], given)
+        return self.background.image_prompts(lq, self._config(options), given)
 
     def free_captioner(self) -> None:
         self.background.free_captioner()
         self.face.free_captioner()
 
     def restore(
-        self, lq: torch.Tensor, options: RestoreOptions | None = None, prompts=None
-    ) -> WholePhotoResult:
-        """Restore each image of the batch ``lq`` ([B,3,H,W] in [0,1]); ``prompts``: each
-        photo's :class:`~diffbir.restore.prompts.ImagePrompt` (made from the options when None)."""
+        self, lq: torch.Tensor, options: RunConfig | RestoreOptions | None = None, prompts=None
+    ) -> RestoreResult:
+        """Restore each image of the batch ``lq`` ([B,3,H,W] in [0,1]) with the run's
+        settings (``options`` resolved once when not already a run config); ``prompts``:
+        each photo's :class:`~diffbir.restore.prompts.ImagePrompt` (made when None).
+        The result's ``faces`` lists, per photo, the faces pasted in."""
         from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_image
 
-        options = options or RestoreOptions()
-        if options.n_samples != 1:
-            raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
+        config = self._config(options)
         if lq.dim() == 3:
             lq = lq.unsqueeze(0)
-        bg_options, face_options = self._options(options)
-        upscale = bg_options.upscale
+        upscale = config.upscale
         if prompts is None:
-            prompts = self.image_prompts(lq, options)
+            prompts = self.image_prompts(lq, config)
         timings: dict[str, float] = {}
         images, stage1, faces, notes = [], [], [], []
-        config = None
 
         face_prompt = None
 
@@ -178,18 +189,17 @@ class WholePhotoPipeline:
             for start in range(0, len(crops), self.face_batch):
                 chunk = crops[start : start + self.face_batch]
                 batch = torch.cat([image_to_tensor(crop) for crop in chunk])
-                result = self.face(batch, face_options, [face_prompt] * len(chunk))
+                result = self.face(batch, config.faces, [face_prompt] * len(chunk))
                 _add(timings, result.timings, "face_")
                 restored += [tensor_to_image(image[None]) for image in result.image]
             return restored
 
         for index in range(lq.shape[0]):
             face_prompt = replace(prompts[index], tiles=())
-            background = self.background(lq[index : index + 1], bg_options, [prompts[index]])
-            config = background.config
+            background = self.background(lq[index : index + 1], config, [prompts[index]])
             _add(timings, background.timings, "")
             size = tuple(background.image.shape[-2:])
-            detection = tensor_to_image(resize(lq[index : index + 1].float(), size))
+            detection = tensor_to_image(resize_for_display(lq[index : index + 1].float(), size))
             whole = restore_faces_in_photo(
                 detection,
                 tensor_to_image(background.image),
@@ -204,7 +214,7 @@ class WholePhotoPipeline:
             stage1.append(background.stage1)
             faces.append(whole.faces)
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
-        return WholePhotoResult(
+        return RestoreResult(
             image=torch.cat(images),
             stage1=torch.cat(stage1),
             timings=timings,

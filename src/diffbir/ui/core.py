@@ -289,16 +289,16 @@ def restore_uploads(
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
     report: ProgressReport | None = None,
 ) -> RunReport:
-    """Restore uploaded image files into a new folder under ``out_root``.
+    """Restore uploaded image files into a new folder under ``out_root``, through the
+    run loop that ``diffbir restore`` uses (:class:`~diffbir.jobs.loop.RunLoop`).
 
-    Bad files are listed in ``failures`` and the others still run. Raises a
-    :class:`DiffBIRError` (message for the page) when the options are invalid,
-    nothing was uploaded, no file is readable, the models cannot be loaded, or
-    every image failed.
+    Bad files are listed in ``failures`` and the others still run; so are images that
+    run out of memory (on the GPU or the CPU). Raises a :class:`DiffBIRError` (message
+    for the page) when the options are invalid, nothing was uploaded, no file is
+    readable, the models cannot be loaded, or every image failed.
     """
-    import torch
-
-    from diffbir.imaging.io import read_image, write_image
+    from diffbir.config.presets import get_preset
+    from diffbir.jobs.loop import RunLoop, Work, size_problem
 
     report = report or (lambda fraction, text: None)
     started = time.perf_counter()
@@ -309,67 +309,97 @@ def restore_uploads(
     if len(paths) > max_files:
         raise DiffBIRError(f"{len(paths)} images uploaded; at most {max_files} per run")
 
-    from diffbir.config.presets import get_preset
-    from diffbir.restore.pipeline import output_size
+    run = RunReport()
+
+    def failed(path: Path | str, reason: str) -> None:
+        name = Path(path).name
+        shown = reason if reason.startswith((f"{name}: ", f"{path}: ")) else f"{name}: {reason}"
+        run.failures.append(shown)
 
     upscale = options.upscale or get_preset(form.version, form.task).upscale
-    run = RunReport()
-    loaded = []
-    # Read everything first: a bad file is reported before minutes of model loading.
+    # Every file is checked from its header first: a bad one is reported before minutes
+    # of model loading.
+    readable = []
     for path in paths:
-        try:
-            image = read_image(path, max_pixels=max_pixels)
-        except ImageReadError as exc:
-            run.failures.append(str(exc))
-            continue
-        h, w = output_size(image.size, upscale)
-        if h * w > max_output_pixels:
-            run.failures.append(
-                f"{path.name}: the result would be {w}x{h} pixels, above the limit of "
-                f"{max_output_pixels:,} pixels; lower the upscale"
-            )
-            continue
-        loaded.append(image)
-    if not loaded:
+        problem = size_problem(
+            path,
+            upscale,
+            max_pixels=max_pixels,
+            max_output_pixels=max_output_pixels,
+            knob="the upscale",
+        )
+        if problem is None:
+            readable.append(path)
+        else:
+            failed(path, problem)
+    if not readable:
         raise ImageReadError("; ".join(run.failures))
 
     report(0.0, "loading models")
-    pipeline = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
-    given = edited_prompt(form, pipeline.resolve(options))
-    folder = new_run_folder(out_root)
-    for index, image in enumerate(loaded):
-        name = image.path.name
-        report(index / len(loaded), f"restoring {name} ({index + 1}/{len(loaded)})")
-        try:
-            batch = image.rgb.unsqueeze(0)
-            prompts = pipeline.image_prompts(batch, options, [given])
-            result = pipeline(batch, options, prompts)
-        except torch.cuda.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            run.failures.append(f"{name}: {OOM_MESSAGE}")
-            continue
-        except DiffBIRError as exc:
-            run.failures.append(f"{name}: {exc}")
-            continue
-        stem = f"{index + 1:02d}_{safe_stem(name)}"
-        restored = result.image[0].float().cpu()
-        size = (int(restored.shape[-2]), int(restored.shape[-1]))
-        run.images.append(
-            RestoredImage(
-                name=name,
-                result=write_image(folder / f"{stem}_diffbir.png", restored, alpha=image.alpha),
-                stage1=write_image(folder / f"{stem}_stage1.png", result.stage1[0].float().cpu()),
-                before=write_image(folder / f"{stem}_input.png", resized_like(image.rgb, size)),
-                size=size,
-                caption=prompts[0].caption,
-            )
-        )
+    restorer = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
+    config = restorer.resolve(options)  # once for the whole click
+    given = edited_prompt(form, config)
+    sink = UploadSink(new_run_folder(out_root))
+    loop = RunLoop(
+        restorer,
+        config,
+        sink,
+        report=failed,
+        max_pixels=max_pixels,
+        oom_message=lambda exc: OOM_MESSAGE,
+    )
+    work = [Work(path, index) for index, path in enumerate(readable)]
+    # The captioner stays loaded between clicks: the page's next run reuses it.
+    prompts = loop.prompts(work, {w.key: given for w in work}, free_captioner=False)
+    sink.prompts = prompts
+    def starting(group: list[Work]) -> None:
+        index = group[0].key
+        names = ", ".join(w.source.name for w in group)
+        report(index / len(work), f"restoring {names} ({index + 1}/{len(work)})")
+
+    loop.run(work, prompts, before_group=starting)
     report(1.0, "done")
+    run.images = sink.images
     if not run.images:
         raise DiffBIRError("; ".join(run.failures))
     run.seconds = time.perf_counter() - started
     return run
+
+
+class UploadSink:
+    """The run loop's sink for the page: per image the result, the stage-1 output and
+    the input resized to the result's size (for the before/after slider), as PNGs that
+    record how the result was made, in one run folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.images: list[RestoredImage] = []
+        self.prompts: dict = {}
+
+    def write(self, work, image, result, index: int) -> None:
+        from diffbir.imaging.io import write_image
+        from diffbir.jobs.loop import output_metadata
+
+        name = work.source.name
+        stem = f"{work.key + 1:02d}_{safe_stem(name)}"
+        restored = result.image[index].float().cpu()
+        size = (int(restored.shape[-2]), int(restored.shape[-1]))
+        metadata = output_metadata(result, work.source, index)
+        folder = self.folder
+        self.images.append(
+            RestoredImage(
+                name=name,
+                result=write_image(
+                    folder / f"{stem}_diffbir.png", restored, alpha=image.alpha, metadata=metadata
+                ),
+                stage1=write_image(
+                    folder / f"{stem}_stage1.png", result.stage1[index].float().cpu()
+                ),
+                before=write_image(folder / f"{stem}_input.png", resized_like(image.rgb, size)),
+                size=size,
+                caption=result.prompts[index].caption if result.prompts else "",
+            )
+        )
 
 
 def edited_prompt(form: FormValues, config):
@@ -402,23 +432,21 @@ def describe_upload(
     report = report or (lambda fraction, text: None)
     if not path:
         raise DiffBIRError("upload an image to describe")
-    options = form.to_options()
+    options = replace(form.to_options(), tile_captions="whole")
     image = read_image(Path(path), max_pixels=max_pixels)
-    pipeline = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
-    config = pipeline.resolve(options)
+    restorer = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
+    config = restorer.resolve(options)
     if config.captioner == "none":
         raise DiffBIRError("choose a captioner to describe the photo")
     report(0.5, f"describing with {config.captioner} (its first use loads it)")
-    return pipeline.image_prompts(image.rgb.unsqueeze(0), replace(options, tile_captions="whole"))[
-        0
-    ].caption
+    return restorer.image_prompts(image.rgb.unsqueeze(0), config)[0].caption
 
 
 def resized_like(rgb, size: tuple[int, int]):
     """``rgb`` [3,h,w] resized (bicubic) to ``size``, so that it lines up with the result."""
-    from diffbir.restore.pipeline import resize
+    from diffbir.imaging.resize import resize_for_display
 
-    return resize(rgb.unsqueeze(0).float(), size)[0]
+    return resize_for_display(rgb.unsqueeze(0).float(), size)[0]
 
 
 def safe_stem(name: str) -> str:

@@ -1,0 +1,87 @@
+"""The one place that maps a task to a restorer: a table of model families.
+
+Each :class:`~diffbir.restore.base.RestorerEntry` names the tasks it serves, how
+its settings are resolved before any model loads (so a run is checked, printed
+and planned first) and how it is loaded. Adding a model family is adding its
+module and one row to :data:`RESTORERS`.
+"""
+
+from __future__ import annotations
+
+from diffbir.config.presets import FACE_WHOLE, TASK_CHOICES, TASKS
+from diffbir.config.settings import RestoreOptions, RunConfig, resolve, resolve_whole_photo
+from diffbir.errors import ConfigError
+from diffbir.restore.base import Restorer, RestorerEntry
+
+
+def _resolve_diffbir(
+    version: str, task: str, options: RestoreOptions | None, device_type: str
+) -> RunConfig:
+    from diffbir.config.presets import get_preset
+
+    return resolve(get_preset(version, task), options, device_type=device_type)
+
+
+def _resolve_whole_photo(
+    version: str, task: str, options: RestoreOptions | None, device_type: str
+) -> RunConfig:
+    del task  # always face-whole
+    return resolve_whole_photo(version, options, device_type=device_type)
+
+
+def _load_diffbir(version: str, task: str, **loader) -> Restorer:
+    # Loading needs torch: imported here so that the table (and `diffbir --help`) does not.
+    from diffbir.restore.pipeline import DiffBIRPipeline
+
+    return DiffBIRPipeline.from_preset(version, task, **loader)
+
+
+def _load_whole_photo(version: str, task: str, **loader) -> Restorer:
+    del task
+    from diffbir.restore.whole_photo import WholePhotoPipeline  # torch: see _load_diffbir
+
+    return WholePhotoPipeline.from_preset(version, **loader)
+
+
+#: Every model family, by the tasks it serves.
+RESTORERS: tuple[RestorerEntry, ...] = (
+    RestorerEntry("diffbir", TASKS, _resolve_diffbir, _load_diffbir),
+    RestorerEntry("diffbir-whole-photo", (FACE_WHOLE,), _resolve_whole_photo, _load_whole_photo),
+)
+
+
+def restorer_entry(task: str) -> RestorerEntry:
+    """The table's entry for ``task``, or a :class:`ConfigError` naming the tasks."""
+    for entry in RESTORERS:
+        if task in entry.tasks:
+            return entry
+    raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
+
+
+def resolve_run(
+    version: str,
+    task: str,
+    options: RestoreOptions | None = None,
+    *,
+    device_type: str = "cpu",
+) -> RunConfig:
+    """The frozen settings of a run of ``version``/``task`` with ``options``, before any
+    model is loaded: what ``--print-config`` prints and every image of the run uses."""
+    return restorer_entry(task).resolve(version, task, options, device_type)
+
+
+def load_restorer(
+    version: str = "v2.1",
+    task: str = "sr",
+    *,
+    compile: bool | dict = False,
+    **loader,
+) -> Restorer:
+    """Load the restorer of ``version`` for ``task``. ``loader`` takes the keyword
+    arguments of :meth:`DiffBIRPipeline.from_preset <diffbir.restore.pipeline.DiffBIRPipeline.from_preset>`
+    (weights, device, dtype, offload...; whole photos add the face-detector options);
+    ``compile`` is ``True`` or the keyword arguments of the restorer's ``compile``."""
+    restorer = restorer_entry(task).load(version, task, **loader)
+    if compile:
+        restorer.compile(**(compile if isinstance(compile, dict) else {}))
+    return restorer
