@@ -353,8 +353,8 @@ def test_restore_uploads_refuses_results_above_the_output_limit(tmp_path):
     )
     assert [i.name for i in run.images] == ["small.png"]
     assert run.failures == [
-        "large.png: the result would be 160x160 pixels, above the limit of 1,600 pixels; "
-        "lower the upscale"
+        "large.png: the result would be 160x160 pixels, above the limit of 1,600 pixels "
+        "(40x40); lower the upscale"
     ]
 
 

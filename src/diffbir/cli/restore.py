@@ -38,12 +38,37 @@ def _sampler_epilog() -> str:
     )
 
 
+#: Flags whose value is a RestoreOptions field of another name.
+_FIELD_OF = {"strength": "control_strength", "batch_size": "samples_per_run"}
+
+
+def _option_default(dest: str):
+    """The default of the :class:`RestoreOptions` field behind ``--dest`` (the one
+    table of run defaults besides the presets), or None when it has none."""
+    from dataclasses import MISSING, fields
+
+    from diffbir.config.settings import RestoreOptions
+
+    name = _FIELD_OF.get(dest, dest)
+    for f in fields(RestoreOptions):
+        if f.name == name and f.default is not MISSING:
+            return f.default
+    return None
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help (but not ``None``: those knobs name each release's
-    value in their own text), and the epilog's line breaks kept."""
+    """Defaults in the help, the epilog's line breaks kept. Run settings default to
+    ``None`` here (the release's or RestoreOptions' value is used); their help shows
+    RestoreOptions' default, and the release-dependent ones name each release's value
+    in their own text."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
+        if action.default is None:
+            default = _option_default(action.dest)
+            if default is None or isinstance(default, bool) or action.help is None:
+                return action.help
+            return f"{action.help} (default: {default})"
+        if action.default is False:
             return action.help
         return super()._get_help_string(action)
 
@@ -159,48 +184,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--tile-captions",
         choices=("whole", "each", "off"),
-        default="whole",
+        default=None,
         help="tiled sampling: every tile gets the photo's caption (whole, the release), "
         "its own region's caption (each), or no caption (off)",
     )
-    g.add_argument("--strength", type=float, default=1.0, help="ControlNet control strength")
+    g.add_argument("--strength", type=float, default=None, help="ControlNet control strength")
     g.add_argument(
         "--start-point",
         "--start-point-type",
         "--start_point_type",
         choices=("noise", "cond"),
-        default="noise",
+        default=None,
         help="start from noise, or from the condition latent noised to t=999",
     )
     g.add_argument(
         "--start-strength",
         type=float,
-        default=1.0,
+        default=None,
         help="< 1 starts part-way from the noised condition (our own samplers only)",
     )
     g.add_argument(
         "--noise-aug",
         "--noise_aug",
         type=int,
-        default=0,
+        default=None,
         help="noise the condition latent to this timestep (more noise, more creative)",
     )
     g.add_argument(
         "--n-samples",
         "--n_samples",
         type=int,
-        default=1,
+        default=None,
         help="results per input, named NAME_0, NAME_1, ... (made --batch-size at a time)",
     )
     g.add_argument(
-        "--s-churn", "--s_churn", type=float, default=0.0, help="edm_euler/heun/dpm_2 churn"
+        "--s-churn", "--s_churn", type=float, default=None, help="edm_euler/heun/dpm_2 churn"
     )
-    g.add_argument("--s-tmin", "--s_tmin", type=float, default=0.0, help="churn from this sigma")
-    g.add_argument("--s-tmax", "--s_tmax", type=float, default=300.0, help="churn up to this sigma")
-    g.add_argument("--s-noise", "--s_noise", type=float, default=1.0, help="noise scale (edm_*)")
-    g.add_argument("--eta", type=float, default=1.0, help="ancestral/SDE noise amount (edm_*)")
-    g.add_argument("--order", type=int, default=1, help="edm_lms order")
-    g.add_argument("--seed", type=int, default=231, help="random seed (same seed, same result)")
+    g.add_argument("--s-tmin", "--s_tmin", type=float, default=None, help="churn from this sigma")
+    g.add_argument("--s-tmax", "--s_tmax", type=float, default=None, help="churn up to this sigma")
+    g.add_argument("--s-noise", "--s_noise", type=float, default=None, help="noise scale (edm_*)")
+    g.add_argument("--eta", type=float, default=None, help="ancestral/SDE noise amount (edm_*)")
+    g.add_argument("--order", type=int, default=None, help="edm_lms order")
+    g.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result)")
     g.add_argument(
         "--print-config",
         action="store_true",
@@ -212,19 +237,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--g-scale",
         "--g_scale",
         type=float,
-        default=0.0,
+        default=None,
         help="pull toward the stage-1 result, in the v2 release's --g_scale units (0 = off)",
     )
     g.add_argument(
         "--guidance-space",
         choices=("latent", "pixel"),
-        default="latent",
+        default=None,
         help="latent (the paper), or pixel (through the decoder; slower)",
     )
     g.add_argument(
         "--guidance-loss",
         choices=("mse", "weighted_mse"),
-        default="mse",
+        default=None,
         help="weighted_mse leaves edges free (v2's w_mse)",
     )
     g.add_argument(
@@ -233,12 +258,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="grey image: white holds to the stage-1 result, black leaves the prior free",
     )
-    g.add_argument("--guidance-start", type=int, default=1001, help="apply while t < start")
-    g.add_argument("--guidance-stop", type=int, default=-1, help="... and t > stop")
-    g.add_argument("--guidance-repeat", type=int, default=1, help="repeats per step")
+    g.add_argument("--guidance-start", type=int, default=None, help="apply while t < start")
+    g.add_argument("--guidance-stop", type=int, default=None, help="... and t > stop")
+    g.add_argument("--guidance-repeat", type=int, default=None, help="repeats per step")
     g = p.add_argument_group("output")
     g.add_argument("--no-color-fix", action="store_true", help="skip the wavelet colour fix")
-    g.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
+    g.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default=None)
     g.add_argument("--format", choices=("png", "jpg", "webp"), default="png")
     g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     g.add_argument("--save-stage1", action="store_true", help="also write the stage-1 output")
@@ -264,11 +289,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cleaner-tile", type=int, help="stage-1 tile size in pixels")
     g.add_argument("--vae-tile", type=int, help="VAE tile size in pixels")
     g.add_argument("--latent-tile", type=int, help="diffusion tile size in pixels")
-    g.add_argument("--tile-overlap", type=float, default=0.25, help="overlap fraction of a tile")
+    g.add_argument("--tile-overlap", type=float, default=None, help="overlap fraction of a tile")
     g.add_argument(
         "--min-side",
         type=int,
-        default=512,
+        default=None,
         help="short side the diffusion stage works at, at least (the models saw 512)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
@@ -313,10 +338,11 @@ def _mask(path: Path | None):
 
 
 def options_from_args(args: argparse.Namespace):
-    """The :class:`RestoreOptions` described by parsed CLI arguments."""
-    from diffbir.restore.pipeline import RestoreOptions
+    """The :class:`RestoreOptions` described by parsed CLI arguments (flags not given
+    keep RestoreOptions' defaults)."""
+    from diffbir.config.settings import RestoreOptions
 
-    return RestoreOptions(
+    values = dict(
         upscale=args.upscale,
         steps=args.steps,
         sampler=args.sampler,
@@ -357,6 +383,7 @@ def options_from_args(args: argparse.Namespace):
         unet_batch=args.unet_batch,
         progress=args.verbose and not args.quiet,
     )
+    return RestoreOptions(**{k: v for k, v in values.items() if v is not None})
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -376,7 +403,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError(
                 f"--min-face-size must be a finite number >= 0, got {args.min_face_size}"
             )
-        if args.n_samples != 1:
+        if args.n_samples not in (None, 1):
             raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
 
 

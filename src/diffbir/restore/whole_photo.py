@@ -114,6 +114,11 @@ class WholePhotoPipeline:
             self.face.compile(backend, mode=mode)
         return self
 
+    @property
+    def stage2(self):
+        """The photo's stage-2 model (the faces share it when the release has one)."""
+        return self.background.stage2
+
     def loaded_models(self) -> dict[str, str]:
         """The photo's models, the faces' (those they do not share) and the detector."""
         models = {f"photo {k}": v for k, v in self.background.loaded_models().items()}

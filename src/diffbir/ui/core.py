@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from diffbir.config.presets import get_preset
+from diffbir.config.settings import RestoreOptions
 from diffbir.errors import DiffBIRError, ImageReadError
 from diffbir.restore.plan import MAX_OUTPUT_PIXELS
 
@@ -42,38 +44,43 @@ ProgressReport = Callable[[float, str], None]
 PipelineFactory = Callable[[str, str], Any]
 
 
+#: The page's first values: the default release's (presets) and RestoreOptions' defaults.
+_PRESET = get_preset()
+_OPTIONS = RestoreOptions()
+
+
 @dataclass
 class FormValues:
-    """What the page's controls hold. Zero tiles mean automatic; seed -1 means random."""
+    """What the page's controls hold. Zero tiles mean automatic; seed -1 means random.
+    The defaults are the release table's (v2.1 sr) and :class:`RestoreOptions`'."""
 
-    version: str = "v2.1"
-    task: str = "sr"
-    upscale: float = 4.0
-    steps: int = 10
-    sampler: str = "edm_dpm++_3m_sde"
-    cfg_scale: float = 6.0
-    prompt: str = ""
+    version: str = _PRESET.version
+    task: str = _PRESET.task
+    upscale: float = _PRESET.upscale
+    steps: int = _PRESET.steps
+    sampler: str = _PRESET.sampler
+    cfg_scale: float = _PRESET.cfg_scale
+    prompt: str = ""  # the page fills in the release's (release_defaults)
     negative_prompt: str = ""
-    control_strength: float = 1.0
-    guidance_scale: float = 0.0
-    guidance_space: str = "latent"
-    guidance_loss: str = "mse"
+    control_strength: float = _OPTIONS.control_strength
+    guidance_scale: float = _OPTIONS.guidance_scale
+    guidance_space: str = _OPTIONS.guidance_space
+    guidance_loss: str = _OPTIONS.guidance_loss
     guidance_mask: str | None = None  # path of an uploaded grey image (white: hold)
-    guidance_start: int = 1001
-    guidance_stop: int = -1
-    color_fix: str = "wavelet"
-    seed: int = 231
+    guidance_start: int = _OPTIONS.guidance_start
+    guidance_stop: int = _OPTIONS.guidance_stop
+    color_fix: str = _OPTIONS.color_fix
+    seed: int = _OPTIONS.seed
     cleaner_tile: int = 0
     vae_tile: int = 0
     latent_tile: int = 0
-    tile_overlap: float = 0.25
+    tile_overlap: float = _OPTIONS.tile_overlap
     captioner: str = "auto"  # "auto": the release's choice for this device (see settings)
     caption: str = ""  # edited caption used for every uploaded image; "" = caption each
-    tile_captions: str = "whole"
+    tile_captions: str = _OPTIONS.tile_captions
 
     def to_options(self):
-        """The :class:`~diffbir.restore.pipeline.RestoreOptions` these values describe (validated)."""
-        from diffbir.restore.pipeline import RestoreOptions
+        """The :class:`RestoreOptions` these values describe (validated)."""
 
         def tile(value: float | None) -> int | None:
             return int(value) if value else None
@@ -181,23 +188,14 @@ class ReleasedModels:
         )
 
     def __call__(self, version: str, task: str):
-        from diffbir.config.presets import FACE_WHOLE
-        from diffbir.restore.pipeline import DiffBIRPipeline
-        from diffbir.restore.whole_photo import WholePhotoPipeline
+        from diffbir.restore.factory import load_restorer
 
         key = self.stage2_key(version, task)
         if key != self._stage2_key:
             self._stage2, self._stage2_key = None, None  # freed before the next one loads
-        if task == FACE_WHOLE:
-            pipeline = WholePhotoPipeline.from_preset(version, stage2=self._stage2, **self._loader)
-            stage2 = pipeline.background.stage2
-        else:
-            pipeline = DiffBIRPipeline.from_preset(
-                version, task, stage2=self._stage2, **self._loader
-            )
-            stage2 = pipeline.stage2
-        self._stage2, self._stage2_key = stage2, key
-        return pipeline
+        restorer = load_restorer(version, task, stage2=self._stage2, **self._loader)
+        self._stage2, self._stage2_key = restorer.stage2, key
+        return restorer
 
 
 class PipelineCache:
@@ -352,6 +350,7 @@ def restore_uploads(
     # The captioner stays loaded between clicks: the page's next run reuses it.
     prompts = loop.prompts(work, {w.key: given for w in work}, free_captioner=False)
     sink.prompts = prompts
+
     def starting(group: list[Work]) -> None:
         index = group[0].key
         names = ", ".join(w.source.name for w in group)
