@@ -173,3 +173,12 @@ def test_the_web_ui_survives_a_cpu_out_of_memory_error_and_restores_the_next(tmp
     assert run.failures == [f"a.png: {OOM_MESSAGE}"]
     assert [image.name for image in run.images] == ["b.png"]
     assert run.images[0].result.is_file()
+
+
+def test_diffbir_implements_the_restorer_protocol_and_reports_its_models(pipe):
+    from diffbir.restore.base import Restorer
+
+    assert isinstance(pipe, Restorer)
+    models = pipe.loaded_models()
+    assert set(models) == {"cleaner", "unet", "controlnet", "vae", "text_encoder"}
+    assert "DiffBIR_v2.1.pt" in models["controlnet"] and "parameters" in models["unet"]
