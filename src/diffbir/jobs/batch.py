@@ -136,16 +136,7 @@ class RestoreJob:
         if shard.rank == 0:
             for source, reason in problems:
                 _report(summary, source, reason)
-        todo = []
-        for item, out in shard.take(planned):
-            if self.skip_existing and all(p.exists() for p in self.sample_paths(out)):
-                summary.skipped += 1
-                continue
-            reason = size_problem(Path(item.path), self.config.upscale)
-            if reason is not None:
-                _report(summary, item.path, reason)
-                continue
-            todo.append((item, out))
+        todo = self._todo(shard.take(planned), summary)
         if todo:
             from diffbir.imaging.io import check_writable_folder
 
@@ -199,6 +190,21 @@ class RestoreJob:
         total = shard.gather(summary)
         total.main_process = shard.rank == 0
         return total
+
+    def _todo(self, planned, summary: JobSummary) -> list:
+        """The planned inputs still to restore: finished ones skipped when resuming, and
+        those whose header says they cannot be restored reported."""
+        todo = []
+        for item, out in planned:
+            if self.skip_existing and all(p.exists() for p in self.sample_paths(out)):
+                summary.skipped += 1
+                continue
+            reason = size_problem(Path(item.path), self.config.upscale)
+            if reason is not None:
+                _report(summary, item.path, reason)
+                continue
+            todo.append((item, out))
+        return todo
 
     def sample_paths(self, out: Path) -> list[Path]:
         """The files one input gives: ``out``, or ``NAME_0``, ``NAME_1``... with

@@ -314,18 +314,13 @@ def restore_uploads(
         shown = reason if reason.startswith((f"{name}: ", f"{path}: ")) else f"{name}: {reason}"
         run.failures.append(shown)
 
-    upscale = options.upscale or get_preset(form.version, form.task).upscale
     # Every file is checked from its header first: a bad one is reported before minutes
     # of model loading.
+    upscale = options.upscale or get_preset(form.version, form.task).upscale
+    limits = dict(max_pixels=max_pixels, max_output_pixels=max_output_pixels, knob="the upscale")
     readable = []
     for path in paths:
-        problem = size_problem(
-            path,
-            upscale,
-            max_pixels=max_pixels,
-            max_output_pixels=max_output_pixels,
-            knob="the upscale",
-        )
+        problem = size_problem(path, upscale, **limits)
         if problem is None:
             readable.append(path)
         else:
