@@ -43,6 +43,7 @@ from diffbir.errors import ConfigError
 from diffbir.imaging.resize import pad_to_multiple
 from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
+from diffbir.restore.hub import CaptionerSlot, Offload
 from diffbir.restore.loading import (
     load_model_config,
     load_stage1,
@@ -104,11 +105,9 @@ class DiffBIRPipeline:
         # Prompt embeddings are computed once per distinct prompt.
         self._prompt_cache: dict[str, torch.Tensor] = {}
         # Where a captioner's weights are found (from_preset sets them), and the loaded one.
-        self.weights_dir: Path | None = None
-        self.download = True
-        self._captioner = None
-        self._captioner_key: tuple[str, int] | None = None
-        self._offload: torch.device | None = None  # where idle models wait (enable_offload)
+        # The models' lifetime (diffbir.restore.hub): where idle models wait, the captioner.
+        self.offload = Offload(self.device, self._model)
+        self.captioners = CaptionerSlot(self.device)
         # The files the models came from, by part (from_preset fills it).
         self.sources: dict[str, str] = {}
 
@@ -182,8 +181,8 @@ class DiffBIRPipeline:
         pipeline.sources = {"cleaner": str(cleaner_path)}
         if len(paths) == 3:
             pipeline.sources.update(sd=str(paths[1]), controlnet=str(paths[2]))
-        pipeline.weights_dir = None if weights_dir is None else Path(weights_dir)
-        pipeline.download = download
+        pipeline.captioners.weights_dir = None if weights_dir is None else Path(weights_dir)
+        pipeline.captioners.download = download
         if offload:
             pipeline.enable_offload()
         return pipeline
@@ -194,32 +193,14 @@ class DiffBIRPipeline:
         VAE to encode and decode, the UNet and ControlNet (and the VAE, for pixel
         guidance) while sampling. The device then holds one stage's weights at a time, for
         6-8 GB cards; every image pays the moves (about 5 GB over the bus at fp16)."""
-        self._offload = torch.device(to)
-        for module in self._modules(*_ALL_PARTS):
-            module.to(self._offload)
+        self.offload.enable(to)
         return self
 
-    def _modules(self, *names: str) -> list[torch.nn.Module]:
-        parts = {"cleaner": self.cleaner}
-        found = [parts[n] if n in parts else getattr(self.stage2, n, None) for n in names]
-        return [module for module in found if module is not None]
-
-    @contextmanager
-    def _on_device(self, *names: str) -> Iterator[None]:
-        """With offloading, the named models on the device for the block, then back."""
-        if self._offload is None or self._offload == self.device:
-            yield
-            return
-        modules = self._modules(*names)
-        for module in modules:
-            module.to(self.device)
-        try:
-            yield
-        finally:
-            for module in modules:
-                module.to(self._offload)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def _model(self, name: str) -> torch.nn.Module | None:
+        """The module of a part of :data:`~diffbir.restore.hub.OFFLOAD_SEQUENCE`."""
+        if name == "cleaner":
+            return self.cleaner
+        return getattr(self.stage2, name, None)
 
     def compile(self, backend: str = "inductor", *, mode: str | None = None) -> DiffBIRPipeline:
         """``torch.compile`` the denoiser (UNet and ControlNet) in place; returns ``self``.
@@ -304,7 +285,7 @@ class DiffBIRPipeline:
                     "the text encoder was freed after the prompts were encoded; "
                     f"cannot encode the new prompt {prompt[:40]!r}"
                 )
-            with torch.no_grad(), self._on_device("text_encoder"):
+            with torch.no_grad(), self.offload.stage("prompts"):
                 emb = self.stage2.encode_prompt([prompt])
             self._prompt_cache[prompt] = emb.to(self.device, self.dtype)
         return self._prompt_cache[prompt]
@@ -313,30 +294,13 @@ class DiffBIRPipeline:
     def captioner(self, config: RunConfig):
         """The run's captioner, loaded on first use and kept for the next images
         (``None`` for ``none``); see :mod:`diffbir.captioning`."""
-        if config.captioner == "none":
-            return None
-        key = (config.captioner, config.captioner_bits)
-        if self._captioner is None or self._captioner_key != key:
-            from diffbir.captioning import load_captioner
-
-            self.free_captioner()
-            self._captioner = load_captioner(
-                config.captioner,
-                device=self.device,
-                bits=config.captioner_bits,
-                weights_dir=self.weights_dir,
-                offline=None if self.download else True,
-                progress=config.progress,
-            )
-            self._captioner_key = key
-        return self._captioner
+        return self.captioners.get(
+            config.captioner, config.captioner_bits, progress=config.progress
+        )
 
     def free_captioner(self) -> None:
         """Free the captioner's weights (before the diffusion stage, where memory is short)."""
-        if self._captioner is not None:
-            self._captioner.close()
-            self._captioner = None
-            self._captioner_key = None
+        self.captioners.free()
 
     def image_prompts(
         self,
@@ -415,8 +379,7 @@ class DiffBIRPipeline:
             raise ConfigError(f"expected an RGB batch [B,3,H,W], got shape {tuple(lq.shape)}")
         if prompts is None:
             prompts = self.image_prompts(lq, config)
-            if self._captioner is not None and _memory_is_short(self.device):
-                self.free_captioner()
+            self.captioners.free_if_memory_is_short()
         elif len(prompts) != lq.shape[0]:
             raise ConfigError(f"{len(prompts)} prompts for {lq.shape[0]} images")
         streams = [ImageStream.seeded(config.seed, self.device) for _ in range(lq.shape[0])]
@@ -461,7 +424,7 @@ class DiffBIRPipeline:
             )
         with torch.no_grad():
             element = torch.finfo(self.dtype).bits // 8
-            with _timed(timings, "stage1", self.device), self._on_device("cleaner"):
+            with _timed(timings, "stage1", self.device), self.offload.stage("stage1"):
                 run_input = self.run_input(lq, config.upscale)
                 cond_hw = condition_size(target_hw, min_side)
                 plan = plan_tiles(
@@ -472,7 +435,7 @@ class DiffBIRPipeline:
             tiled = plan.vae_encode is not None or plan.latent is not None
             padded = pad_to_multiple(cond_img, 8 if tiled else 64)
             with _timed(timings, "encode", self.device):
-                with self._on_device("vae"):
+                with self.offload.stage("encode"):
                     cond_latent = self.encode_condition(padded, plan.vae_encode, plan.overlap)
                 cond_text = self._contexts(groups, [p.prompt for p in prompts])
                 uncond_text = self._contexts(groups, [p.negative_prompt for p in prompts])
@@ -527,10 +490,9 @@ class DiffBIRPipeline:
                 config.eta,
                 config.order,
             )
-            sampling_models = ["unet", "controlnet"]
-            if config.guidance_scale > 0 and config.guidance_space == "pixel":
-                sampling_models.append("vae")
-            with _timed(timings, "sample", self.device), self._on_device(*sampling_models):
+            pixel_guidance = config.guidance_scale > 0 and config.guidance_space == "pixel"
+            sampling = "sample_pixel_guidance" if pixel_guidance else "sample"
+            with _timed(timings, "sample", self.device), self.offload.stage(sampling):
                 z = run_sampler(
                     config.sampler,
                     denoiser,
@@ -544,7 +506,7 @@ class DiffBIRPipeline:
                     progress=config.progress,
                 )
                 z = z[..., :h1, :w1]
-            with _timed(timings, "decode", self.device), self._on_device("vae"):
+            with _timed(timings, "decode", self.device), self.offload.stage("decode"):
                 image = self.decode(z, plan.vae_decode, plan.overlap)[..., :h0, :w0]
                 image = stages.color_fix(image, cond_img, config.color_fix)
                 image = to_uint8_levels(bicubic(image, target_hw)).float().div_(255.0)
@@ -622,28 +584,6 @@ class DiffBIRPipeline:
             config, self.stage2.vae, self.dtype, self.schedule, cond_latent, cond_img, plan,
             stage1_hw,
         )  # fmt: skip
-
-
-_ALL_PARTS = ("cleaner", "text_encoder", "vae", "unet", "controlnet")
-
-#: Below this much free memory on the device, the captioner is freed before the diffusion
-#: stage (and loaded again for the next call that needs it).
-CAPTIONER_HEADROOM = 8 * 2**30
-
-
-def _memory_is_short(device: torch.device) -> bool:
-    """Whether ``device`` has less than :data:`CAPTIONER_HEADROOM` free."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free < CAPTIONER_HEADROOM
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 < CAPTIONER_HEADROOM
-    except OSError:
-        pass
-    return True  # unknown: free it
 
 
 def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreResult:
