@@ -5,8 +5,8 @@ closed form, and the probability-flow ODE maps the start's z-scores to
 ``1.5 + 0.5 z``. Two parts, each for the SD (eps) and zero-terminal-SNR (v)
 schedules at 5, 10, 20 and 50 steps:
 
-* ours: the functions of ``diffbir.diffusion.samplers.SAMPLERS`` called
-  directly, all in float64. Deterministic samplers: RMS error of the output
+* ours: each of ``diffbir.diffusion.samplers.SAMPLERS`` through
+  ``samplers.sample`` on the bare network function, all in float64. Deterministic samplers: RMS error of the output
   against that exact map; stochastic ones: output std / 0.5.
 * registry: every name of ``diffbir.diffusion.names.RELEASE`` (the DiffBIR
   release's samplers on its grids) and of ``OWN`` (ours on the Karras grid),
@@ -15,7 +15,7 @@ schedules at 5, 10, 20 and 50 steps:
   (for the float t of ``dpm++_m2``, log a_t interpolated linearly between
   integer timesteps), as a real network trained on the 1000-step schedule
   would answer, whatever noise level the sampler believes x is at. The
-  wrapper casts network outputs to float32 (``Denoiser.model_output``); the
+  wrapper casts network outputs to float32 (``DenoiserRun.model_output``); the
   EDM grid and the ``ddim``/``dpm++_m2`` coefficients are float32 as in the
   release; x and the sampler state stay float64. Deterministic: RMS vs
   exact; stochastic: std / 0.5 and mean - 1.5 (with 65536 values, one
@@ -43,12 +43,12 @@ import time
 
 import torch
 
-from diffbir.diffusion import edm, vp
+from diffbir.diffusion import grids
 from diffbir.diffusion.denoiser import Denoiser
 from diffbir.diffusion.names import OWN, RELEASE
 from diffbir.diffusion.noise import BatchNoise, ImageStream
 from diffbir.diffusion.registry import SamplerKnobs, run_sampler
-from diffbir.diffusion.samplers import SAMPLERS
+from diffbir.diffusion.samplers import SAMPLERS, sample
 from diffbir.diffusion.schedule import NoiseSchedule
 
 MU, S = 1.5, 0.5
@@ -104,11 +104,12 @@ def ours_direct() -> None:
         x = math.sqrt(a) * MU + math.sqrt(a * S * S + 1 - a) * z
         print(f"\n{name_s} ({prediction}); deterministic: RMS vs exact ODE; stochastic: std / 0.5")
         print(f"{'sampler':14s}" + "".join(f"{n:>16d}" for n in STEP_COUNTS))
-        for name, fn in SAMPLERS.items():
+        for name in SAMPLERS:
             cells = []
             for steps in STEP_COUNTS:
                 calls = [0]
-                out = fn(
+                out = sample(
+                    name,
                     gaussian_model(schedule, prediction, calls),
                     x,
                     schedule,
@@ -147,14 +148,14 @@ def assumed_start(name: str, schedule: NoiseSchedule, steps: int) -> tuple[float
     """(mean, std) of the marginal the sampler takes ``x_T`` to be drawn from."""
     a_all = schedule.alphas_cumprod
     if name.startswith("edm_"):
-        sigmas, _ = edm.release_sigmas(a_all, steps)
+        sigmas, _ = grids.release_sigmas(schedule, steps)
         k = float(torch.sqrt(1.0 + sigmas[0] ** 2.0))  # the sampler's own float32 scale
         s0 = float(sigmas[0])
         return MU / k, math.sqrt(S * S + s0 * s0) / k
     if name == "ddim":
-        alpha2 = float(a_all[vp.ddim_timesteps(len(a_all), steps)[-1]])
+        alpha2 = float(a_all[grids.ddim_timesteps(schedule, steps)[0]])
     elif name == "dpm++_m2":
-        alpha, _, _ = vp.DiscreteVPTime(schedule.betas).alpha_sigma_lambda(torch.tensor(1.0))
+        alpha, _, _ = grids.DiscreteVPTime(schedule.betas).alpha_sigma_lambda(torch.tensor(1.0))
         alpha2 = float(alpha) ** 2
     else:  # spaced and ours start at T - 1
         alpha2 = float(a_all[-1])
@@ -229,7 +230,7 @@ def print_table(title, rows, markdown: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     only = parser.add_mutually_exclusive_group()
-    only.add_argument("--ours-only", action="store_true", help="only SAMPLERS, called directly")
+    only.add_argument("--ours-only", action="store_true", help="only SAMPLERS, on the bare network")
     only.add_argument("--release-only", action="store_true", help="only the run_sampler tables")
     parser.add_argument("--markdown", action="store_true", help="run_sampler tables in Markdown")
     args = parser.parse_args()

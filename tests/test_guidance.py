@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffbir.diffusion.guidance import LatentGuidance, edge_weight_map
-from diffbir.diffusion.samplers import SAMPLERS, sample_ddpm
+from diffbir.diffusion.samplers import SAMPLERS, sample, sample_ddpm
 from diffbir.diffusion.schedule import NoiseSchedule
 from diffbir.errors import ConfigError
 
@@ -52,10 +52,10 @@ class CountingGuidance(LatentGuidance):
 def test_scale_zero_is_exactly_no_guidance(name):
     target = _target()
     kwargs = {"generator": torch.Generator().manual_seed(1)}
-    plain = SAMPLERS[name](gaussian_eps_model, _start(), SD, 8, **kwargs)
+    plain = sample(name, gaussian_eps_model, _start(), SD, 8, **kwargs)
     kwargs = {"generator": torch.Generator().manual_seed(1)}
-    guided = SAMPLERS[name](
-        gaussian_eps_model, _start(), SD, 8, guidance=LatentGuidance(target, 0.0), **kwargs
+    guided = sample(
+        name, gaussian_eps_model, _start(), SD, 8, guidance=LatentGuidance(target, 0.0), **kwargs
     )
     assert torch.equal(plain, guided)
 
@@ -65,7 +65,8 @@ def test_distance_to_target_falls_as_scale_rises(name):
     target = _target()
     distances = []
     for scale in (0.0, 5.0, 20.0, 50.0, 100.0):
-        out = SAMPLERS[name](
+        out = sample(
+            name,
             gaussian_eps_model,
             _start(),
             SD,
@@ -174,8 +175,9 @@ def test_pixel_guidance_in_a_sampler_moves_toward_the_image():
 
     errors = []
     for loss in ("mse", "weighted_mse"):
-        plain = SAMPLERS["dpmpp_2m"](gaussian_eps_model, _start(), SD, 10)
-        guided = SAMPLERS["dpmpp_2m"](
+        plain = sample("dpmpp_2m", gaussian_eps_model, _start(), SD, 10)
+        guided = sample(
+            "dpmpp_2m",
             gaussian_eps_model,
             _start(),
             SD,

@@ -20,17 +20,19 @@ import pytest
 import torch
 from scipy import integrate
 
-from diffbir.diffusion import edm, vp
-from diffbir.diffusion.denoiser import Denoiser, ramped_cfg_scale
+from diffbir.diffusion import edm, grids
+from diffbir.diffusion.denoiser import Denoiser, DenoiserRun, VPDenoiser, ramped_cfg_scale
 from diffbir.diffusion.names import canonical, describe_samplers, sampler_names
 from diffbir.diffusion.noise import BatchNoise, ImageStream
-from diffbir.diffusion.registry import SamplerKnobs, run_sampler
+from diffbir.diffusion.registry import SAMPLERS, SamplerKnobs, grid_timesteps, run_sampler
 from diffbir.diffusion.schedule import NoiseSchedule
 from diffbir.errors import ConfigError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "pipeline"
 MU, S = 0.7, 0.5
 CPU = torch.device("cpu")
+# the samplers that take a Brownian-tree noise source
+BROWNIAN = sorted(name for name, entry in SAMPLERS.items() if "brownian" in entry.knobs)
 
 
 @pytest.fixture(autouse=True)
@@ -91,9 +93,11 @@ class RecordingModel:
 
     def __init__(self):
         self.calls = []
+        self.contexts = []
 
     def __call__(self, x, t, context):
         self.calls.append((t.detach().clone(), x.shape[0]))
+        self.contexts.append(context)
         shift = context.float().mean(dim=(1, 2)).reshape(-1, 1, 1, 1)
         return 0.1 * x + shift
 
@@ -108,7 +112,7 @@ def gaussian_network(schedule, steps, prediction):
     The Denoiser evaluates every sigma at a grid timestep; the network looks
     that timestep's grid sigma up (sigma_0 = 1e4, not the schedule's own) and
     returns what makes D exact there."""
-    sigmas, timesteps = edm.release_sigmas(schedule.alphas_cumprod, steps)
+    sigmas, timesteps = grids.release_sigmas(schedule, steps)
     table = {int(t): float(s) for s, t in zip(sigmas[:-1], timesteps[:-1])}
 
     def model(x_vp, t, context):
@@ -138,7 +142,7 @@ RELEASE_GRIDS = {
 
 @pytest.mark.parametrize("name", ["sd", "zsnr"])
 def test_release_sigmas_match_the_published_grid(schedules, name):
-    sigmas, timesteps = edm.release_sigmas(schedules[name].alphas_cumprod, 4)
+    sigmas, timesteps = grids.release_sigmas(schedules[name], 4)
     assert sigmas.dtype == torch.float32 and timesteps.dtype == torch.long
     assert timesteps.tolist() == [999, 749, 499, 249, 0]
     torch.testing.assert_close(
@@ -152,20 +156,21 @@ def test_release_sigmas_match_the_published_grid(schedules, name):
 
 def test_release_sigmas_timesteps_follow_the_linspace_rule(schedules):
     for steps in (1, 7, 25, 50):
-        _, timesteps = edm.release_sigmas(schedules["sd"].alphas_cumprod, steps)
+        _, timesteps = grids.release_sigmas(schedules["sd"], steps)
         rule = np.linspace(999, 0, steps, endpoint=False).astype(int).tolist() + [0]
         assert timesteps.tolist() == rule
 
 
-def test_ddim_timesteps_follow_the_uniform_plus_one_rule():
-    assert vp.ddim_timesteps(1000, 4) == [1, 251, 501, 751]
+def test_ddim_timesteps_follow_the_uniform_plus_one_rule(schedules):
+    sd = schedules["sd"]
+    assert grids.ddim_timesteps(sd, 4) == [751, 501, 251, 1]
     for steps in (6, 7, 50):
         rule = [t + 1 for t in range(0, 1000, 1000 // steps)]
-        assert vp.ddim_timesteps(1000, steps) == rule
-    six = vp.ddim_timesteps(1000, 6)
-    assert len(six) == 7 and six[0] == 1 and six[-1] == 997
+        assert grids.ddim_timesteps(sd, steps) == rule[::-1]
+    six = grids.ddim_timesteps(sd, 6)
+    assert len(six) == 7 and six[-1] == 1 and six[0] == 997
     with pytest.raises(ConfigError):
-        vp.ddim_timesteps(1000, 600)
+        grids.ddim_timesteps(sd, 600)
 
 
 def test_dpm_solver_keeps_the_published_number_of_steps(schedules):
@@ -173,8 +178,8 @@ def test_dpm_solver_keeps_the_published_number_of_steps(schedules):
     if config.exists():
         expected = json.loads(config.read_text())["dpm_solver_total_N_after_lambda_clip"]
         assert expected == {"sd_linear": 1000, "sd_linear_zero_terminal_snr": 986}
-    assert vp.DiscreteVPTime(schedules["sd"].betas).total_n == 1000
-    assert vp.DiscreteVPTime(schedules["zsnr"].betas).total_n == 986
+    assert grids.DiscreteVPTime(schedules["sd"].betas).total_n == 1000
+    assert grids.DiscreteVPTime(schedules["zsnr"].betas).total_n == 986
 
 
 @pytest.mark.parametrize(
@@ -293,7 +298,7 @@ FIRST_ORDER = {"euler", "lms1"}
 def toy_ode_error(name, steps):
     fn, kwargs = DETERMINISTIC[name]
     z, x = toy_start((1, 4, 16, 16))
-    out = fn(exact_denoiser, x, toy_sigmas(steps), CountingNoise(), **kwargs)
+    out = fn(exact_denoiser, x, toy_sigmas(steps), noise=CountingNoise(), **kwargs)
     return out, float((out - ode_solution(x, 80.0)).abs().max()), z
 
 
@@ -355,8 +360,9 @@ def test_float32_run_agrees_with_float64():
     z, x = toy_start((1, 4, 8, 8))
     for name in ("heun", "dpmpp_2m", "lms3"):
         fn, kwargs = DETERMINISTIC[name]
-        hi = fn(exact_denoiser, x, toy_sigmas(30), CountingNoise(), **kwargs)
-        lo = fn(exact_denoiser, x.float(), toy_sigmas(30, torch.float32), CountingNoise(), **kwargs)
+        hi = fn(exact_denoiser, x, toy_sigmas(30), noise=CountingNoise(), **kwargs)
+        noise = CountingNoise()
+        lo = fn(exact_denoiser, x.float(), toy_sigmas(30, torch.float32), noise=noise, **kwargs)
         assert lo.dtype == torch.float32
         torch.testing.assert_close(lo.double(), hi, atol=1e-4, rtol=0)
 
@@ -378,7 +384,7 @@ STOCHASTIC = {
 def test_stochastic_samplers_sample_the_target(name):
     fn, kwargs, steps = STOCHASTIC[name]
     z, x = toy_start((1, 4, 64, 64), torch.float32)
-    out = fn(exact_denoiser, x, toy_sigmas(steps, torch.float32), CountingNoise(), **kwargs)
+    out = fn(exact_denoiser, x, toy_sigmas(steps, torch.float32), noise=CountingNoise(), **kwargs)
     assert float(out.mean()) == pytest.approx(MU, abs=0.02)
     assert float(out.std()) == pytest.approx(S, rel=0.03)
     # the noise is really injected: the result is not the ODE solution of its start
@@ -390,7 +396,7 @@ def test_eta_zero_removes_the_noise():
     sigmas = toy_sigmas(12)
 
     def run(fn, **kwargs):
-        return fn(exact_denoiser, x, sigmas, CountingNoise(), **kwargs)
+        return fn(exact_denoiser, x, sigmas, noise=CountingNoise(), **kwargs)
 
     assert torch.equal(run(edm.sample_euler_ancestral, eta=0.0), run(edm.sample_euler))
     assert torch.equal(run(edm.sample_dpm_2_ancestral, eta=0.0), run(edm.sample_dpm_2))
@@ -436,6 +442,42 @@ def test_run_sampler_with_an_exact_network_solves_the_toy_problem(schedules, nam
     out = run("edm_dpm++_3m_sde", 50)
     assert float(out.mean()) == pytest.approx(MU, abs=0.02)
     assert float(out.std()) == pytest.approx(S, rel=0.03)
+
+
+EDM_FUNCTIONS = sorted(
+    {entry.sampler for entry in SAMPLERS.values() if entry.grid is grids.release_sigmas},
+    key=lambda fn: fn.__name__,
+)
+
+
+@pytest.mark.parametrize("fn", EDM_FUNCTIONS, ids=lambda fn: fn.__name__)
+def test_edm_samplers_report_every_step(fn):
+    """The one contract: ``callback(info)`` once per step, x after it; it changes nothing."""
+    _, x = toy_start((1, 4, 4, 4))
+    sigmas = toy_sigmas(6)
+    tree = {"brownian": brownian_from(2)} if fn in {SAMPLERS[n].sampler for n in BROWNIAN} else {}
+    seen = []
+    out = fn(exact_denoiser, x, sigmas, noise=CountingNoise(), callback=seen.append, **tree)
+    assert torch.equal(out, fn(exact_denoiser, x, sigmas, noise=CountingNoise(), **tree))
+    assert [info["i"] for info in seen] == list(range(6))
+    assert [float(info["sigma"]) for info in seen] == sigmas[:-1].tolist()
+    assert torch.equal(seen[-1]["x"], out)
+
+
+@pytest.mark.parametrize("name", ["spaced", "ddim", "dpm++_m2"])
+def test_vp_release_samplers_alone_report_every_step(schedules, name):
+    sd = schedules["sd"]
+    entry = SAMPLERS[name]
+    grid = entry.grid(sd, 4)
+    x_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    view = VPDenoiser.of(make_denoiser(RecordingModel(), sd), sd, input_dtype=x_T.dtype)
+    seen = []
+    out = entry.sampler(view, x_T, grid, noise=CountingNoise(), callback=seen.append)
+    den = make_denoiser(RecordingModel(), sd)
+    assert torch.equal(out, run_sampler(name, den, x_T, sd, 4, noise=CountingNoise()))
+    assert [info["i"] for info in seen] == list(range(4))
+    assert [int(round(float(info["t"]))) for info in seen] == grid_timesteps(name, sd, 4)
+    assert torch.equal(seen[-1]["x"], out)
 
 
 # -- 4. draw order and count ---------------------------------------------------------------
@@ -497,7 +539,7 @@ def test_dpm_2_ancestral_draws_only_in_its_midpoint_branch():
     z, x = toy_start((1, 4, 4, 4))
     sigmas = toy_sigmas(6)
     noise = CountingNoise()
-    edm.sample_dpm_2_ancestral(exact_denoiser, x, sigmas, noise, eta=1.0)
+    edm.sample_dpm_2_ancestral(exact_denoiser, x, sigmas, noise=noise, eta=1.0)
     assert noise.calls == 5
     # eta so large that sigma_up = sigma_next: sigma_down is 0, Euler branch, no draw
     noise = CountingNoise()
@@ -507,7 +549,7 @@ def test_dpm_2_ancestral_draws_only_in_its_midpoint_branch():
         calls.append(float(sigma))
         return exact_denoiser(x, sigma)
 
-    edm.sample_dpm_2_ancestral(counted, x, sigmas, noise, eta=100.0)
+    edm.sample_dpm_2_ancestral(counted, x, sigmas, noise=noise, eta=100.0)
     assert noise.calls == 0 and len(calls) == 6
 
 
@@ -526,7 +568,7 @@ def test_draws_are_used_where_the_release_uses_them(schedules):
         assert not torch.allclose(a, b), name
 
 
-@pytest.mark.parametrize("name", sorted(edm.BROWNIAN))
+@pytest.mark.parametrize("name", BROWNIAN)
 def test_brownian_samplers_draw_one_entropy_per_group(schedules, name):
     zsnr = schedules["zsnr"]
     x_T = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -686,17 +728,33 @@ def test_cfg_calls_and_combination(schedules):
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     for scale, uncond in ((1.0, True), (3.0, False)):
         den, model = cfg_denoiser(sd, scale, uncond)
-        out = den.model_output(x, 500)
+        out = DenoiserRun(den).model_output(x, 500)
         assert [rows for _, rows in model.calls] == [2]
+        assert model.contexts[0] is den.cond  # the conditional branch alone, as given
         torch.testing.assert_close(out, 0.1 * x + 2.0)
     den, model = cfg_denoiser(sd, 3.0)
-    out = den.model_output(x, 500)
+    run = DenoiserRun(den)
+    out = run.model_output(x, 500)
     assert [rows for _, rows in model.calls] == [4]
     assert model.calls[0][0].tolist() == [500] * 4
+    assert torch.equal(model.contexts[0], torch.cat([den.cond, den.uncond]))
     # uncond + s (cond - uncond), cond rows first
     torch.testing.assert_close(out, 0.1 * x + 0.5 + 3.0 * (2.0 - 0.5))
-    den.model_output(x, 400)
+    run.model_output(x, 400)
     assert [rows for _, rows in model.calls] == [4, 4]
+    assert model.contexts[1] is model.contexts[0]  # the pair is built once per run
+
+
+def test_a_run_leaves_the_denoiser_as_it_was(schedules):
+    """Per-run state (the CFG pair, the step's guidance correction) lives in the run."""
+    sd = schedules["sd"]
+    x_T = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    den, _ = cfg_denoiser(sd, 3.0, guidance=lambda x0, t: x0 + 0.01)
+    before = dict(vars(den))
+    for name in ("edm_heun", "heun", "spaced"):
+        run_sampler(name, den, x_T, sd, 3, noise=CountingNoise())
+        assert vars(den).keys() == before.keys()
+        assert all(vars(den)[k] is v for k, v in before.items()), name
 
 
 def test_rescaled_cfg(schedules):
@@ -709,8 +767,12 @@ def test_rescaled_cfg(schedules):
     assert den.cfg_scale_at(0) == pytest.approx(4.0)
     assert den.cfg_scale_at(999) == pytest.approx(1.0, abs=1e-9)
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(den.model_output(x, 0), 0.1 * x + 0.5 + 4.0 * 1.5)
-    torch.testing.assert_close(den.model_output(x, 500), 0.1 * x + 0.5 + mid * 1.5)
+    run = DenoiserRun(den)
+    torch.testing.assert_close(run.model_output(x, 0), 0.1 * x + 0.5 + 4.0 * 1.5)
+    torch.testing.assert_close(run.model_output(x, 500), 0.1 * x + 0.5 + mid * 1.5)
+    # the ramp rises from about 1 at t = 999 to 1 + scale at t = 0
+    ramp = [ramped_cfg_scale(4.0, t) for t in range(999, -1, -111)]
+    assert ramp == sorted(ramp)
     # not above 1: no ramp, unless the DPM-Solver variant asks for it
     for scale in (1.0, 0.5):
         den, _ = cfg_denoiser(sd, scale, rescale_cfg=True)
@@ -727,14 +789,14 @@ def test_dpm_solver_rescale_with_cfg_one_runs_the_cond_model_only(schedules):
         schedules["zsnr"], 1.0, rescale_cfg=True, rescale_needs_cfg_above_one=False
     )
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = den.model_output(x, 249.7464)
+    out = DenoiserRun(den).model_output(x, 249.7464)
     assert [rows for _, rows in model.calls] == [2]
     torch.testing.assert_close(out, 0.1 * x + 2.0)
 
 
 def test_timestep_for_picks_the_nearest_grid_sigma(schedules):
-    sigmas, timesteps = edm.release_sigmas(schedules["sd"].alphas_cumprod, 4)
-    den = make_denoiser(RecordingModel(), schedules["sd"]).with_grid(sigmas, timesteps)
+    sigmas, timesteps = grids.release_sigmas(schedules["sd"], 4)
+    den = DenoiserRun(make_denoiser(RecordingModel(), schedules["sd"]), sigmas, timesteps)
     midpoint = (sigmas[1] * sigmas[2]).sqrt()  # DPM-2's log midpoint of 4.08 and 1.61: 2.57
     assert int(den.timestep_for(midpoint)) == 499
     assert int(den.timestep_for(sigmas[1] * 1.2)) == 749  # a churned sigma
@@ -743,14 +805,16 @@ def test_timestep_for_picks_the_nearest_grid_sigma(schedules):
         assert int(den.timestep_for(s)) == int(t)
     assert int(den.timestep_for(torch.tensor(0.2))) == 0
     with pytest.raises(ConfigError):
-        make_denoiser(RecordingModel(), schedules["sd"])(torch.zeros(1, 4, 2, 2), sigmas[1])
+        DenoiserRun(make_denoiser(RecordingModel(), schedules["sd"]))(
+            torch.zeros(1, 4, 2, 2), sigmas[1]
+        )
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("index", [1, 2, 3])
 def test_edm_view_recovers_x0_from_the_exact_output(schedules, prediction, index):
     schedule = schedules["zsnr" if prediction == "v" else "sd"]
-    sigmas, timesteps = edm.release_sigmas(schedule.alphas_cumprod, 4)
+    sigmas, timesteps = grids.release_sigmas(schedule, 4)
     gen = torch.Generator().manual_seed(index)
     x0 = torch.randn(1, 4, 8, 8, generator=gen)
     eps = torch.randn(1, 4, 8, 8, generator=gen)
@@ -763,7 +827,7 @@ def test_edm_view_recovers_x0_from_the_exact_output(schedules, prediction, index
         torch.testing.assert_close(x_vp, alpha * x0 + sigma_vp * eps, rtol=1e-5, atol=1e-5)
         return eps if prediction == "eps" else alpha * eps - sigma_vp * x0
 
-    den = make_denoiser(model, schedule, prediction).with_grid(sigmas, timesteps)
+    den = DenoiserRun(make_denoiser(model, schedule, prediction), sigmas, timesteps)
     sigma = sigmas[index]
     got = den(x0 + sigma * eps, sigma)
     assert seen == [int(timesteps[index])]
@@ -772,15 +836,16 @@ def test_edm_view_recovers_x0_from_the_exact_output(schedules, prediction, index
 
 def test_guidance_hook_sees_x0_and_the_grid_timestep(schedules):
     sd = schedules["sd"]
-    sigmas, timesteps = edm.release_sigmas(sd.alphas_cumprod, 4)
+    sigmas, timesteps = grids.release_sigmas(sd, 4)
     hooked = []
 
     def guidance(x0, t):
         hooked.append(t)
         return x0 + 1.0
 
-    plain = make_denoiser(RecordingModel(), sd).with_grid(sigmas, timesteps)
-    guided = plain.with_options(guidance=guidance)
+    den = make_denoiser(RecordingModel(), sd)
+    plain = DenoiserRun(den, sigmas, timesteps)
+    guided = DenoiserRun(den.with_options(guidance=guidance), sigmas, timesteps)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(guided(x, sigmas[2] * 1.1), plain(x, sigmas[2] * 1.1) + 1.0)
     assert hooked == [499] and isinstance(hooked[0], int)
@@ -800,14 +865,14 @@ def test_registry_names_and_errors(schedules):
     for choice in ("spaced", "ddim", "dpm++_m2", "edm_euler", "edm_dpm++_3m_sde"):
         assert choice in str(info.value)
     assert canonical("ddpm") == "spaced"
-    assert set(edm.EDM_SAMPLERS) <= set(sampler_names())
+    assert set(SAMPLERS) == set(sampler_names())
     assert {"spaced", "ddim", "dpm++_m2"} <= set(sampler_names())
     assert len(describe_samplers().splitlines()) == len(sampler_names())
     alias = run_sampler("ddpm", den, x_T, sd, 4, noise=CountingNoise(5))
     spaced = run_sampler("spaced", den, x_T, sd, 4, noise=CountingNoise(5))
     assert torch.equal(alias, spaced)
     vden = make_denoiser(RecordingModel(), zsnr, "v")
-    for name in sorted(edm.BROWNIAN):
+    for name in BROWNIAN:
         with pytest.raises(ConfigError, match="Brownian"):
             run_sampler(name, vden, x_T, zsnr, 4, noise=CountingNoise())
     for name in ("spaced", "ddpm", "ddim", "dpm++_m2", "edm_euler", "edm_dpm++_3m_sde"):

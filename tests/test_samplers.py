@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffbir.diffusion import grids, own
+from diffbir.diffusion.denoiser import VPDenoiser
 from diffbir.diffusion.samplers import (
     SAMPLERS,
     GeneratorNoise,
@@ -24,9 +26,6 @@ from diffbir.diffusion.samplers import (
     prepare_start,
     sample,
     sample_ddpm,
-    sample_dpmpp_2m,
-    sample_dpmpp_3m_sde,
-    sample_euler,
 )
 from diffbir.diffusion.schedule import NoiseSchedule
 from diffbir.errors import ConfigError
@@ -62,8 +61,8 @@ def exact_start(schedule: NoiseSchedule, n: int, seed: int = 0):
 
 def ode_error(name, schedule, prediction, steps, n=64):
     x, z = exact_start(schedule, n)
-    out = SAMPLERS[name](
-        gaussian_model(schedule, prediction), x, schedule, steps, prediction=prediction
+    out = sample(
+        name, gaussian_model(schedule, prediction), x, schedule, steps, prediction=prediction
     )
     return (out - (MU + S * z)).pow(2).mean().sqrt().item()
 
@@ -116,8 +115,8 @@ ODE_CASES = [  # sampler, steps it is meant for, RMS tolerance against the exact
 @pytest.mark.parametrize(("name", "steps", "tol"), ODE_CASES)
 def test_deterministic_samplers_follow_the_exact_ode(schedule, prediction, name, steps, tol):
     x, z = exact_start(schedule, 256)
-    out = SAMPLERS[name](
-        gaussian_model(schedule, prediction), x, schedule, steps, prediction=prediction
+    out = sample(
+        name, gaussian_model(schedule, prediction), x, schedule, steps, prediction=prediction
     )
     target = MU + S * z
     assert (out - target).pow(2).mean().sqrt().item() < tol
@@ -177,7 +176,8 @@ def test_spaced_ddpm_matches_its_exact_output_distribution(schedule, prediction)
 @pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
 def test_dpmpp_2m_sde_matches_the_target(schedule, prediction):
     x, z = exact_start(schedule, 512)
-    out = SAMPLERS["dpmpp_2m_sde"](
+    out = sample(
+        "dpmpp_2m_sde",
         gaussian_model(schedule, prediction),
         x,
         schedule,
@@ -193,7 +193,8 @@ def test_dpmpp_2m_sde_matches_the_target(schedule, prediction):
 
 def _std_error(name, schedule, prediction, steps, n=512, seed=3):
     x, _ = exact_start(schedule, n)
-    out = SAMPLERS[name](
+    out = sample(
+        name,
         gaussian_model(schedule, prediction),
         x,
         schedule,
@@ -268,7 +269,7 @@ def test_dpmpp_3m_sde_is_the_sigma_view_recurrence(eta, steps, spacing):
     model = gaussian_model(SD, "eps")
     ref, used = _sigma_view_3m_sde(model, x, SD, steps, draws, eta, spacing)
     recorded = RecordedNoise(draws)
-    out = sample_dpmpp_3m_sde(model, x, SD, steps, eta=eta, spacing=spacing, noise=recorded)
+    out = sample("dpmpp_3m_sde", model, x, SD, steps, eta=eta, spacing=spacing, noise=recorded)
     assert ((out - ref).norm() / ref.norm()).item() < 1e-12
     # one draw per step except the last (to sigma = 0); none at all when eta = 0
     assert recorded.used == used == (steps - 1 if eta else 0)
@@ -279,7 +280,8 @@ def test_dpmpp_3m_sde_first_step_from_zero_snr_is_exact(eta):
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     seen = []
-    sample_dpmpp_3m_sde(
+    sample(
+        "dpmpp_3m_sde",
         gaussian_model(ZSNR, "v"),
         x,
         ZSNR,
@@ -302,7 +304,8 @@ def test_dpmpp_3m_sde_first_step_from_zero_snr_is_exact(eta):
 def test_dpmpp_3m_ode_error_against_dpmpp_2m(schedule, prediction):
     def err(name, steps, spacing=None, **kw):
         x, z = exact_start(schedule, 64)
-        out = SAMPLERS[name](
+        out = sample(
+            name,
             gaussian_model(schedule, prediction),
             x,
             schedule,
@@ -329,14 +332,14 @@ def test_dpmpp_3m_sde_eta_zero_draws_nothing_and_s_noise_scales_the_draws():
     def refuse(like):
         raise AssertionError("eta = 0 must not draw")
 
-    ode = sample_dpmpp_3m_sde(model, x, SD, 8, eta=0.0, noise=refuse)
+    ode = sample("dpmpp_3m_sde", model, x, SD, 8, eta=0.0, noise=refuse)
     assert torch.isfinite(ode).all()
-    silent = sample_dpmpp_3m_sde(
-        model, x, SD, 8, s_noise=0.0, generator=torch.Generator().manual_seed(5)
+    silent = sample(
+        "dpmpp_3m_sde", model, x, SD, 8, s_noise=0.0, generator=torch.Generator().manual_seed(5)
     )
-    zeros = sample_dpmpp_3m_sde(model, x, SD, 8, noise=torch.zeros_like)
+    zeros = sample("dpmpp_3m_sde", model, x, SD, 8, noise=torch.zeros_like)
     assert torch.allclose(silent, zeros, atol=1e-6)
-    assert not torch.allclose(silent, sample_dpmpp_3m_sde(model, x, SD, 8), atol=1e-3)
+    assert not torch.allclose(silent, sample("dpmpp_3m_sde", model, x, SD, 8), atol=1e-3)
 
 
 @pytest.mark.parametrize(("schedule", "prediction"), [(SD, "eps"), (ZSNR, "v")])
@@ -347,7 +350,8 @@ def test_ddim_eta_one_is_ancestral_ddpm(schedule, prediction):
     ddpm = sample_ddpm(
         model, x, schedule, 20, prediction=prediction, generator=torch.Generator().manual_seed(4)
     )
-    ddim = SAMPLERS["ddim"](
+    ddim = sample(
+        "ddim",
         model,
         x,
         schedule,
@@ -357,7 +361,7 @@ def test_ddim_eta_one_is_ancestral_ddpm(schedule, prediction):
         generator=torch.Generator().manual_seed(4),
     )
     assert torch.allclose(ddim, ddpm, atol=1e-6)
-    ddim0 = SAMPLERS["ddim"](model, x, schedule, 20, prediction=prediction)
+    ddim0 = sample("ddim", model, x, schedule, 20, prediction=prediction)
     assert not torch.allclose(ddim0, ddpm, atol=1e-2)
 
 
@@ -369,8 +373,8 @@ def test_seeded_runs_are_reproducible_and_inputs_untouched(name):
     model = gaussian_model(SD, "eps")
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     x_copy = x.clone()
-    a = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(7))
-    b = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(7))
+    a = sample(name, model, x, SD, 6, generator=torch.Generator().manual_seed(7))
+    b = sample(name, model, x, SD, 6, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     assert torch.equal(x, x_copy)
     assert a.shape == x.shape and a.dtype == x.dtype and torch.isfinite(a).all()
@@ -380,8 +384,8 @@ def test_different_seeds_differ_for_stochastic_samplers():
     model = gaussian_model(SD, "eps")
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     for name in ("ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde"):
-        a = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(1))
-        b = SAMPLERS[name](model, x, SD, 6, generator=torch.Generator().manual_seed(2))
+        a = sample(name, model, x, SD, 6, generator=torch.Generator().manual_seed(1))
+        b = sample(name, model, x, SD, 6, generator=torch.Generator().manual_seed(2))
         assert not torch.allclose(a, b)
 
 
@@ -431,15 +435,15 @@ def test_low_precision_inputs(name):
         return base(x, t)
 
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    out = SAMPLERS[name](model, x, SD, 8)
-    ref = SAMPLERS[name](base, x.float(), SD, 8)
+    out = sample(name, model, x, SD, 8)
+    ref = sample(name, base, x.float(), SD, 8)
     assert out.dtype == torch.bfloat16 and set(seen) == {torch.bfloat16}
     assert (out.float() - ref).abs().max().item() < 0.1
 
 
 def test_float64_stays_float64():
     x, _ = exact_start(SD, 1)
-    out = sample_dpmpp_2m(gaussian_model(SD, "eps"), x, SD, 10)
+    out = sample("dpmpp_2m", gaussian_model(SD, "eps"), x, SD, 10)
     assert out.dtype == torch.float64
 
 
@@ -447,7 +451,8 @@ def test_float64_stays_float64():
 def test_callback_sees_every_step(name):
     events = []
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    SAMPLERS[name](
+    sample(
+        name,
         gaussian_model(SD, "eps"),
         x,
         SD,
@@ -456,6 +461,22 @@ def test_callback_sees_every_step(name):
     )
     assert [e[0] for e in events] == list(range(7))
     assert all(e[1] == 7 and e[2] == x.shape and e[3] == x.shape for e in events)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_alone_follows_the_one_contract(name):
+    """``sampler(denoiser, x, timesteps, *, noise, callback)``: one info dict per step."""
+    model = gaussian_model(SD, "eps")
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    view = VPDenoiser.from_model_fn(model, SD, "eps", input_dtype=x.dtype)
+    timesteps = SD.timesteps_for(6, default_spacing(name, SD))
+    seen = []
+    out = SAMPLERS[name](view, x, timesteps, noise=GeneratorNoise(seed=3), callback=seen.append)
+    assert [info["i"] for info in seen] == list(range(6))
+    assert [info["t"] for info in seen] == timesteps
+    assert torch.equal(seen[-1]["x"], out)  # x after the step
+    assert all(info["denoised"].shape == x.shape for info in seen)
+    assert torch.equal(out, sample(name, model, x, SD, 6, noise=GeneratorNoise(seed=3)))
 
 
 def test_model_call_counts():
@@ -468,7 +489,7 @@ def test_model_call_counts():
             calls.append(int(t[0]))
             return base(x, t)
 
-        SAMPLERS[name](model, torch.zeros(1, 4, 2, 2), SD, steps)
+        sample(name, model, torch.zeros(1, 4, 2, 2), SD, steps)
         assert len(calls) == expected, name
         assert calls[0] == 999
 
@@ -476,19 +497,21 @@ def test_model_call_counts():
 def test_zero_snr_start_is_finite_for_every_sampler():
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     for name in SAMPLERS:
-        out = SAMPLERS[name](gaussian_model(ZSNR, "v"), x, ZSNR, 10, prediction="v")
+        out = sample(name, gaussian_model(ZSNR, "v"), x, ZSNR, 10, prediction="v")
         assert torch.isfinite(out).all(), name
 
 
 def test_eps_prediction_is_refused_at_zero_snr():
     with pytest.raises(ConfigError, match="prediction='v'"):
-        sample_euler(gaussian_model(ZSNR, "eps"), torch.zeros(1, 4, 2, 2), ZSNR, 5)
+        sample("euler", gaussian_model(ZSNR, "eps"), torch.zeros(1, 4, 2, 2), ZSNR, 5)
 
 
 def test_progress_bar_does_not_change_the_result():
     x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
     model = gaussian_model(SD, "eps")
-    assert torch.equal(sample_euler(model, x, SD, 3, progress=True), sample_euler(model, x, SD, 3))
+    assert torch.equal(
+        sample("euler", model, x, SD, 3, progress=True), sample("euler", model, x, SD, 3)
+    )
 
 
 def test_sampler_leaves_a_module_untouched():
@@ -499,7 +522,7 @@ def test_sampler_leaves_a_module_untouched():
     def model(x, t):
         return net(x) * 0.1
 
-    sample_euler(model, torch.randn(1, 4, 4, 4), SD, 4)
+    sample("euler", model, torch.randn(1, 4, 4, 4), SD, 4)
     assert not net.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
@@ -543,7 +566,7 @@ def test_start_step_skips_the_first_steps():
     assert spacing == "karras" and default_spacing("ddpm", SD) == "iddpm"
     cond = torch.full((1, 4, 4, 4), MU)
     x, start = prepare_start(cond, None, SD, 10, strength=0.4, spacing=spacing)
-    out = sample_dpmpp_2m(model, x, SD, 10, start_step=start)
+    out = sample("dpmpp_2m", model, x, SD, 10, start_step=start)
     assert calls == SD.timesteps_for(10, spacing)[start:]
     assert len(calls) == 4
     assert abs(out.mean().item() - MU) < 0.2
@@ -554,7 +577,9 @@ def test_start_step_skips_the_first_steps():
 def test_dispatcher():
     x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
     model = gaussian_model(SD, "eps")
-    assert torch.equal(sample("euler", model, x, SD, 5), sample_euler(model, x, SD, 5))
+    view = VPDenoiser.from_model_fn(model, SD, "eps", input_dtype=x.dtype)
+    alone = own.sample_euler(view, x, grids.karras_timesteps(SD, 5), noise=GeneratorNoise())
+    assert torch.equal(sample("euler", model, x, SD, 5), alone)
     with pytest.raises(ConfigError, match="unknown sampler"):
         sample("plms", model, x, SD, 5)
     with pytest.raises(ConfigError, match="prediction"):

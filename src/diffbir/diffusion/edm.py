@@ -1,44 +1,30 @@
 """The EDM-family samplers of the DiffBIR release (its ``edm_*`` names), sigma view.
 
-Each sampler is a short function ``sample_x(denoiser, x, sigmas, noise, ...)``
-in the manner of k-diffusion's ``sampling.py``: ``denoiser(x, sigma)`` is the
-denoised estimate (:class:`~diffbir.diffusion.denoiser.Denoiser`), ``x`` the
+Each sampler is a short function ``sample_x(denoiser, x, sigmas, *, noise,
+callback=None, **knobs)`` in the manner of k-diffusion's ``sampling.py``:
+``denoiser(x, sigma)`` is the denoised estimate
+(:class:`~diffbir.diffusion.denoiser.DenoiserRun`), ``x`` the
 variance-exploding start ``x_T * sqrt(1 + sigmas[0]^2)``
 (``denoiser(x, sigma, inner=True)`` marks a step's second evaluation: a midpoint
 or corrector, which reuses the step's guidance correction), ``sigmas`` a
-descending float32 grid ending in 0 (:func:`release_sigmas` gives the
-release's), ``noise(like)`` a standard Gaussian draw and ``brownian(x,
-sigmas)`` a Brownian-tree noise sampler for the SDE solvers. Scalars are kept
-as float32 tensors, as the release computes them, so results agree to float
-rounding. Every sampler draws exactly where the release draws (also draws it
-then discards), so a seed gives the release's image.
+descending float32 grid ending in 0 (:func:`~diffbir.diffusion.grids.release_sigmas`
+gives the release's), ``noise(like)`` a standard Gaussian draw and, for the
+SDE solvers, ``brownian(x, sigmas)`` a Brownian-tree noise sampler.
+``callback(info)`` follows every step with ``info`` = {i, x (after the step),
+sigma, denoised}. Scalars are kept as float32 tensors, as the release computes
+them, so results agree to float rounding. Every sampler draws exactly where
+the release draws (also draws it then discards), so a seed gives the
+release's image.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-NoiseFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def release_sigmas(alphas_cumprod: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The release's EDM grid: (sigmas float32 [steps+1], timesteps long [steps+1]).
-
-    Timesteps ``linspace(T-1, 0, steps, endpoint=False)`` truncated to int;
-    sigmas ``sqrt((1 - a) / a)`` there, with the first ``a`` pinned to 1e-8 (so
-    sigma_0 = 1e4 for every schedule, zero-terminal-SNR included), then 0.
-    """
-    a_all = alphas_cumprod.detach().cpu().double().numpy()
-    timesteps = np.linspace(len(a_all) - 1, 0, steps, endpoint=False).astype(int)
-    a = a_all[timesteps].copy()
-    a[0] = 1e-8
-    sigmas = np.append(((1.0 - a) / a) ** 0.5, 0.0)
-    timesteps = np.append(timesteps, 0)
-    return torch.tensor(sigmas, dtype=torch.float32), torch.tensor(timesteps, dtype=torch.long)
+INF = float("inf")
 
 
 def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
@@ -62,79 +48,94 @@ def _churn(x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noise):
     return x, sigma_hat
 
 
+def _report(callback, i, x, sigma, denoised) -> None:
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+
+
 def sample_euler(
-    denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0
+    denoiser, x, sigmas, *, noise, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=INF, s_noise=1.0
 ):
     """Euler steps with optional churn (Karras et al. 2022, Algorithm 2)."""
     n = len(sigmas) - 1
     for i in range(n):
         x, sigma_hat = _churn(x, sigmas[i], n, noise, s_churn, s_tmin, s_tmax, s_noise)
-        d = (x - denoiser(x, sigma_hat)) / sigma_hat
+        denoised = denoiser(x, sigma_hat)
+        d = (x - denoised) / sigma_hat
         x = x + d * (sigmas[i + 1] - sigma_hat)
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
 def sample_heun(
-    denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0
+    denoiser, x, sigmas, *, noise, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=INF, s_noise=1.0
 ):
     """Heun's second-order steps with optional churn (Karras et al. 2022, Algorithm 2)."""
     n = len(sigmas) - 1
     for i in range(n):
         x, sigma_hat = _churn(x, sigmas[i], n, noise, s_churn, s_tmin, s_tmax, s_noise)
-        d = (x - denoiser(x, sigma_hat)) / sigma_hat
+        denoised = denoiser(x, sigma_hat)
+        d = (x - denoised) / sigma_hat
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
+        if sigmas[i + 1] == 0:  # the last step is Euler's
             x = x + d * dt
-            continue
-        x_2 = x + d * dt
-        d_2 = (x_2 - denoiser(x_2, sigmas[i + 1], inner=True)) / sigmas[i + 1]
-        x = x + (d + d_2) / 2 * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = (x_2 - denoiser(x_2, sigmas[i + 1], inner=True)) / sigmas[i + 1]
+            x = x + (d + d_2) / 2 * dt
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
 def sample_dpm_2(
-    denoiser, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0
+    denoiser, x, sigmas, *, noise, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=INF, s_noise=1.0
 ):
     """DPM-Solver-2 midpoint steps in log sigma (Lu et al. 2022 with Karras et al.'s churn)."""
     n = len(sigmas) - 1
     for i in range(n):
         x, sigma_hat = _churn(x, sigmas[i], n, noise, s_churn, s_tmin, s_tmax, s_noise)
-        d = (x - denoiser(x, sigma_hat)) / sigma_hat
-        if sigmas[i + 1] == 0:
+        denoised = denoiser(x, sigma_hat)
+        d = (x - denoised) / sigma_hat
+        if sigmas[i + 1] == 0:  # the last step is Euler's
             x = x + d * (sigmas[i + 1] - sigma_hat)
-            continue
-        sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
-        x_2 = x + d * (sigma_mid - sigma_hat)
-        d_2 = (x_2 - denoiser(x_2, sigma_mid, inner=True)) / sigma_mid
-        x = x + d_2 * (sigmas[i + 1] - sigma_hat)
+        else:
+            sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigma_hat)
+            d_2 = (x_2 - denoiser(x_2, sigma_mid, inner=True)) / sigma_mid
+            x = x + d_2 * (sigmas[i + 1] - sigma_hat)
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
-def sample_euler_ancestral(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
-    """Ancestral Euler: an Euler step down to sigma_down, then fresh noise up to sigma_next."""
+def sample_euler_ancestral(denoiser, x, sigmas, *, noise, callback=None, eta=1.0, s_noise=1.0):
+    """Ancestral Euler (k-diffusion; Song et al. 2021's noise split): an Euler step down to
+    sigma_down, then fresh noise up to sigma_next."""
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
         down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + (x - denoised) / sigmas[i] * (down - sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + noise(x) * s_noise * up
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
-def sample_dpm_2_ancestral(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
-    """Ancestral DPM-Solver-2: a midpoint step down to sigma_down, then fresh noise."""
+def sample_dpm_2_ancestral(denoiser, x, sigmas, *, noise, callback=None, eta=1.0, s_noise=1.0):
+    """Ancestral DPM-Solver-2 (Lu et al. 2022, as k-diffusion): a midpoint step down to
+    sigma_down, then fresh noise; a step down to 0 is Euler's and draws nothing."""
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
         down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         d = (x - denoised) / sigmas[i]
         if down == 0:
             x = x + d * (down - sigmas[i])
-            continue
-        sigma_mid = sigmas[i].log().lerp(down.log(), 0.5).exp()
-        x_2 = x + d * (sigma_mid - sigmas[i])
-        d_2 = (x_2 - denoiser(x_2, sigma_mid, inner=True)) / sigma_mid
-        x = x + d_2 * (down - sigmas[i])
-        x = x + noise(x) * s_noise * up
+        else:
+            sigma_mid = sigmas[i].log().lerp(down.log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            d_2 = (x_2 - denoiser(x_2, sigma_mid, inner=True)) / sigma_mid
+            x = x + d_2 * (down - sigmas[i])
+            x = x + noise(x) * s_noise * up
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
@@ -155,16 +156,19 @@ def lms_coefficients(sigmas: np.ndarray, i: int, order: int) -> list[float]:
     return out
 
 
-def sample_lms(denoiser, x, sigmas, noise, order=4):
+def sample_lms(denoiser, x, sigmas, *, noise, callback=None, order=4):
     """Linear multistep (Adams-Bashforth) on the ODE dx/dsigma = (x - D) / sigma (as k-diffusion)."""
+    del noise  # deterministic
     sigmas_np = sigmas.detach().cpu().double().numpy()
     history: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
-        history.append((x - denoiser(x, sigmas[i])) / sigmas[i])
+        denoised = denoiser(x, sigmas[i])
+        history.append((x - denoised) / sigmas[i])
         history = history[-order:]
         k = min(i + 1, order)
         coeffs = lms_coefficients(sigmas_np, i, k)
         x = x + sum(c * d for c, d in zip(coeffs, reversed(history), strict=False))
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
@@ -176,7 +180,7 @@ def _sigma(t):
     return t.neg().exp()
 
 
-def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
+def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, *, noise, callback=None, eta=1.0, s_noise=1.0):
     """Ancestral DPM-Solver++(2S) (Lu et al. 2022, "DPM-Solver++"), single-step, midpoint r = 1/2."""
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
@@ -192,16 +196,21 @@ def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
             x = x + noise(x) * s_noise * up
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
-def sample_dpmpp_sde(denoiser, x, sigmas, noise, brownian, eta=1.0, s_noise=1.0, r=0.5):
+def sample_dpmpp_sde(
+    denoiser, x, sigmas, *, noise, brownian, callback=None, eta=1.0, s_noise=1.0, r=0.5
+):
     """Stochastic DPM-Solver++ (SDE-DPM-Solver++(2S), Lu et al. 2022) with Brownian-tree noise."""
+    del noise  # every draw comes from the tree
     tree = brownian(x, sigmas)
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
         if sigmas[i + 1] == 0:
             x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            _report(callback, i, x, sigmas[i], denoised)
             continue
         t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
         h = t_next - t
@@ -217,11 +226,13 @@ def sample_dpmpp_sde(denoiser, x, sigmas, noise, brownian, eta=1.0, s_noise=1.0,
         mixed = (1 - fac) * denoised + fac * denoised_2
         x = (_sigma(t_next_) / _sigma(t)) * x - (t - t_next_).expm1() * mixed
         x = x + tree(_sigma(t), _sigma(t_next)) * s_noise * up
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
-def sample_dpmpp_2m(denoiser, x, sigmas, noise):
+def sample_dpmpp_2m(denoiser, x, sigmas, *, noise, callback=None):
     """DPM-Solver++(2M), multistep second order (Lu et al. 2022), deterministic."""
+    del noise
     previous = None
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
@@ -234,11 +245,15 @@ def sample_dpmpp_2m(denoiser, x, sigmas, noise):
             mixed = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
         x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * mixed
         previous = denoised
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
-def sample_dpmpp_2m_sde(denoiser, x, sigmas, noise, brownian, eta=1.0, s_noise=1.0):
+def sample_dpmpp_2m_sde(
+    denoiser, x, sigmas, *, noise, brownian, callback=None, eta=1.0, s_noise=1.0
+):
     """DPM-Solver++(2M) SDE, midpoint correction (Lu et al. 2022), Brownian-tree noise."""
+    del noise  # every draw comes from the tree
     tree = brownian(x, sigmas)
     previous, h_last = None, None
     for i in range(len(sigmas) - 1):
@@ -257,12 +272,16 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, noise, brownian, eta=1.0, s_noise=1
                 x = x + tree(sigmas[i], sigmas[i + 1]) * scale
             h_last = h
         previous = denoised
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
-def sample_dpmpp_3m_sde(denoiser, x, sigmas, noise, brownian, eta=1.0, s_noise=1.0):
+def sample_dpmpp_3m_sde(
+    denoiser, x, sigmas, *, noise, brownian, callback=None, eta=1.0, s_noise=1.0
+):
     """DPM-Solver++(3M) SDE: third-order multistep data prediction with SDE noise
     (Lu et al. 2022; the 3-step extrapolation of k-diffusion), Brownian-tree noise."""
+    del noise  # every draw comes from the tree
     tree = brownian(x, sigmas)
     d_1 = d_2 = h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
@@ -288,6 +307,7 @@ def sample_dpmpp_3m_sde(denoiser, x, sigmas, noise, brownian, eta=1.0, s_noise=1
                 x = x + tree(sigmas[i], sigmas[i + 1]) * scale
             h_1, h_2 = h, h_1
         d_1, d_2 = denoised, d_1
+        _report(callback, i, x, sigmas[i], denoised)
     return x
 
 
@@ -322,19 +342,3 @@ class BrownianNoise:
             warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
             w = torch.cat([tree(lo, hi) for tree in self.trees]) * sign
         return w / (sigma_next - sigma).abs().sqrt()
-
-
-EDM_SAMPLERS = {
-    "edm_euler": (sample_euler, ("s_churn", "s_tmin", "s_tmax", "s_noise")),
-    "edm_euler_a": (sample_euler_ancestral, ("eta", "s_noise")),
-    "edm_heun": (sample_heun, ("s_churn", "s_tmin", "s_tmax", "s_noise")),
-    "edm_dpm_2": (sample_dpm_2, ("s_churn", "s_tmin", "s_tmax", "s_noise")),
-    "edm_dpm_2_a": (sample_dpm_2_ancestral, ("eta", "s_noise")),
-    "edm_lms": (sample_lms, ("order",)),
-    "edm_dpm++_2s_a": (sample_dpmpp_2s_ancestral, ("eta", "s_noise")),
-    "edm_dpm++_sde": (sample_dpmpp_sde, ("eta", "s_noise")),
-    "edm_dpm++_2m": (sample_dpmpp_2m, ()),
-    "edm_dpm++_2m_sde": (sample_dpmpp_2m_sde, ("eta", "s_noise")),
-    "edm_dpm++_3m_sde": (sample_dpmpp_3m_sde, ("eta", "s_noise")),
-}
-BROWNIAN = frozenset({"edm_dpm++_sde", "edm_dpm++_2m_sde", "edm_dpm++_3m_sde"})

@@ -318,6 +318,32 @@ class LatentGuidance:
         return z
 
 
+class StepGuidance:
+    """One sampling run's guidance, pulled once per step (mutable: make one per run).
+
+    A step's first x0 estimate is moved by ``guidance``; its inner evaluations
+    (Heun's corrector, a midpoint) get that same correction back instead of a
+    pull of their own, so a sampler of any order is pulled once per step.
+    """
+
+    def __init__(self, guidance: Callable) -> None:
+        self.guidance = guidance
+        self.delta: torch.Tensor | None = None  # the current step's correction
+
+    def pull(self, x0: torch.Tensor, t, step_scale: float = 1.0) -> torch.Tensor:
+        """``x0`` moved toward the target at model time ``t`` (its nearest timestep).
+
+        ``step_scale`` 1 leaves the guidance its own per-step factor (``step_rescale``)."""
+        t = int(round(float(t)))
+        guided = self.guidance(x0, t) if step_scale == 1.0 else self.guidance(x0, t, step_scale)
+        self.delta = None if guided is x0 else guided - x0
+        return guided
+
+    def reuse(self, x0: torch.Tensor) -> torch.Tensor:
+        """An inner estimate of the step, given the step's correction (``x0`` itself if none)."""
+        return x0 if self.delta is None else x0 + self.delta
+
+
 def _fit(x: torch.Tensor, hw) -> torch.Tensor:
     """``x`` cropped or zero-padded (bottom/right) to ``hw``: padding of the image is
     where the model saw zeros, and it carries no target."""

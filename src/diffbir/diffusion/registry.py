@@ -1,8 +1,20 @@
-"""Every sampler by name: the release's set and our own, one line each, one entry point.
+"""Every sampler by name: one table of (grid, sampler, knobs), one entry point.
+
+The one sampler contract, in the manner of k-diffusion's ``sampling.py``::
+
+    sampler(denoiser, x, grid, *, noise, callback=None, **knobs) -> x_0
+
+``grid`` is what the sampler steps over (a function of :mod:`grids` builds it
+from the schedule), ``noise(like)`` gives every Gaussian draw (the SDE
+solvers of the EDM family also take ``brownian(x, sigmas)``, a Brownian-tree
+source), ``callback(info)`` follows each step. The samplers on the release's
+EDM sigma grid see the sigma view of the denoiser and start from the
+variance-exploding ``x_T * sqrt(1 + sigma_0^2)``; the others see the timestep
+view and start from ``x_T`` (see :mod:`denoiser`).
 
 The release's names (``spaced``, ``ddim``, ``dpm++_m2``, ``edm_*``) run the
 release's algorithms on the release's grids, so a seed gives the release's
-image. Our own samplers (``ddpm_iddpm``... see :data:`OWN`) use the Karras
+image. Our own samplers (:data:`~diffbir.diffusion.names.OWN`) use the Karras
 grid with an exact first step from zero SNR; each is kept because
 ``benchmarks/bench_samplers.py`` shows it closer to the exact solution than
 the release sampler of the same family at the same number of steps.
@@ -10,14 +22,17 @@ the release sampler of the same family at the same number of steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from ..errors import ConfigError
-from . import edm, vp
-from .denoiser import Denoiser
+from . import edm, grids, own, vp
+from .denoiser import Denoiser, DenoiserRun, VPDenoiser
 from .names import RELEASE, canonical
+from .samplers import progress_bar
 from .schedule import NoiseSchedule
 
 
@@ -33,24 +48,50 @@ class SamplerKnobs:
     order: int = 1
 
 
+class Entry(NamedTuple):
+    grid: Callable[[NoiseSchedule, int], object]  # grid(schedule, steps)
+    sampler: Callable[..., torch.Tensor]
+    knobs: tuple[str, ...] = ()  # fields of SamplerKnobs it reads; "brownian": the tree source
+
+
+CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+ANCESTRAL = ("eta", "s_noise")
+TREE = ("brownian", "eta", "s_noise")
+
+SAMPLERS: dict[str, Entry] = {
+    "spaced": Entry(grids.spaced_timesteps, own.sample_ddpm),
+    "ddim": Entry(grids.ddim_timesteps, vp.sample_ddim),
+    "dpm++_m2": Entry(grids.dpm_solver_times, vp.sample_dpmpp_2m_vp),
+    "edm_euler": Entry(grids.release_sigmas, edm.sample_euler, CHURN),
+    "edm_euler_a": Entry(grids.release_sigmas, edm.sample_euler_ancestral, ANCESTRAL),
+    "edm_heun": Entry(grids.release_sigmas, edm.sample_heun, CHURN),
+    "edm_dpm_2": Entry(grids.release_sigmas, edm.sample_dpm_2, CHURN),
+    "edm_dpm_2_a": Entry(grids.release_sigmas, edm.sample_dpm_2_ancestral, ANCESTRAL),
+    "edm_lms": Entry(grids.release_sigmas, edm.sample_lms, ("order",)),
+    "edm_dpm++_2s_a": Entry(grids.release_sigmas, edm.sample_dpmpp_2s_ancestral, ANCESTRAL),
+    "edm_dpm++_sde": Entry(grids.release_sigmas, edm.sample_dpmpp_sde, TREE),
+    "edm_dpm++_2m": Entry(grids.release_sigmas, edm.sample_dpmpp_2m),
+    "edm_dpm++_2m_sde": Entry(grids.release_sigmas, edm.sample_dpmpp_2m_sde, TREE),
+    "edm_dpm++_3m_sde": Entry(grids.release_sigmas, edm.sample_dpmpp_3m_sde, TREE),
+    "dpmpp_2m": Entry(grids.karras_timesteps, own.sample_dpmpp_2m),
+    "dpmpp_2m_sde": Entry(grids.karras_timesteps, own.sample_dpmpp_2m_sde, ANCESTRAL),
+    "dpmpp_3m_sde": Entry(grids.karras_timesteps, own.sample_dpmpp_3m_sde, ANCESTRAL),
+    "euler": Entry(grids.karras_timesteps, own.sample_euler),
+    "heun": Entry(grids.karras_timesteps, own.sample_heun),
+}
+
+
 def grid_timesteps(name: str, schedule: NoiseSchedule, steps: int) -> list[int]:
     """The model timesteps sampler ``name`` evaluates at (descending), for per-step factors
     such as the guidance rescale; ``dpm++_m2``'s float times are rounded."""
-    name = canonical(name)
-    if name.startswith("edm_"):
-        _, timesteps = edm.release_sigmas(schedule.alphas_cumprod, steps)
-        return [int(t) for t in timesteps[:-1]]  # the appended 0 is the clean end
-    if name == "spaced":
-        return schedule.timesteps_for(steps, "iddpm")
-    if name == "ddim":
-        return sorted(vp.ddim_timesteps(schedule.num_timesteps, steps), reverse=True)
-    if name == "dpm++_m2":
-        time = vp.DiscreteVPTime(schedule.betas)
-        ts = torch.linspace(1.0, 1.0 / time.total_n, steps + 1)[:-1]
-        return [int(round(float((t - 1.0 / time.total_n) * 1000.0))) for t in ts]
-    from .samplers import default_spacing
-
-    return schedule.timesteps_for(steps, default_spacing(name, schedule))
+    entry = SAMPLERS[canonical(name)]
+    grid = entry.grid(schedule, steps)
+    if entry.grid is grids.release_sigmas:
+        return [int(t) for t in grid[1][:-1]]  # the appended 0 is the clean end
+    if entry.grid is grids.dpm_solver_times:
+        time = grids.DiscreteVPTime(schedule.betas)
+        return [int(round(float(time.model_time(t)))) for t in grid[:-1]]
+    return list(grid)
 
 
 def run_sampler(
@@ -75,58 +116,33 @@ def run_sampler(
     name = canonical(name)
     if start_step and name in RELEASE:
         raise ConfigError(f"{name} always starts from the top of its grid (start strength 1)")
-    if name.startswith("edm_"):
-        fn, reads = edm.EDM_SAMPLERS[name]
-        sigmas, timesteps = edm.release_sigmas(schedule.alphas_cumprod, steps)
-        sigmas, timesteps = sigmas.to(x_T.device), timesteps.to(x_T.device)
-        den = _progress(denoiser.with_grid(sigmas, timesteps), progress, steps, name)
-        kwargs = {k: getattr(knobs, k) for k in reads}
-        if name in edm.BROWNIAN:
+    entry = SAMPLERS[name]
+    grid = entry.grid(schedule, steps)
+    if entry.grid is grids.release_sigmas:
+        sigmas, timesteps = (g.to(x_T.device) for g in grid)
+        view, x, grid = DenoiserRun(denoiser, sigmas, timesteps), _ve_start(x_T, sigmas), sigmas
+    else:
+        view, x = VPDenoiser.of(denoiser, schedule, input_dtype=x_T.dtype), x_T
+        if start_step:
+            grid = grids.from_step(grid, start_step)
+    read = _knob_values(name, entry.knobs, knobs, brownian)
+    with progress_bar(name, progress) as callback:
+        return entry.sampler(view, x, grid, noise=noise, callback=callback, **read)
+
+
+def _ve_start(x_T: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """The EDM samplers' start: x_T on the variance-exploding scale of sigma_0."""
+    return x_T * torch.sqrt(1.0 + sigmas[0] ** 2.0)
+
+
+def _knob_values(name: str, reads, knobs: SamplerKnobs, brownian) -> dict:
+    """The keyword arguments of the knobs sampler ``name`` reads."""
+    values = {}
+    for knob in reads:
+        if knob == "brownian":
             if brownian is None:
                 raise ConfigError(f"{name} needs a Brownian-tree noise source")
-            kwargs["brownian"] = brownian
-        x = x_T * torch.sqrt(1.0 + sigmas[0] ** 2.0)
-        return fn(den, x, sigmas, noise, **kwargs)
-    den = _progress(denoiser, progress, steps, name)
-    if name == "spaced":
-        # model_output applies no guidance: sample_ddpm applies it to its x0 itself
-        return vp.sample_spaced(den, x_T, schedule, steps, noise, guidance=denoiser.guidance)
-    if name == "ddim":
-        return vp.sample_ddim(den, x_T, steps, noise)
-    if name == "dpm++_m2":
-        return vp.sample_dpmpp_2m_vp(den, x_T, schedule.betas, steps)
-    from .samplers import SAMPLERS
-
-    def model_fn(x, t_batch):
-        return den.model_output(x, t_batch[0])
-
-    kwargs = {}
-    if name in ("dpmpp_2m_sde", "dpmpp_3m_sde"):
-        kwargs = {"eta": knobs.eta, "s_noise": knobs.s_noise}
-    return SAMPLERS[name](
-        model_fn,
-        x_T,
-        schedule,
-        steps,
-        prediction=denoiser.prediction,
-        noise=noise,
-        guidance=denoiser.guidance,
-        start_step=start_step,
-        **kwargs,
-    )
-
-
-def _progress(denoiser: Denoiser, enabled: bool, steps: int, name: str):
-    """The denoiser with a progress bar ticking on every network evaluation."""
-    if not enabled:
-        return denoiser
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=name, unit="call", leave=False)
-    model = denoiser.model
-
-    def counted(x, t, context):
-        bar.update(1)
-        return model(x, t, context)
-
-    return denoiser.with_options(model=counted)
+            values[knob] = brownian
+        else:
+            values[knob] = getattr(knobs, knob)
+    return values

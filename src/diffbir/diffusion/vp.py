@@ -1,11 +1,14 @@
-"""The release's variance-preserving samplers: ``spaced``, ``ddim`` and ``dpm++_m2``.
+"""The release's variance-preserving samplers ``ddim`` and ``dpm++_m2`` (``spaced`` is
+:func:`~diffbir.diffusion.own.sample_ddpm` on the IDDPM grid).
 
-Each is a short function of (denoiser, x_T, steps, noise) on the training
-schedule's ``alphas_cumprod``; the denoiser
-(:class:`~diffbir.diffusion.denoiser.Denoiser`) supplies the CFG-combined
-network output in the VP view. Grids and arithmetic follow the DiffBIR
+Each is a short function ``sample_x(denoiser, x_T, grid, *, noise, callback=None)``
+on the timestep view (:class:`~diffbir.diffusion.denoiser.VPDenoiser`): the
+CFG-combined network output ``model_output(x, t)`` and ``guide(x0, t)``, with
+the release's own float32 arithmetic. Grids and arithmetic follow the DiffBIR
 release (``../shared/reference/pipeline/README.md`` states them), so a seed
-gives its image; draws happen where the release draws.
+gives its image; draws happen where the release draws. ``callback(info)``
+follows every step with ``info`` = {i, x (after the step), t (model time),
+denoised}.
 """
 
 from __future__ import annotations
@@ -13,120 +16,59 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .samplers import sample_ddpm
-from .schedule import NoiseSchedule
+from .grids import DiscreteVPTime
 
 
-def sample_spaced(denoiser, x, schedule: NoiseSchedule, steps: int, noise, guidance=None):
-    """Spaced DDPM (IDDPM respacing, Nichol & Dhariwal 2021): the DiffBIR paper's sampler.
-
-    One Gaussian per step from ``noise`` (the last one drawn and unused, as released)."""
-
-    def model_fn(x_t, t_batch):
-        return denoiser.model_output(x_t, t_batch[0])
-
-    return sample_ddpm(
-        model_fn,
-        x,
-        schedule,
-        steps,
-        prediction=denoiser.prediction,
-        noise=noise,
-        guidance=guidance,
-        spacing="iddpm",
-    )
-
-
-def ddim_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """The release's DDIM grid: ``range(0, T, T // steps) + 1`` (ascending); 6 steps give 7."""
-    stride = num_timesteps // steps
-    if stride < 2:
-        raise ConfigError(f"ddim supports at most {num_timesteps // 2} steps, got {steps}")
-    return [t + 1 for t in range(0, num_timesteps, stride)]
-
-
-def sample_ddim(denoiser, x, steps: int, noise):
-    """DDIM with eta = 0 (Song et al. 2021, eq. 12) on the release's "uniform + 1" grid.
+def sample_ddim(denoiser, x, timesteps, *, noise, callback=None):
+    """DDIM with eta = 0 (Song et al. 2021, eq. 12) on the release's "uniform + 1" grid
+    (:func:`~diffbir.diffusion.grids.ddim_timesteps`, descending).
 
     The last step goes to a_prev = alphas_cumprod[0], not 1; one Gaussian is
     drawn per step and multiplied by zero, as the release does."""
     a_all = denoiser.alphas_cumprod
-    timesteps = ddim_timesteps(len(a_all), steps)
     a = torch.tensor([float(a_all[t]) for t in timesteps], dtype=torch.float32)
-    a_prev = torch.tensor([float(a_all[0])] + [float(a_all[t]) for t in timesteps[:-1]])
+    a_prev = torch.tensor([float(a_all[t]) for t in timesteps[1:]] + [float(a_all[0])])
     a_prev = a_prev.float()
-    for index in reversed(range(len(timesteps))):
-        a_t, a_p = a[index], a_prev[index]
-        out = denoiser.model_output(x, timesteps[index])
+    for i, t in enumerate(timesteps):
+        a_t, a_p = a[i], a_prev[i]
+        out = denoiser.model_output(x, t)
         if denoiser.prediction == "eps":
             e_t = out
         else:
             e_t = a_t.sqrt() * out + (1.0 - a_t).sqrt() * x
         x0 = (x - (1.0 - a_t).sqrt() * e_t) / a_t.sqrt()
         if denoiser.guidance is not None:
-            x0 = denoiser.guide(x0, timesteps[index])
+            x0 = denoiser.guide(x0, t)
             e_t = (x - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
         x = a_p.sqrt() * x0 + (1.0 - a_p).sqrt() * e_t + 0.0 * noise(x)
+        if callback is not None:
+            callback({"i": i, "x": x, "t": t, "denoised": x0})
     return x
 
 
-class DiscreteVPTime:
-    """DPM-Solver's continuous-time view of a discrete schedule (Lu et al. 2022, App. D).
-
-    log(alpha_t) is interpolated piecewise-linearly over t_n = n / N, n = 1..N,
-    after dropping the last steps whose half log-SNR is below -5.1 (1000 steps
-    remain for SD, 986 for the zero-terminal-SNR schedule). float32 throughout.
-    """
-
-    def __init__(self, betas: torch.Tensor, clipped_lambda: float = -5.1) -> None:
-        log_alphas = 0.5 * torch.log(1 - betas.float()).cumsum(dim=0)
-        lambdas = log_alphas - 0.5 * torch.log(1.0 - torch.exp(2.0 * log_alphas))
-        drop = int(torch.searchsorted(torch.flip(lambdas, [0]), clipped_lambda))
-        if drop > 0:
-            log_alphas = log_alphas[:-drop]
-        self.log_alphas = log_alphas
-        self.total_n = len(log_alphas)
-        self.t_grid = torch.linspace(0.0, 1.0, self.total_n + 1)[1:]
-
-    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        """Piecewise-linear interpolation (linear extrapolation beyond the ends)."""
-        grid, values = self.t_grid, self.log_alphas
-        k = int(torch.searchsorted(grid, t.reshape(1)).clamp(1, len(grid) - 1))
-        x0, x1, y0, y1 = grid[k - 1], grid[k], values[k - 1], values[k]
-        return y0 + (t - x0) * (y1 - y0) / (x1 - x0)
-
-    def alpha_sigma_lambda(self, t: torch.Tensor):
-        log_alpha = self.log_alpha(t)
-        log_sigma = 0.5 * torch.log(1.0 - torch.exp(2.0 * log_alpha))
-        return (
-            torch.exp(log_alpha),
-            torch.sqrt(1.0 - torch.exp(2.0 * log_alpha)),
-            log_alpha - log_sigma,
-        )
-
-
-def sample_dpmpp_2m_vp(denoiser, x, betas: torch.Tensor, steps: int, noise=None):
+def sample_dpmpp_2m_vp(denoiser, x, times, *, noise, callback=None):
     """Multistep DPM-Solver++(2M) in the VP view (Lu et al. 2022, "DPM-Solver++", Alg. 2).
 
-    The release's ``dpm++_m2``: time-uniform steps from t = 1 to 1/N, the first
-    step first-order, the last one too when steps < 10, no denoise-to-zero;
-    the network sees the float time ``(t - 1/N) * 1000``. Deterministic."""
+    The release's ``dpm++_m2`` on :func:`~diffbir.diffusion.grids.dpm_solver_times`:
+    time-uniform steps from t = 1 to 1/N, the first step first-order, the last
+    one too when steps < 10, no denoise-to-zero; the network sees the float
+    time ``(t - 1/N) * 1000``. Deterministic."""
     del noise
+    steps = len(times) - 1
     if steps < 2:
         raise ConfigError("dpm++_m2 needs at least 2 steps")
-    vp = DiscreteVPTime(betas)
-    ts = torch.linspace(1.0, 1.0 / vp.total_n, steps + 1)
+    vp = DiscreteVPTime(denoiser.schedule.betas)
 
     def data_prediction(x_t, t):
         alpha, sigma, _ = vp.alpha_sigma_lambda(t)
-        model_t = (t - 1.0 / vp.total_n) * 1000.0
+        model_t = vp.model_time(t)
         out = denoiser.model_output(x_t, model_t)
         eps = out if denoiser.prediction == "eps" else alpha * out + sigma * x_t
         return denoiser.guide((x_t - sigma * eps) / alpha, float(model_t))
 
-    history = [(data_prediction(x, ts[0]), ts[0])]
+    history = [(data_prediction(x, times[0]), times[0])]
     for step in range(1, steps + 1):
-        t = ts[step]
+        t = times[step]
         order = 1 if step == 1 or (steps < 10 and step == steps) else 2
         (m0, t0) = history[-1]
         alpha_t, sigma_t, lambda_t = vp.alpha_sigma_lambda(t)
@@ -141,4 +83,6 @@ def sample_dpmpp_2m_vp(denoiser, x, betas: torch.Tensor, steps: int, noise=None)
             x = x - 0.5 * (alpha_t * phi_1) * d1
         if step < steps:
             history = [*history[-1:], (data_prediction(x, t), t)]
+        if callback is not None:
+            callback({"i": step - 1, "x": x, "t": vp.model_time(t0), "denoised": m0})
     return x
