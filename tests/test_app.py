@@ -488,6 +488,7 @@ def _outward_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.slow
 def test_serve_command_binds_loopback_loads_lazily_and_limits_uploads(tmp_path):
     pytest.importorskip("gradio")
     httpx = pytest.importorskip("httpx")

@@ -37,9 +37,13 @@ CHROMIUM_ARGS = [
 # Generous: on 2 shared CPU cores one tiny restoration takes seconds to a minute.
 RUN_TIMEOUT_MS = 240_000
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (see .ci/run)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (see .ci/run)"
+    ),
+]
 pytest.importorskip("gradio", reason="needs the ui extra (gradio); see .ci/run")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright; see .ci/run")
 

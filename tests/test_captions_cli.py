@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 from PIL import Image
 from tiny_release import make_tiny_release
 
@@ -32,6 +33,7 @@ def _rows(out):
         return {row["file_name"]: row for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_v21_on_cpu_captions_with_the_light_captioner(release, tmp_path, capsys):
     _photo(tmp_path / "a.png")
     out = tmp_path / "out"
@@ -55,6 +57,7 @@ def test_v21_on_cpu_captions_with_the_light_captioner(release, tmp_path, capsys)
     assert "captioner: none" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_prompts_file_and_sidecars_win_over_the_captioner(release, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -84,6 +87,7 @@ def test_prompts_file_and_sidecars_win_over_the_captioner(release, tmp_path):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_tile_captions_are_recorded(release, tmp_path):
     import json
 
@@ -129,6 +133,7 @@ def test_missing_captioner_weights_name_the_files_and_the_way_out(tmp_path, caps
     assert len(lines) == 1 and "--captioner none" in lines[0] and "git" in lines[0]
 
 
+@pytest.mark.slow
 def test_caption_command_writes_the_release_table_and_resumes(release, tmp_path, capsys):
     import pyarrow.parquet as pq
 

@@ -174,6 +174,7 @@ def test_degradation_plan_refuses_a_resize_beyond_the_pixel_limit():
         ("- resize: {updown_prob: [1, 0, 0], up_range: [1000, 1000]}", "up_range"),
     ],
 )
+@pytest.mark.slow
 def test_degrade_with_a_huge_kernel_or_resize_is_one_line_under_a_memory_cap(
     tmp_path, stage, field
 ):
@@ -295,6 +296,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_says_serving_only_once_the_page_answers(tmp_path):
     pytest.importorskip("gradio")
     httpx = pytest.importorskip("httpx")
@@ -394,6 +396,7 @@ def test_load_stage2_explains_a_folder_that_holds_no_controlnet(tiny, tmp_path):
 @pytest.mark.filterwarnings(
     "ignore::diffbir.weights.registry.SizeMismatchWarning"
 )  # tiny stand-ins
+@pytest.mark.slow
 def test_restore_takes_a_saved_controlnet_folder(tiny, tmp_path):
     photo = _photo(tmp_path / "in.png", 32, 40)
     for folder in (tiny["saved"], tiny["trained"]):

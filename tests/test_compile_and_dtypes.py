@@ -72,6 +72,7 @@ def _reset_dynamo() -> None:
 
 
 # ------------------------------------------------------------------ compile
+@pytest.mark.slow
 def test_compiled_pipeline_gives_the_uncompiled_image(release, reference):
     from diffbir.models.controlnet import LAControlNet
 
@@ -94,6 +95,7 @@ def test_compiled_pipeline_gives_the_uncompiled_image(release, reference):
 
 
 @pytest.mark.parametrize("name", ["fp32", "bf16"])
+@pytest.mark.slow
 def test_denoiser_traces_as_one_graph(release, name, single_thread):
     """A graph break splits the compiled UNet into eager islands (and a module class
     broken in each of its instances soon hits dynamo's recompile limit and runs eager
@@ -136,6 +138,7 @@ def _cli(release, src, out, *extra) -> int:
     return main(args)
 
 
+@pytest.mark.slow
 def test_cli_compile_reaches_the_pipeline(release, tmp_path, single_thread):
     src = _photo(tmp_path / "in.png")
     _reset_dynamo()
@@ -156,6 +159,7 @@ def test_cli_compile_reaches_the_pipeline(release, tmp_path, single_thread):
     os.environ.get("DIFFBIR_TEST_INDUCTOR") != "1",
     reason="inductor compiles the tiny models in ~90 s on 2 cores; DIFFBIR_TEST_INDUCTOR=1 runs it",
 )
+@pytest.mark.slow
 def test_inductor_compiled_pipeline_matches(release, reference):
     """Measured: at most one 8-bit level (1/255) from the uncompiled image."""
     _reset_dynamo()
@@ -216,6 +220,7 @@ def test_half_precision_holds_one_copy_and_stays_close(release, reference, name)
 
 
 # --------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("name", sorted(DTYPES))
 def test_cuda_half_precision_is_close_to_cpu(release, reference, name):
@@ -225,6 +230,7 @@ def test_cuda_half_precision_is_close_to_cpu(release, reference, name):
     assert diff.mean() <= {"bf16": 0.03, "fp16": 0.005}[name]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
 def test_cuda_compiled_pipeline_matches(release, mode):
@@ -240,6 +246,7 @@ def test_cuda_compiled_pipeline_matches(release, mode):
     assert (first - plain).abs().mean() <= 0.01
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_cuda_offload_gives_the_same_image(release):
     """``enable_offload`` moves the models between CPU and GPU around each stage; the

@@ -47,6 +47,7 @@ SCALES = {"latent": (0.0, 0.0005, 0.001, 0.002, 0.004), "pixel": (0.0, 0.001, 0.
 
 @pytest.mark.parametrize("space", ["latent", "pixel"])
 @pytest.mark.parametrize("sampler", sampler_names())
+@pytest.mark.slow
 def test_fidelity_rises_with_the_scale(pipe, sampler, space):
     # From t = 998 down: the release's Heun/DPM-2 samplers step from sigma = 1e4 to ~5
     # in one go, which multiplies any change of the first estimate by the network's

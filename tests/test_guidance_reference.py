@@ -28,7 +28,10 @@ TOL = 1e-4
 LOSSES = {"mse": "mse", "w_mse": "weighted_mse"}
 SPACES = {"latent": "latent", "rgb": "pixel"}
 
-pytestmark = pytest.mark.skipif(not CASES, reason=f"no guidance reference at {REF}")
+pytestmark = [
+    pytest.mark.parity,
+    pytest.mark.skipif(not CASES, reason=f"no guidance reference at {REF}"),
+]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

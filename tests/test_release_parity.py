@@ -33,7 +33,11 @@ LOOSE_Z = {"edm_heun", "edm_dpm_2", "edm_dpm_2_a"}
 # against the batch-1 run of the same image. Maps case -> its batch-1 twin.
 CHANNELS_LAST_CASES = {"v21_sr_edm_dpmpp_3m_sde_n2_batch2": "v21_sr_edm_dpmpp_3m_sde"}
 
-pytestmark = pytest.mark.skipif(not CASES, reason=f"no end-to-end reference at {REF}")
+pytestmark = [
+    pytest.mark.parity,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CASES, reason=f"no end-to-end reference at {REF}"),
+]
 
 
 def _tensor(case: dict, name: str) -> torch.Tensor:

@@ -173,6 +173,7 @@ def test_ddim_timesteps_follow_the_uniform_plus_one_rule(schedules):
         grids.ddim_timesteps(sd, 600)
 
 
+@pytest.mark.parity
 def test_dpm_solver_keeps_the_published_number_of_steps(schedules):
     config = REFERENCE / "config.json"
     if config.exists():

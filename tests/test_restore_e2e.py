@@ -34,6 +34,7 @@ def _restore(release, inputs, out, *extra):
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("task", TASKS)
+@pytest.mark.slow
 def test_every_release_and_task(release, tmp_path, version, task):
     src = _photo(tmp_path / "in.png")
     code = _restore(release, [src], tmp_path / "out", "--version", version, "--task", task)
@@ -67,6 +68,7 @@ def test_upscale_factor_and_outputs(release, tmp_path):
     assert compare.size[1] == 50 and compare.size[0] > 75
 
 
+@pytest.mark.slow
 def test_same_seed_same_image_other_seed_differs(release, tmp_path):
     src = _photo(tmp_path / "in.png")
     outs = []
@@ -78,6 +80,7 @@ def test_same_seed_same_image_other_seed_differs(release, tmp_path):
     assert not np.array_equal(outs[0], outs[2])
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_and_bad_files_are_reported(release, tmp_path, capsys):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
@@ -120,6 +123,7 @@ def test_missing_weights_give_one_clear_error(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_tiled_run_matches_untiled(release, tmp_path):
     """Latent, VAE and stage-1 tiles blend back to (nearly) the untiled result."""
     from diffbir.restore.pipeline import DiffBIRPipeline, RestoreOptions
@@ -147,6 +151,7 @@ def test_tiled_run_matches_untiled(release, tmp_path):
     assert psnr > 27, psnr
 
 
+@pytest.mark.slow
 def test_faces_in_whole_photos(release, tmp_path, capsys):
     """face-whole: a detected face is restored and pasted back; no face falls back."""
     import shutil
@@ -210,6 +215,7 @@ def test_prompts_encoded_once_and_text_encoder_freed(release):
         )
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_work(release, tmp_path):
     """torchrun / accelerate launch: each output once, one summary, one exit status."""
     import subprocess
@@ -234,6 +240,7 @@ def test_two_processes_share_the_work(release, tmp_path):
     assert sorted(row.split(",")[0] for row in rows[1:]) == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_weights_dir_needs_only_the_released_weight_files(release, tmp_path):
     # The CLIP vocabulary ships inside the package: nothing but weights in the folder.
     weights, _ = release

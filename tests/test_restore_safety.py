@@ -148,6 +148,7 @@ def test_an_output_that_would_overwrite_another_input_is_refused(release, tmp_pa
 # ------------------------------------------------------------ 2: memory
 
 
+@pytest.mark.slow
 def test_an_extreme_strip_is_bounded_and_the_batch_goes_on(release, tmp_path):
     """A 3x2000 strip raised to a 512 short side was 512x341,333 for the diffusion stage:
     the CPU allocator failed with a traceback and the next image was never restored."""
@@ -168,6 +169,7 @@ def test_an_extreme_strip_is_bounded_and_the_batch_goes_on(release, tmp_path):
     assert time.perf_counter() - started < 300
 
 
+@pytest.mark.slow
 def test_cpu_out_of_memory_is_one_line_and_the_batch_goes_on(release, tmp_path):
     """A result at the output limit (8192x8192) cannot fit 3.5 GiB: the allocator's error
     on that image is one line, the next image is restored and the summary printed."""
@@ -461,6 +463,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.slow
 def test_a_resumed_run_removes_a_killed_runs_temp_files(release, tmp_path):
     photos = tmp_path / "photos"
     _photo(photos / "a.png")
@@ -514,6 +517,7 @@ def test_an_interrupt_as_the_temp_file_is_created_leaves_nothing(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_run_through_its_cleanup(release, tmp_path):
     """A kill by a scheduler (SIGTERM) mid-batch: exit status 143, the summary, and no
     temporary file left behind."""

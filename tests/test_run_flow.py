@@ -42,6 +42,7 @@ def _count_resolves(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_a_folder_of_three_images_resolves_its_settings_once(release, tmp_path, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -54,6 +55,7 @@ def test_a_folder_of_three_images_resolves_its_settings_once(release, tmp_path, 
     assert calls[0] == 1
 
 
+@pytest.mark.slow
 def test_an_unset_seed_is_drawn_once_for_every_image_and_face(release, tmp_path, monkeypatch):
     """A whole-photo run with no seed: the photo and its faces use the seed the result
     records, drawn once."""

@@ -586,6 +586,7 @@ def test_dispatcher():
         sample("ddim", model, x, SD, 5, prediction="x0")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_generator_and_tensors():
     model = gaussian_model(SD, "eps")

@@ -310,6 +310,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_scaled_down_v21_recipe_from_a_parquet_and_resume(tmp_path):
     from safetensors.torch import load_file
 

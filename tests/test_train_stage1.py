@@ -52,6 +52,7 @@ def overfit_run(tmp_path_factory):
     return cfg, result
 
 
+@pytest.mark.slow
 def test_overfits_a_handful_of_images(overfit_run):
     _, result = overfit_run
     losses = result.losses
@@ -63,6 +64,7 @@ def test_overfits_a_handful_of_images(overfit_run):
     assert 10 < result.metrics["val_psnr"] < 60
 
 
+@pytest.mark.slow
 def test_keeps_the_last_checkpoints(overfit_run):
     cfg, result = overfit_run
     kept = sorted(p.name for p in (result.checkpoints[0].parent).iterdir())
@@ -71,6 +73,7 @@ def test_keeps_the_last_checkpoints(overfit_run):
     assert state["step"] == OVERFIT_STEPS
 
 
+@pytest.mark.slow
 def test_export_loads_as_a_cleaner_and_restores(overfit_run):
     from diffbir.models.cleaner import apply_cleaner, load_cleaner
     from diffbir.restore.pipeline import load_model_config

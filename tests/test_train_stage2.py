@@ -45,6 +45,7 @@ def run60(tmp_path_factory, request):
     return cfg, train(cfg, make_stage2_task, progress=False)
 
 
+@pytest.mark.slow
 def test_loss_falls(run60):
     _, result = run60
     losses = result.losses
@@ -53,6 +54,7 @@ def test_loss_falls(run60):
     assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10]), (losses[:10], losses[-10:])
 
 
+@pytest.mark.slow
 def test_validation_writes_samples(run60):
     cfg, result = run60
     from diffbir.imaging.io import read_image
@@ -65,6 +67,7 @@ def test_validation_writes_samples(run60):
     assert "val_psnr" in result.metrics
 
 
+@pytest.mark.slow
 def test_trained_controlnet_loads_into_the_pipeline_and_restores(run60, fixtures):
     from diffbir.config.presets import get_preset
     from diffbir.models.cleaner import build_cleaner

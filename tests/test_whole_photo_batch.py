@@ -37,6 +37,7 @@ def pipelines(tmp_path_factory, single_thread):
     return made
 
 
+@pytest.mark.slow
 def test_faces_in_batches_match_faces_one_by_one(pipelines, monkeypatch):
     # The stand-in detector fires on bright 8x8 cells: three white blocks, three "faces".
     photo = torch.zeros(1, 3, 48, 64)
