@@ -17,6 +17,7 @@ A stage is a :class:`Task`; :func:`train` drives it.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -28,12 +29,35 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
 from diffbir.errors import ConfigError
-from diffbir.training.config import TrainConfig, per_process_batch
-from diffbir.training.data import WorkerSeeder
+from diffbir.training.checkpointing import (
+    find_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from diffbir.training.config import DataConfig, TrainConfig, per_process_batch
+from diffbir.training.data import WorkerSeeder, dataset_from_config
+from diffbir.training.ema import EMA
+from diffbir.training.outputs import (
+    CONFIG_FILE,
+    check_output_dir,
+    clear_run,
+    publish,
+    refuse_earlier_run,
+    remove_temporaries,
+    staging_dir,
+    write_text_atomic,
+)
+from diffbir.training.records import RecordList, read_records
 
 
 class Task(Protocol):
@@ -135,7 +159,7 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     if o.name == "adam":
         return torch.optim.Adam(params, **kwargs)
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # optional (CUDA only): needed for adamw8bit alone
     except ImportError:
         raise ConfigError(
             "optim.name: adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
@@ -171,8 +195,6 @@ def check_distributed(accelerator) -> None:
     rather than failing hours into a run. The trainable ControlNet (~360M parameters)
     fits with DDP on one 40 GB GPU with bf16 and gradient checkpointing.
     """
-    from accelerate.utils import DistributedType
-
     kind = accelerator.distributed_type
     if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         name = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed"
@@ -194,36 +216,32 @@ def shared_records(acc, cfg: TrainConfig, out: Path, resumed: bool):
     which read the list after the main process has written it (:func:`load_shared_records`).
     A listing error is raised on every process.
     """
-    from diffbir.training.records import RecordList, read_records
-
     records, fresh, message = None, False, None
     if acc.is_main_process:
-        d = cfg.data
-        cache = out / LIST_CACHE
         try:
-            if resumed and d.list_cache and cache.is_file():
-                records = RecordList.load(cache)
-                if records.source != str(d.source):
-                    records = None
-            if records is None:
-                records = read_records(
-                    d.source,
-                    caption_column=d.caption_column,
-                    long_caption_column=d.long_caption_column,
-                    path_column=d.path_column,
-                    sidecar_captions=d.sidecar_captions,
-                )
-                fresh = True
-            if not len(records):
-                raise ConfigError(f"{d.source}: the dataset has no images")
+            records, fresh = _main_listing(cfg.data, out / LIST_CACHE, resumed)
         except ConfigError as err:
             message = str(err)
     if acc.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
         message = broadcast_object_list([message])[0]
     if message is not None:
         raise ConfigError(message)
+    return records, fresh
+
+
+def _main_listing(d: DataConfig, cache: Path, resumed: bool) -> tuple[RecordList, bool]:
+    """The main process's ``(records, fresh)``: a resumed run's list of the same source,
+    else a new listing; ConfigError when it holds no image."""
+    records = None
+    if resumed and d.list_cache and cache.is_file():
+        records = RecordList.load(cache)
+        if records.source != str(d.source):
+            records = None
+    fresh = records is None
+    if fresh:
+        records = _list_source(d)
+    if not len(records):
+        raise ConfigError(f"{d.source}: the dataset has no images")
     return records, fresh
 
 
@@ -231,12 +249,14 @@ def load_shared_records(acc, cfg: TrainConfig, out: Path, records):
     """The main process's listing on every process (after it was written)."""
     if records is not None:
         return records
-    from diffbir.training.records import RecordList, read_records
-
     cache = out / LIST_CACHE
     if cfg.data.list_cache and cache.is_file():
         return RecordList.load(cache)
-    d = cfg.data
+    return _list_source(cfg.data)
+
+
+def _list_source(d: DataConfig) -> RecordList:
+    """``data.source`` listed afresh."""
     return read_records(
         d.source,
         caption_column=d.caption_column,
@@ -313,8 +333,6 @@ def _allow_new_precision(precision: str) -> None:
     accelerate keeps its state per process and refuses a second ``Accelerator`` with another
     precision; outside a distributed launch that state holds nothing else worth keeping.
     """
-    from accelerate.state import AcceleratorState, PartialState
-
     shared = AcceleratorState._shared_state
     if not shared or shared.get("_mixed_precision") in (None, precision):
         return
@@ -322,14 +340,11 @@ def _allow_new_precision(precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
+def _make_accelerator(cfg: TrainConfig) -> Accelerator:
     log_with = None
     if cfg.run.tensorboard:
         try:
-            import tensorboard  # noqa: F401
+            import tensorboard  # noqa: F401  (optional, the "train" extra: only probed for)
 
             log_with = "tensorboard"
         except ImportError:
@@ -374,30 +389,121 @@ def train(
     Nothing is written before the output place, the checkpoint to resume, an earlier run and
     the data sources have been checked.
     """
-    from diffbir.training.checkpointing import (
-        find_checkpoint,
-        load_checkpoint,
-        prune_checkpoints,
-        save_checkpoint,
-    )
-    from diffbir.training.ema import EMA
-    from diffbir.training.outputs import (
-        CONFIG_FILE,
-        check_output_dir,
-        clear_run,
-        publish,
-        refuse_earlier_run,
-        remove_temporaries,
-        staging_dir,
-    )
-
     acc = accelerator or _make_accelerator(cfg)
     check_distributed(acc)
-    run = cfg.run
-    out = Path(run.output_dir)
+    run, out = cfg.run, Path(cfg.run.output_dir)
+    folder, batch_size = _check_run(acc, cfg, out, resume, overwrite)
+    records, fresh_list = shared_records(acc, cfg, out, resumed=folder is not None)
+    task = _seeded_task(cfg, make_task, acc.device)
+    _start_run_folder(acc, cfg, out, records, fresh_list, overwrite=overwrite)
+    records = load_shared_records(acc, cfg, out, records)
+    t = _prepare(acc, cfg, task, records, batch_size)
+    if folder is not None:
+        _resume(t, folder)
+    if acc.log_with:
+        acc.init_trackers("diffbir", config=_flat(cfg.to_dict()))
+    batches = endless_batches(t.loader, t.sampler, t.dataset, start=t.position)
+    result = TrainResult(step=t.step, losses=[], exported=[], checkpoints=[], metrics={})
+    console = _Console(acc, progress, t.step, run.max_steps)
+    first_step = t.step
+    task.trainable.train()
+    while t.step < run.max_steps and (stop_after is None or t.step - first_step < stop_after):
+        loss, lr = _optimization_step(t, batches)
+        result.losses.append(loss)
+        console.tick()
+        if run.log_every and t.step % run.log_every == 0:
+            _log_progress(t, console, loss, lr)
+        if cfg.val.every and t.step % cfg.val.every == 0:
+            result.metrics = _validate_and_log(t, console)
+        if run.save_every and t.step % run.save_every == 0:
+            result.checkpoints.append(_save(t, out))
+    console.close()
+    _finish(t, out, result, console)
+    return result
+
+
+@dataclass
+class _Training:
+    """What the steps of one :func:`train` call share; ``step`` and ``position`` advance."""
+
+    acc: Accelerator
+    cfg: TrainConfig
+    task: Task
+    dataset: Dataset
+    sampler: ResumableBatchSampler
+    loader: DataLoader
+    batch_size: int  # per process and micro-batch
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    counts: _Counts
+    step: int = 0  # optimizer steps done
+    position: int = 0  # micro-batches drawn from the data order
+
+
+class _Counts:
+    """The run's tallies: the data's, the task's and, after a resume, the earlier run's."""
+
+    def __init__(self, acc, task: Task) -> None:
+        self.acc = acc
+        self.data = dict.fromkeys(DATA_COUNTS, 0.0)
+        task_counts = getattr(task, "counts", None)
+        self.task = {} if task_counts is None else task_counts
+        self.offset: dict[str, float] = {}
+
+    def resume(self, saved: dict[str, float]) -> None:
+        """Start from a checkpoint's totals: counted once (on the main process), maxima
+        everywhere."""
+        main = self.acc.is_main_process
+        self.offset = {k: float(v) for k, v in saved.items() if main or k.endswith("_max")}
+
+    def totals(self) -> dict[str, float]:
+        """Totals over all processes and both runs (call on every process)."""
+        local = {**self.data, **self.task}
+        for key, value in self.offset.items():
+            if key.endswith("_max"):
+                local[key] = max(local.get(key, 0.0), value)
+            else:
+                local[key] = local.get(key, 0.0) + value
+        return reduce_counts(self.acc, local)
+
+
+class _Console:
+    """The progress bar and the log lines (main process only), and the speed between lines."""
+
+    def __init__(self, acc, enabled: bool, start: int, total: int) -> None:
+        self.acc = acc
+        self.bar = _progress_bar(enabled and acc.is_main_process, start, total)
+        self.restart_window()
+
+    def say(self, message: str) -> None:
+        # Through the bar, so log lines do not break its line.
+        if self.acc.is_main_process:
+            self.bar.write(message)
+
+    def tick(self) -> None:
+        self.window_steps += 1
+        self.bar.update(1)
+
+    def steps_per_second(self) -> float:
+        """The speed since the last :meth:`restart_window`."""
+        return self.window_steps / max(time.perf_counter() - self.window_start, 1e-9)
+
+    def restart_window(self) -> None:
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# -- the steps, in the order train() runs them
+
+
+def _check_run(acc, cfg: TrainConfig, out: Path, resume: str | None, overwrite: bool):
+    """Everything that can refuse the run before it writes: ``(checkpoint folder or None,
+    per-process batch size)``."""
     check_output_dir(out)
-    accum = cfg.optim.grad_accumulation
-    batch_size = per_process_batch(cfg.data, acc.num_processes, accum)
+    batch_size = per_process_batch(cfg.data, acc.num_processes, cfg.optim.grad_accumulation)
     folder = find_checkpoint(out, resume) if resume is not None else None
     if folder is None and not overwrite:
         refuse_earlier_run(out)
@@ -408,12 +514,18 @@ def train(
         )
     if cfg.val.every and cfg.val.source is not None:
         _check_source(cfg, cfg.val.source)
-    records, fresh_list = shared_records(acc, cfg, out, resumed=folder is not None)
+    return folder, batch_size
 
-    # Same initial weights on every process; then the task's own randomness.
-    torch.manual_seed(run.seed)
-    np.random.seed(run.seed % 2**32)
-    task = make_task(cfg, acc.device)
+
+def _seeded_task(cfg: TrainConfig, make_task, device: torch.device) -> Task:
+    """The task, with the same initial weights on every process; then its own randomness."""
+    torch.manual_seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed % 2**32)
+    return make_task(cfg, device)
+
+
+def _start_run_folder(acc, cfg: TrainConfig, out: Path, records, fresh_list: bool, *, overwrite):
+    """The run's folder, its config and the data list (main process; the others wait)."""
     # Everything is checked (on every process, before any of them writes): now write.
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -425,7 +537,11 @@ def train(
         if cfg.data.list_cache and (fresh_list or not (out / LIST_CACHE).is_file()):
             records.save(out / LIST_CACHE)
     acc.wait_for_everyone()
-    records = load_shared_records(acc, cfg, out, records)
+
+
+def _prepare(acc, cfg: TrainConfig, task: Task, records, batch_size: int) -> _Training:
+    """The data loader, the optimizer (model and optimizer prepared by accelerate), the EMA."""
+    run = cfg.run
     dataset = task.train_dataset(records)
     sampler = ResumableBatchSampler(
         len(dataset),
@@ -445,154 +561,150 @@ def train(
     optimizer = build_optimizer(params, cfg)
     task.trainable, optimizer = acc.prepare(task.trainable, optimizer)
     ema = EMA(acc.unwrap_model(task.trainable), run.ema_decay) if run.ema_decay else None
+    return _Training(
+        acc=acc,
+        cfg=cfg,
+        task=task,
+        dataset=dataset,
+        sampler=sampler,
+        loader=loader,
+        batch_size=batch_size,
+        params=params,
+        optimizer=optimizer,
+        ema=ema,
+        counts=_Counts(acc, task),
+    )
 
-    step, position = 0, 0
-    data_counts = dict.fromkeys(DATA_COUNTS, 0.0)
-    task_counts = getattr(task, "counts", None)
-    task_counts = {} if task_counts is None else task_counts
-    offset: dict[str, float] = {}
-    if folder is not None:
-        info = load_checkpoint(
-            acc, folder, model=task.trainable, optimizer=optimizer, ema=ema, task=task
+
+def _resume(t: _Training, folder: Path) -> None:
+    """Continue from the checkpoint ``folder``: weights, optimizer, EMA, task state, random
+    states, the position in the data order and the counts so far."""
+    acc = t.acc
+    info = load_checkpoint(
+        acc, folder, model=t.task.trainable, optimizer=t.optimizer, ema=t.ema, task=t.task
+    )
+    data = info.get("data", {})
+    t.step = int(info["step"])
+    t.position = int(data.get("micro_batches", t.step * t.cfg.optim.grad_accumulation))
+    saved = data.get("num_records")
+    if saved is not None and saved != len(t.dataset):
+        acc.print(
+            f"diffbir: the checkpoint's data list had {saved} images, this one {len(t.dataset)}: "
+            "the data order continues differently"
         )
-        step = int(info["step"])
-        position = int(info.get("data", {}).get("micro_batches", step * accum))
-        saved = info.get("data", {}).get("num_records")
-        if saved is not None and saved != len(dataset):
-            acc.print(
-                f"diffbir: the checkpoint's data list had {saved} images, this one {len(dataset)}: "
-                "the data order continues differently"
-            )
-        if info.get("num_processes", acc.num_processes) != acc.num_processes and (
-            cfg.data.total_batch_size is None
-        ):
-            acc.print(
-                f"diffbir: resuming a {info['num_processes']}-process run on {acc.num_processes}: "
-                "the data order continues differently"
-            )
-        # The totals so far: counted once (on the main process), maxima everywhere.
-        offset = {
-            k: float(v)
-            for k, v in info.get("counts", {}).items()
-            if acc.is_main_process or k.endswith("_max")
-        }
-        acc.print(f"diffbir: resumed from {folder} at step {step}")
+    if info.get("num_processes", acc.num_processes) != acc.num_processes and (
+        t.cfg.data.total_batch_size is None
+    ):
+        acc.print(
+            f"diffbir: resuming a {info['num_processes']}-process run on {acc.num_processes}: "
+            "the data order continues differently"
+        )
+    t.counts.resume(info.get("counts", {}))
+    acc.print(f"diffbir: resumed from {folder} at step {t.step}")
 
-    def totals() -> dict[str, float]:
-        local = {**data_counts, **task_counts}
-        for key, value in offset.items():
-            if key.endswith("_max"):
-                local[key] = max(local.get(key, 0.0), value)
-            else:
-                local[key] = local.get(key, 0.0) + value
-        return reduce_counts(acc, local)
 
+def _optimization_step(t: _Training, batches: Iterator[Any]) -> tuple[float, float]:
+    """One optimizer step over ``grad_accumulation`` micro-batches (and the EMA's update);
+    ``(mean loss over all processes, learning rate)``."""
+    acc, cfg, trainable = t.acc, t.cfg, t.task.trainable
+    accum = cfg.optim.grad_accumulation
+    lr = lr_at(t.step, cfg)
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    total = torch.zeros((), device=acc.device)
+    for micro in range(accum):
+        batch = next(batches)
+        count_batch(batch, t.counts.data)
+        t.position += 1
+        batch = to_device(batch, acc.device)
+        gen = step_generator(cfg.run.seed, t.step, acc.process_index, micro, acc.device)
+        with acc.accumulate(trainable):
+            with acc.autocast():
+                loss = t.task.loss(batch, gen)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.optim.grad_clip:
+                acc.clip_grad_norm_(t.params, cfg.optim.grad_clip)
+            t.optimizer.step()
+            t.optimizer.zero_grad(set_to_none=True)
+        total += loss.detach().float() / accum
+    t.step += 1
+    if t.ema is not None:
+        t.ema.update(acc.unwrap_model(trainable))
+    return float(acc.reduce(total, reduction="mean")), lr
+
+
+def _log_progress(t: _Training, console: _Console, loss: float, lr: float) -> None:
+    """The periodic log line and tracker values: loss, learning rate, speed, skipped images."""
+    acc, run = t.acc, t.cfg.run
+    rate = console.steps_per_second()
+    images_per_s = rate * t.batch_size * t.cfg.optim.grad_accumulation * acc.num_processes
+    skipped = t.counts.totals()["skipped_images"]
+    console.say(
+        f"step {t.step}/{run.max_steps}  loss {loss:.5f}  lr {lr:.2e}  "
+        f"{rate:.2f} it/s  {images_per_s:.1f} img/s  "
+        f"skipped {int(skipped)}  "
+        f"ETA {_format_eta((run.max_steps - t.step) / rate)}"
+    )
     if acc.log_with:
-        acc.init_trackers("diffbir", config=_flat(cfg.to_dict()))
+        logs = {"loss": loss, "lr": lr, "steps_per_s": rate, "images_per_s": images_per_s}
+        acc.log(logs | {"skipped_images": skipped}, step=t.step)
+    console.restart_window()
 
-    batches = endless_batches(loader, sampler, dataset, start=position)
-    result = TrainResult(step=step, losses=[], exported=[], checkpoints=[], metrics={})
-    bar = _progress_bar(progress and acc.is_main_process, step, run.max_steps)
 
-    def say(message: str) -> None:
-        # Through the bar, so log lines do not break its line.
-        if acc.is_main_process:
-            bar.write(message)
+def _validate_and_log(t: _Training, console: _Console) -> dict[str, float]:
+    """The task's validation (main process, the others wait), logged; its metrics."""
+    metrics = _validate(t.acc, t.task, t.ema, t.step)
+    if metrics:
+        console.say(f"step {t.step}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if t.acc.log_with:
+            t.acc.log(metrics, step=t.step)
+    return metrics
 
-    window_start, window_steps = time.perf_counter(), 0
-    first_step = step
-    task.trainable.train()
-    while step < run.max_steps and (stop_after is None or step - first_step < stop_after):
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total = torch.zeros((), device=acc.device)
-        for micro in range(accum):
-            batch = next(batches)
-            count_batch(batch, data_counts)
-            position += 1
-            batch = to_device(batch, acc.device)
-            gen = step_generator(run.seed, step, acc.process_index, micro, acc.device)
-            with acc.accumulate(task.trainable):
-                with acc.autocast():
-                    loss = task.loss(batch, gen)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.optim.grad_clip:
-                    acc.clip_grad_norm_(params, cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            total += loss.detach().float() / accum
-        step += 1
-        window_steps += 1
-        if ema is not None:
-            ema.update(acc.unwrap_model(task.trainable))
-        loss_value = float(acc.reduce(total, reduction="mean"))
-        result.losses.append(loss_value)
-        bar.update(1)
-        if run.log_every and step % run.log_every == 0:
-            elapsed = time.perf_counter() - window_start
-            rate = window_steps / max(elapsed, 1e-9)
-            logs = {"loss": loss_value, "lr": lr, "steps_per_s": rate}
-            logs["images_per_s"] = rate * batch_size * accum * acc.num_processes
-            counts = totals()
-            logs["skipped_images"] = counts["skipped_images"]
-            say(
-                f"step {step}/{run.max_steps}  loss {loss_value:.5f}  lr {lr:.2e}  "
-                f"{rate:.2f} it/s  {logs['images_per_s']:.1f} img/s  "
-                f"skipped {int(counts['skipped_images'])}  "
-                f"ETA {_format_eta((run.max_steps - step) / rate)}"
-            )
-            if acc.log_with:
-                acc.log(logs, step=step)
-            window_start, window_steps = time.perf_counter(), 0
-        if cfg.val.every and step % cfg.val.every == 0:
-            metrics = _validate(acc, task, ema, step)
-            result.metrics = metrics
-            if metrics:
-                say(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if acc.log_with:
-                    acc.log(metrics, step=step)
-        if run.save_every and step % run.save_every == 0:
-            info = {
-                "batch_size": batch_size,
-                "grad_accumulation": accum,
-                "data": {
-                    "micro_batches": position,
-                    "epoch": position // len(sampler),
-                    "batch": position % len(sampler),
-                    "num_records": len(dataset),
-                    "global_batch": batch_size * acc.num_processes,
-                },
-                "counts": totals(),
-            }
-            path = save_checkpoint(
-                acc,
-                out,
-                step,
-                model=task.trainable,
-                optimizer=optimizer,
-                ema=ema,
-                info=info,
-                task=task,
-            )
-            result.checkpoints.append(path)
-            if acc.is_main_process:
-                prune_checkpoints(out, run.keep_last)
-    bar.close()
-    result.step = step
-    result.counts = totals()
+
+def _save(t: _Training, out: Path) -> Path:
+    """A checkpoint of this step (every process writes its part); older ones pruned."""
+    acc, accum, per_epoch = t.acc, t.cfg.optim.grad_accumulation, len(t.sampler)
+    info = {
+        "batch_size": t.batch_size,
+        "grad_accumulation": accum,
+        "data": {
+            "micro_batches": t.position,
+            "epoch": t.position // per_epoch,
+            "batch": t.position % per_epoch,
+            "num_records": len(t.dataset),
+            "global_batch": t.batch_size * acc.num_processes,
+        },
+        "counts": t.counts.totals(),
+    }
+    model, optimizer, ema, task = t.task.trainable, t.optimizer, t.ema, t.task
+    path = save_checkpoint(
+        acc, out, t.step, model=model, optimizer=optimizer, ema=ema, info=info, task=task
+    )
+    if acc.is_main_process:
+        prune_checkpoints(out, t.cfg.run.keep_last)
+    return path
+
+
+def _finish(t: _Training, out: Path, result: TrainResult, console: _Console) -> None:
+    """The call's totals into ``result``; at ``max_steps``, the export (main process)."""
+    acc = t.acc
+    result.step = t.step
+    result.counts = t.counts.totals()
     if result.counts.get("skipped_images"):
-        say(f"diffbir: {int(result.counts['skipped_images'])} unreadable training image(s) skipped")
-    if step >= run.max_steps:
+        skipped = int(result.counts["skipped_images"])
+        console.say(f"diffbir: {skipped} unreadable training image(s) skipped")
+    if t.step >= t.cfg.run.max_steps:
         acc.wait_for_everyone()
         if acc.is_main_process:
-            staged = task.export(staging_dir(out), _final_module(acc, task, ema))
+            staged = t.task.export(staging_dir(out), _final_module(acc, t.task, t.ema))
             result.exported = publish(staged, out)
             for path in result.exported:
                 acc.print(f"diffbir: wrote {path}")
     if acc.log_with:
         acc.end_training()
-    return result
+
+
+# -- helpers
 
 
 def _final_module(acc, task: Task, ema) -> nn.Module:
@@ -600,8 +712,6 @@ def _final_module(acc, task: Task, ema) -> nn.Module:
     module = acc.unwrap_model(task.trainable)
     if ema is None:
         return module
-    import copy
-
     averaged = copy.deepcopy(module)
     ema.copy_to(averaged)
     return averaged
@@ -621,8 +731,6 @@ def _validate(acc, task: Task, ema, step: int) -> dict[str, float]:
 
 
 def _progress_bar(enabled: bool, start: int, total: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
@@ -641,10 +749,6 @@ def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _write_config(cfg: TrainConfig, path: Path) -> None:
-    import yaml
-
-    from diffbir.training.outputs import write_text_atomic
-
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -654,6 +758,4 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def _check_source(cfg: TrainConfig, source: str | None) -> None:
     """Raise the data set's one-line error now if ``source`` lists no usable image."""
-    from diffbir.training.data import dataset_from_config
-
     dataset_from_config(cfg.data, source, train=False, seed=cfg.run.seed, prompts=False)
