@@ -200,29 +200,9 @@ def sample_dpmpp_2m_sde(denoiser, x, timesteps, *, noise, callback=None, eta=1.0
     Brownian tree; with a fixed step list this is the same in distribution).
     The step to sigma = 0 returns x0_hat.
     """
-    xt = _begin(denoiser, x, timesteps)
-    x0_prev, h_prev = None, None
-    for i, t in enumerate(timesteps):
-        t_next = _next(timesteps, i)
-        x0, _ = denoiser(xt, t)
-        alpha, sigma = denoiser.alpha_sigma(t)
-        alpha_n, sigma_n = denoiser.alpha_sigma(t_next)
-        if t_next < 0:
-            xt = x0
-        else:
-            e = _ratio_exp_neg_h(alpha, sigma, alpha_n, sigma_n)  # exp(-h)
-            h = -math.log(e) if e > 0 else math.inf
-            e_eta = e**eta if eta > 0 else 1.0  # exp(-eta h)
-            gain = 1.0 - e * e_eta  # 1 - exp(-h - eta h)
-            new = (sigma_n / sigma) * e_eta * xt + alpha_n * gain * x0
-            if x0_prev is not None and math.isfinite(h_prev):
-                new = new + 0.5 * alpha_n * gain * (h / h_prev) * (x0 - x0_prev)
-            if eta > 0:
-                new = new + sigma_n * math.sqrt(max(1.0 - e_eta * e_eta, 0.0)) * s_noise * noise(xt)
-            xt = new
-            x0_prev, h_prev = x0, h
-        _report(callback, i, xt, t, x0)
-    return xt.to(dtype=x.dtype, device=x.device)
+    return _dpmpp_sde(
+        denoiser, x, timesteps, noise, callback, eta, s_noise, _2m_correction, depth=1
+    )
 
 
 @torch.no_grad()
@@ -248,35 +228,64 @@ def sample_dpmpp_3m_sde(denoiser, x, timesteps, *, noise, callback=None, eta=1.0
     solver. The step to sigma = 0 returns x0_hat. Independent Gaussian draws per step from
     the noise source (k-diffusion uses a Brownian tree; same law for a fixed step list).
     """
+    return _dpmpp_sde(
+        denoiser, x, timesteps, noise, callback, eta, s_noise, _3m_correction, depth=2
+    )
+
+
+def _dpmpp_sde(denoiser, x, timesteps, noise, callback, eta, s_noise, correction, *, depth):
+    """The loop of the multistep DPM-Solver++ SDE samplers, ``depth`` earlier x0_hat kept.
+
+    The history holds ``(x0_hat, h)`` of the last ``depth`` steps, newest first; a step
+    from infinite sigma leaves no usable difference behind it, so it empties the history.
+    """
     xt = _begin(denoiser, x, timesteps)
-    history: list[tuple[torch.Tensor, float]] = []  # (x0_hat, step length h), newest first
+    history: list[tuple[torch.Tensor, float]] = []
     for i, t in enumerate(timesteps):
         t_next = _next(timesteps, i)
         x0, _ = denoiser(xt, t)
-        alpha, sigma = denoiser.alpha_sigma(t)
-        alpha_n, sigma_n = denoiser.alpha_sigma(t_next)
         if t_next < 0:
             xt = x0
         else:
-            e = _ratio_exp_neg_h(alpha, sigma, alpha_n, sigma_n)  # exp(-h)
-            h = -math.log(e) if e > 0 else math.inf
-            e_eta = e**eta if eta > 0 else 1.0  # exp(-eta h)
-            g = h * (1.0 + eta)
-            new = (sigma_n / sigma) * e_eta * xt + alpha_n * (1.0 - e * e_eta) * x0
-            if history:  # h is finite here: only the first visited step can start at sigma = inf
-                new = new + _3m_correction(alpha_n, x0, h, g, history)
-            if eta > 0:
-                new = new + sigma_n * math.sqrt(max(1.0 - e_eta * e_eta, 0.0)) * s_noise * noise(xt)
-            xt = new
-            # a step from infinite sigma leaves no usable difference behind it
-            history = [(x0, h), *history[:1]] if math.isfinite(h) else []
+            step = (denoiser.alpha_sigma(t), denoiser.alpha_sigma(t_next))
+            xt, h = _sde_step(xt, x0, step, history, noise, eta, s_noise, correction)
+            history = [(x0, h), *history[: depth - 1]] if math.isfinite(h) else []
         _report(callback, i, xt, t, x0)
     return xt.to(dtype=x.dtype, device=x.device)
 
 
-def _3m_correction(alpha_n: float, x0, h: float, g: float, history) -> torch.Tensor:
+def _sde_step(xt, x0, step, history, noise, eta, s_noise, correction):
+    """One DPM-Solver++ SDE step (Lu et al. 2022) to sigma' > 0: ``(x', h)``.
+
+    ``x' = (sigma'/sigma) e^{-eta h} x + alpha' (1 - e^{-h-eta h}) x0_hat``, plus the
+    multistep ``correction`` when there is history, plus ``sigma' sqrt(1 - e^{-2 eta h})
+    s_noise z``; ``step`` is ``((alpha, sigma), (alpha', sigma'))``.
+    """
+    (alpha, sigma), (alpha_n, sigma_n) = step
+    e = _ratio_exp_neg_h(alpha, sigma, alpha_n, sigma_n)  # exp(-h)
+    h = -math.log(e) if e > 0 else math.inf
+    e_eta = e**eta if eta > 0 else 1.0  # exp(-eta h)
+    gain = 1.0 - e * e_eta  # 1 - exp(-h - eta h)
+    new = (sigma_n / sigma) * e_eta * xt + alpha_n * gain * x0
+    if history:  # h is finite here: only the first visited step can start at sigma = inf
+        new = new + correction(alpha_n, x0, h, gain, eta, history)
+    if eta > 0:
+        new = new + sigma_n * math.sqrt(max(1.0 - e_eta * e_eta, 0.0)) * s_noise * noise(xt)
+    return new, h
+
+
+def _2m_correction(alpha_n: float, x0, h: float, gain: float, eta: float, history):
+    """``0.5 alpha' (1 - e^{-h-eta h}) / r (x0_hat - x0_prev)`` of the 2M step, r = h_prev / h."""
+    del eta
+    ((x0_1, h_1),) = history
+    return 0.5 * alpha_n * gain * (h / h_1) * (x0 - x0_1)
+
+
+def _3m_correction(alpha_n: float, x0, h: float, gain: float, eta: float, history):
     """``alpha' (p2 d1 - p3 d2)`` of the 3M step (``alpha' p2 d1_0`` with one previous
     estimate); the products keep this order, which fixes the float rounding."""
+    del gain  # p2 is written with expm1(-g), as k-diffusion writes it
+    g = h * (1.0 + eta)
     p2 = 1.0 + math.expm1(-g) / g
     (x0_1, h_1), older = history[0], history[1:]
     d1_0 = (x0 - x0_1) * (h / h_1)
