@@ -52,6 +52,11 @@ _SD_LICENSE = (
     "(https://huggingface.co/stabilityai/stable-diffusion-2-1-base/blob/main/LICENSE.md)"
 )
 _KAIR_LICENSE = "Apache-2.0 (https://github.com/cszn/KAIR/blob/master/LICENSE)"
+_HYPIR_LICENSE = (
+    "HYPIR Software License Agreement of SupPixel Pty Ltd: non-commercial use only; "
+    "commercial use needs a licence from SupPixel "
+    "(https://github.com/XPixelGroup/HYPIR/blob/main/LICENSE)"
+)
 _OPEN_CLIP_LICENSE = "MIT (https://github.com/mlfoundations/open_clip/blob/main/LICENSE)"
 
 #: Environment variables that switch downloads off (Hugging Face's and ours).
@@ -97,8 +102,11 @@ def _registry(*files: WeightFile) -> Mapping[str, WeightFile]:
 # - sha256 and size of bpe_simple_vocab_16e6.txt.gz: measured on the copy in the project's
 #   reference data (the vocabulary the OpenCLIP tokenizer fixtures come from); it equals the
 #   file at https://github.com/mlfoundations/open_clip/tree/v2.24.0/src/open_clip.
-# - None: no published value found for the DiffBIR Hugging Face files, BSRNet, or the HF
-#   tokenizer text files (they are not LFS files, so Hugging Face lists no sha256).
+# - HYPIR_sd2.pth: the URL is the Hugging Face repository that HYPIR's README links
+#   (https://github.com/XPixelGroup/HYPIR, "Pretrained Models"); it publishes no checksum
+#   or size, and this project's machines cannot reach the file to measure one.
+# - None: no published value found for the DiffBIR Hugging Face files, BSRNet, HYPIR, or
+#   the HF tokenizer text files (they are not LFS files, so Hugging Face lists no sha256).
 REGISTRY: Mapping[str, WeightFile] = _registry(
     # Base diffusion models.
     WeightFile(
@@ -149,6 +157,15 @@ REGISTRY: Mapping[str, WeightFile] = _registry(
         size=None,
         description="ControlNet of DiffBIR v2.1 (on the zero-SNR SD), all tasks",
         license_note=_DIFFBIR_LICENSE,
+    ),
+    # HYPIR: a rank-256 LoRA merged into SD 2.1-base's UNet (--model hypir).
+    WeightFile(
+        name="HYPIR_sd2.pth",
+        url="https://huggingface.co/lxq007/HYPIR/resolve/main/HYPIR_sd2.pth",
+        sha256=None,
+        size=None,
+        description="HYPIR-SD2: one-step restoration LoRA (rank 256) on SD 2.1-base",
+        license_note=_HYPIR_LICENSE,
     ),
     # Stage 1: restoration modules.
     WeightFile(
