@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..config.settings import RestoreOptions
 from ..errors import ConfigError
 from . import edm, grids, own, vp
 from .denoiser import Denoiser, DenoiserRun, VPDenoiser
@@ -38,14 +39,14 @@ from .schedule import NoiseSchedule
 
 @dataclass(frozen=True)
 class SamplerKnobs:
-    """The release's per-sampler settings, with its defaults."""
+    """The release's per-sampler settings; the defaults are :class:`RestoreOptions`' (one source)."""
 
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = 300.0
-    s_noise: float = 1.0
-    eta: float = 1.0
-    order: int = 1
+    s_churn: float = RestoreOptions.s_churn
+    s_tmin: float = RestoreOptions.s_tmin
+    s_tmax: float = RestoreOptions.s_tmax
+    s_noise: float = RestoreOptions.s_noise
+    eta: float = RestoreOptions.eta
+    order: int = RestoreOptions.order
 
 
 class Entry(NamedTuple):
