@@ -186,7 +186,7 @@ def test_form_values_refuse_bad_values(change, message):
         FormValues(**change).to_options()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", [*VERSIONS, "hypir"])
 @pytest.mark.parametrize("task", TASKS)
 def test_release_defaults_follow_the_preset(version, task):
     values = release_defaults(version, task)
@@ -198,7 +198,24 @@ def test_release_defaults_follow_the_preset(version, task):
         "cfg_scale": preset.cfg_scale,
         "prompt": preset.prompt,
         "negative_prompt": preset.negative_prompt,
+        "tile_overlap": preset.tile_overlap,
+        "unused": preset.unused_options,
     }
+
+
+def test_the_form_leaves_out_what_hypir_has_no_use_for():
+    """The page always holds sampling values; with HYPIR they are not the run's (and
+    not refused): only the settings HYPIR takes reach it."""
+    form = FormValues(
+        version="hypir", steps=50, cfg_scale=9.0, guidance_scale=0.5, tile_overlap=None
+    )
+    options = form.to_options()
+    assert options.steps is None and options.cfg_scale is None and options.guidance_scale == 0
+    assert options.tile_overlap is None  # HYPIR's own 0.5
+    from diffbir.restore.factory import resolve_run
+
+    config = resolve_run("hypir", "sr", options)
+    assert config.tile_overlap == 0.5 and config.steps == 1 and "cfg_scale" not in config.as_dict()
 
 
 def test_release_defaults_refuse_unknown_release():

@@ -2,14 +2,15 @@
 
 import pytest
 
-from diffbir.config.presets import TASKS, VERSIONS, all_presets, get_preset
+from diffbir.config.presets import ALL_VERSIONS, TASKS, all_presets, get_preset, release_for
 from diffbir.errors import ConfigError
 from diffbir.weights.registry import REGISTRY
 
 
 def test_every_preset_names_registered_files():
     for preset in all_presets():
-        for name in (preset.cleaner, preset.sd, preset.controlnet):
+        names = (preset.cleaner, preset.sd, preset.controlnet)
+        for name in names if preset.model == "diffbir" else names[1:]:  # HYPIR: no cleaner
             assert name in REGISTRY, f"{preset.version}/{preset.task}: {name} not in the registry"
 
 
@@ -28,7 +29,35 @@ def test_release_facts():
     v2 = get_preset("v2", "sr")
     assert (v2.sampler, v2.steps, v2.cfg_scale, v2.prompt) == ("spaced", 50, 4.0, "")
     assert {p.prediction for p in all_presets() if p.version != "v2.1"} == {"eps"}
-    assert len(all_presets()) == len(VERSIONS) * len(TASKS)
+    assert len(all_presets()) == len(ALL_VERSIONS) * len(TASKS)
+
+
+def test_hypir_release_facts():
+    # configs/sd2_gradio.yaml and HYPIR/enhancer of the published code
+    hypir = get_preset("hypir", "sr")
+    assert (hypir.model, hypir.sd, hypir.controlnet) == (
+        "hypir",
+        "v2-1_512-ema-pruned.ckpt",
+        "HYPIR_sd2.pth",
+    )
+    assert hypir.cleaner == "" and hypir.tile_overlap == 0.5 and hypir.upscale == 4
+    assert hypir.extra["model_t"] == hypir.extra["coeff_t"] == 200
+    assert hypir.extra["lora_rank"] == 256 and hypir.extra["patch_size"] == 512
+    assert len(hypir.extra["lora_modules"]) == 13 and "ff.net.0.proj" in hypir.extra["lora_modules"]
+    assert not hypir.takes("steps") and hypir.takes("prompt") and hypir.takes("upscale")
+    assert get_preset("hypir", "face").upscale == 1
+    with pytest.raises(ConfigError, match="face-whole"):
+        get_preset("hypir", "face-whole")
+
+
+def test_release_for_model_and_version():
+    assert release_for(None, None) == "v2.1"
+    assert release_for("diffbir", "v1") == "v1"
+    assert release_for("hypir", None) == "hypir"
+    with pytest.raises(ConfigError, match="--version v2 names a DiffBIR release"):
+        release_for("hypir", "v2")
+    with pytest.raises(ConfigError, match="unknown model"):
+        release_for("supir", None)
 
 
 def test_upscale_defaults_and_overrides():

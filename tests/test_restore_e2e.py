@@ -205,7 +205,7 @@ def test_prompts_encoded_once_and_text_encoder_freed(release):
     )
     pipe.prepare_prompts(options, drop_text_encoder=True)
     assert pipe.stage2.text_encoder is None
-    assert set(pipe._prompt_cache) == {"a cat", "blur"}
+    assert pipe.embeddings.known == {"a cat", "blur"}
     result = pipe(torch.rand(1, 3, 16, 16), options)  # the cached prompts still serve
     assert result.image.shape == (1, 3, 64, 64)
     with pytest.raises(ConfigError, match="text encoder was freed"):

@@ -112,12 +112,25 @@ def test_the_factory_is_the_one_map_from_task_to_restorer():
     from diffbir.config.presets import TASK_CHOICES
     from diffbir.errors import ConfigError
 
-    served = [task for entry in RESTORERS for task in entry.tasks]
-    assert sorted(served) == sorted(TASK_CHOICES)  # every task, once
-    assert restorer_entry("face-whole").name == "diffbir-whole-photo"
+    from diffbir.config.presets import ALL_VERSIONS, get_preset
+
+    served = [(v, t) for entry in RESTORERS for v in entry.versions for t in entry.tasks]
+    assert len(served) == len(set(served))  # each (release, task) by one restorer
+    every = set()
+    for version in ALL_VERSIONS:
+        for task in TASK_CHOICES:
+            try:
+                get_preset(version, task)
+            except ConfigError:
+                continue
+            every.add((version, task))
+    assert set(served) == every
+    assert restorer_entry("v2.1", "face-whole").name == "diffbir-whole-photo"
+    assert restorer_entry("hypir", "sr").name == "hypir"
+    assert restorer_entry("v1", "denoise").name == "diffbir"
     assert resolve_run("v1", "sr").steps == 50
     with pytest.raises(ConfigError, match="unknown task 'paint'"):
-        restorer_entry("paint")
+        restorer_entry("v2.1", "paint")
 
 
 def test_the_web_ui_and_the_cli_write_the_same_image(release, tmp_path):

@@ -94,8 +94,8 @@ def test_the_network_gives_the_same_rows_split_or_not(pipe):
     cond = torch.randn(2, 4, 16, 24, generator=g)
     x = torch.randn(4, 4, 16, 24, generator=g)
     t = torch.tensor([500, 500, 500, 500])
-    text = pipe._contexts([(1, None), (1, None)], ["a", "b"])
-    text = torch.cat([text, pipe._contexts([(2, None)], [""])])
+    text = pipe.embeddings.rows([(1, None), (1, None)], ["a", "b"])
+    text = torch.cat([text, pipe.embeddings.rows([(2, None)], [""])])
     for latent in (None, 128):
         plan = TilePlan(None, None, None, latent, 0.25)
         with torch.no_grad():

@@ -21,7 +21,9 @@ def add_model_source_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--no-download", action="store_true", help="never download; fail if missing")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (unset: cuda if available)")
     group.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), help="unset: fp16 on CUDA, fp32 on CPU"
+        "--dtype",
+        choices=("fp32", "fp16", "bf16"),
+        help="unset: fp16 on CUDA (bf16 with --model hypir, as its release), fp32 on CPU",
     )
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from diffbir.cli.common import add_model_source_args
-from diffbir.config.presets import FACE_WHOLE, TASK_CHOICES, VERSIONS
+from diffbir.config.presets import FACE_WHOLE, MODELS, TASK_CHOICES, VERSIONS
 
 
 def _release_defaults(field: str) -> str:
@@ -106,10 +106,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="sr",
         help="sr: photos; face: aligned 512x512 faces; denoise; face-whole: photos with faces",
     )
-    g.add_argument("--version", choices=VERSIONS, default="v2.1", help="released model version")
-    g.add_argument("--sd", help="Stable Diffusion checkpoint replacing the released one")
+    g.add_argument(
+        "--model",
+        choices=MODELS,
+        default=None,
+        help="diffbir: the two-stage restorer (default); hypir: HYPIR-SD2, one step with a "
+        "LoRA of 259M parameters on SD 2.1-base (HYPIR_sd2.pth; SupPixel's licence: "
+        "non-commercial use only)",
+    )
+    g.add_argument(
+        "--version", choices=VERSIONS, default=None, help="DiffBIR release (default v2.1)"
+    )
+    g.add_argument(
+        "--sd", help="Stable Diffusion checkpoint (or diffusers folder) replacing the released one"
+    )
     g.add_argument("--controlnet", help="ControlNet weights (file or diffbir train output)")
-    g.add_argument("--cleaner", help="stage-1 weights (file or diffbir train output)")
+    g.add_argument("--lora", help="HYPIR's LoRA file replacing HYPIR_sd2.pth (--model hypir)")
+    g.add_argument(
+        "--cleaner",
+        help="stage-1 weights (file or diffbir train output); with --model hypir a released "
+        "cleaner run first (e.g. realesrgan_s4_swinir_100k.pth), for heavy noise or JPEG",
+    )
     add_model_source_args(g)
     g = p.add_argument_group("faces in whole photos (--task face-whole)")
     g.add_argument("--only-center-face", action="store_true", help="restore only the central face")
@@ -449,9 +466,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from diffbir.config.presets import release_for
     from diffbir.jobs.batch import RestoreJob
     from diffbir.restore.factory import resolve_run
 
+    args.version = release_for(args.model, args.version)
     _check_arguments(args)
     options = options_from_args(args)
     # The run's settings, resolved once here: every image (and face) of the run uses them.
@@ -489,6 +508,7 @@ def _run(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         sd=args.sd,
         controlnet=args.controlnet,
+        lora=args.lora,
         cleaner=args.cleaner,
         device=args.device,
         dtype=args.dtype,

@@ -18,7 +18,7 @@ from typing import Any
 
 from diffbir.config.presets import Preset
 from diffbir.errors import ConfigError, DiffBIRWarning
-from diffbir.restore.plan import DEFAULT_TILE_OVERLAP, MAX_DIFFUSION_SIDE
+from diffbir.restore.plan import MAX_DIFFUSION_SIDE
 from diffbir.restore.prompts import TILE_CAPTIONS
 
 # The diffusion models were trained on 512x512 crops; smaller conditions degrade.
@@ -84,7 +84,7 @@ class RestoreOptions:
     cleaner_tile: int | None = None  # pixels; None = automatic
     vae_tile: int | None = None  # pixels of the decoded image; None = automatic
     latent_tile: int | None = None  # pixels (multiple of 64); None = automatic
-    tile_overlap: float = DEFAULT_TILE_OVERLAP  # fraction of a tile
+    tile_overlap: float | None = None  # fraction of a tile; None: the release's
     min_side: int = MIN_DIFFUSION_SIDE  # short side the diffusion stage works at, at least
     # Bytes for the networks' activations; the full-resolution image buffers come on top.
     max_memory: float | None = None
@@ -145,7 +145,10 @@ class RestoreOptions:
                 self.color_fix in ("wavelet", "adain", "none"),
                 "colour fix: wavelet, adain, none",
             ),
-            (0 <= self.tile_overlap < 1, "tile overlap must be in [0, 1)"),
+            (
+                self.tile_overlap is None or 0 <= self.tile_overlap < 1,
+                "tile overlap must be in [0, 1)",
+            ),
             (
                 self.captioner_bits in (None, 16, 8, 4),
                 "captioner bits (--captioner-bits): 16, 8 or 4",
@@ -237,6 +240,7 @@ class RunConfig:
 
     version: str
     task: str
+    model: str  # the model family ("diffbir", "hypir") whose restorer runs the release
     upscale: float
     steps: int
     sampler: str
@@ -281,12 +285,17 @@ class RunConfig:
     # Whole-photo runs (task face-whole): the faces' own settings, resolved with the
     # photo's (the same seed, x1); None for every other task.
     faces: RunConfig | None = field(default=None, compare=False, repr=False)
+    # Settings the release has no use for (a one-step restorer's sampling knobs): left
+    # out of what is printed and recorded.
+    unused: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     def as_dict(self) -> dict:
-        """Every setting by name (the faces' apart); the guidance mask as ``"given"`` or
-        ``None``."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "faces"}
-        data["guidance_mask"] = None if self.guidance_mask is None else "given"
+        """Every setting the release uses, by name (the faces' apart); the guidance mask
+        as ``"given"`` or ``None``."""
+        skip = {"faces", "unused", *self.unused}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        if "guidance_mask" in data:
+            data["guidance_mask"] = None if self.guidance_mask is None else "given"
         return data
 
     def describe(self) -> str:
@@ -303,13 +312,13 @@ class RunConfig:
     def metadata(self) -> dict[str, str]:
         """What a written image records of how it was made (text chunks / JSON)."""
         keys = (
-            "version task upscale sampler steps cfg_scale cfg_rescale prompt negative_prompt "
+            "model version task upscale sampler steps cfg_scale cfg_rescale prompt negative_prompt "
             "seed control_strength start_point noise_aug s_churn s_tmin s_tmax s_noise eta "
             "order guidance_scale guidance_space guidance_loss guidance_start guidance_stop "
             "guidance_repeat guidance_mask color_fix captioner"
         ).split()
         data = self.as_dict()
-        return {key: str(data[key]) for key in keys}
+        return {key: str(data[key]) for key in keys if key in data}
 
 
 def resolve(
@@ -326,18 +335,21 @@ def resolve(
 
     options = options or RestoreOptions()
     options.validate()
+    _refuse_unused(preset, options)
     known = {f.name for f in fields(RunConfig)}
     values = {f.name: getattr(options, f.name) for f in fields(options) if f.name in known}
 
     def pick(value, default):
         return default if value is None else value
 
+    sampler = pick(options.sampler, preset.sampler)
     values.update(
         version=preset.version,
         task=preset.task,
+        model=preset.model,
         upscale=float(pick(options.upscale, preset.upscale)),
         steps=int(pick(options.steps, preset.steps)),
-        sampler=canonical(pick(options.sampler, preset.sampler)),
+        sampler=canonical(sampler) if preset.takes("sampler") else sampler,
         prediction=preset.prediction,
         schedule=preset.schedule,
         cfg_scale=float(pick(options.cfg_scale, preset.cfg_scale)),
@@ -347,6 +359,8 @@ def resolve(
         captioner=pick(options.captioner, default_captioner(preset.version, device_type)),
         captioner_bits=pick(options.captioner_bits, default_captioner_bits(device_type)),
         max_memory=float(pick(options.max_memory, DEFAULT_MAX_MEMORY)),
+        tile_overlap=float(pick(options.tile_overlap, preset.tile_overlap)),
+        unused=preset.unused_options,
         unet_batch=int(pick(options.unet_batch, default_unet_batch(device_type))),
     )
     config = RunConfig(**values)
@@ -375,6 +389,24 @@ def resolve(
             f"--start-strength below 1 works with our own samplers only, not {config.sampler}"
         )
     return config
+
+
+def _refuse_unused(preset: Preset, options: RestoreOptions) -> None:
+    """One line naming the options set that ``preset``'s release has no use for (a
+    one-step restorer has no sampler, steps, CFG or guidance)."""
+    defaults = RestoreOptions()
+
+    def is_set(name: str) -> bool:
+        value, default = getattr(options, name), getattr(defaults, name)
+        return value is not None if default is None else value != default
+
+    given = [f.name for f in fields(options) if not preset.takes(f.name) and is_set(f.name)]
+    if given:
+        named = ", ".join(_named(name) for name in given)
+        raise ConfigError(
+            f"{named}: not used by --model {preset.model} (it restores in one step, with no "
+            "sampler, CFG or guidance); drop the option"
+        )
 
 
 def resolve_whole_photo(
@@ -408,7 +440,7 @@ def default_captioner(version: str, device_type: str) -> str:
     prompt alone, as they were trained)."""
     from diffbir.captioning.names import LIGHT, RELEASE
 
-    if version != "v2.1":
+    if version != "v2.1":  # HYPIR's app captions only when asked to (its GPT captioner)
         return "none"
     return RELEASE if device_type == "cuda" else LIGHT
 

@@ -156,3 +156,66 @@ def tiled_apply(
         acc[..., y0 : y0 + oh, x0 : x0 + ow] += out.float() * wmap
         weight_sum[y0 : y0 + oh, x0 : x0 + ow] += wmap
     return (acc / weight_sum).to(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Gaussian-weighted tiles of a fixed size (HYPIR's rule, after CCSR): every tile is
+# exactly ``size`` long, starts step by ``stride`` and a last tile sits flush with the
+# end; outputs are blended with one Gaussian bump per tile.
+
+
+def stride_starts(length: int, size: int, stride: int) -> list[int]:
+    """Tile starts ``0, stride, 2*stride, ...`` that fit in ``length``, plus
+    ``length - size`` when those do not end flush. ``length`` must be ``>= size``."""
+    if size <= 0 or stride <= 0 or length < size:
+        raise ValueError(f"need length >= size > 0 and stride > 0, got {length}, {size}, {stride}")
+    starts = list(range(0, length - size + 1, stride))
+    if (length - size) % stride:
+        starts.append(length - size)
+    return starts
+
+
+def gaussian_tile_weights(height: int, width: int) -> torch.Tensor:
+    """``[height, width]`` float64 weights: a Gaussian of variance 0.01 in units of the
+    side, centred at ``(width - 1) / 2`` across and at ``height / 2`` down (the published
+    rule centres the rows half a pixel lower), scaled by ``1 / sqrt(2 pi 0.01)`` per axis."""
+    var = 0.01
+    norm = math.sqrt(2 * math.pi * var)
+
+    def bump(n: int, mid: float) -> torch.Tensor:
+        x = torch.arange(n, dtype=torch.float64)
+        return torch.exp(-(x - mid) * (x - mid) / (n * n) / (2 * var)) / norm
+
+    return torch.outer(bump(height, height / 2), bump(width, (width - 1) / 2))
+
+
+def gaussian_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    size: int,
+    stride: int,
+    *,
+    scale: float = 1,
+    channels: int | None = None,
+) -> torch.Tensor:
+    """``fn`` over ``size`` x ``size`` tiles of ``x`` ([B,C,H,W], ``H, W >= size``) at
+    :func:`stride_starts`, the outputs (``scale`` times the tile's size, ``channels``
+    channels, default ``x``'s) blended with :func:`gaussian_tile_weights` in ``x``'s
+    dtype; tile positions scale by ``scale`` (truncated), e.g. ``1/8`` for an encoder,
+    ``8`` for a decoder. Tiles run row by row, left to right."""
+
+    def scaled(n: int) -> int:
+        return int(n // round(1 / scale)) if scale < 1 else int(n * scale)
+
+    b, c, h, w = x.shape
+    out = torch.zeros((b, channels or c, scaled(h), scaled(w)), dtype=x.dtype, device=x.device)
+    count = torch.zeros(out.shape, dtype=torch.float32, device=x.device)
+    weights = gaussian_tile_weights(scaled(size), scaled(size)).to(x.device, x.dtype)
+    for top in stride_starts(h, size, stride):
+        for left in stride_starts(w, size, stride):
+            tile = fn(x[..., top : top + size, left : left + size])
+            rows = slice(scaled(top), scaled(top + size))
+            cols = slice(scaled(left), scaled(left + size))
+            out[..., rows, cols] += tile * weights
+            count[..., rows, cols] += weights
+    return out / count

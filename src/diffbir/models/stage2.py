@@ -504,6 +504,40 @@ def _assemble(
 ) -> Stage2Model:
     """The stage-2 model from an LDM checkpoint's ``parts``, which it empties as it goes
     (each part cast to ``dtype`` tensor by tensor, then let go)."""
+    unet, vae, text = _sd_from_parts(
+        parts,
+        unet_config=unet_config,
+        vae_config=vae_config,
+        text_config=text_config,
+        load_text_encoder=load_text_encoder,
+        dtype=dtype,
+    )
+    cn_config = resolve_controlnet_config(controlnet_config, unet)
+    if controlnet is not None:
+        control = _controlnet_from_source(controlnet, cn_config, dtype=dtype)
+    elif "controlnet" in parts:
+        control = _controlnet_from_source(parts.pop("controlnet"), cn_config, dtype=dtype)
+    else:
+        control = None
+    if control is None:
+        # Stage-2 training starts from a copy of the UNet.
+        control = _empty(lambda: build_controlnet(cn_config))
+        control = control.to_empty(device="cpu")
+        init_from_unet(control, unet)  # copy_ casts to the ControlNet's dtype
+    return Stage2Model(unet, vae, control, text)
+
+
+def _sd_from_parts(
+    parts: dict[str, dict[str, torch.Tensor]],
+    *,
+    unet_config,
+    vae_config,
+    text_config,
+    load_text_encoder: bool,
+    dtype: torch.dtype | None,
+) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+    """UNet, VAE and text encoder (or None) from an LDM checkpoint's ``parts``, which it
+    empties as it goes."""
     from diffbir.models.text_encoder import build_text_encoder, convert_text_state_dict
     from diffbir.models.vae import build_vae, convert_vae_state_dict
 
@@ -530,17 +564,64 @@ def _assemble(
         weights = convert_text_state_dict(parts.pop("text"), t_cfg, target_keys=expected)
         text = load_into(text, _cast(weights, dtype), what="text encoder")
         del weights
+    return unet, vae, text
 
-    cn_config = resolve_controlnet_config(controlnet_config, unet)
-    if controlnet is not None:
-        control = _controlnet_from_source(controlnet, cn_config, dtype=dtype)
-    elif "controlnet" in parts:
-        control = _controlnet_from_source(parts.pop("controlnet"), cn_config, dtype=dtype)
-    else:
-        control = None
-    if control is None:
-        # Stage-2 training starts from a copy of the UNet.
-        control = _empty(lambda: build_controlnet(cn_config))
-        control = control.to_empty(device="cpu")
-        init_from_unet(control, unet)  # copy_ casts to the ControlNet's dtype
-    return Stage2Model(unet, vae, control, text)
+
+def load_sd_base(
+    source,
+    *,
+    unet_config: Mapping | None = None,
+    vae_config: Mapping | None = None,
+    text_config: Mapping | None = None,
+    dtype: torch.dtype | None = None,
+    load_text_encoder: bool = True,
+) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+    """Stable Diffusion's UNet, VAE and text encoder (or None), in ``dtype`` (float32 by
+    default), from an SD 2.x LDM checkpoint (path or state dict; ``*_config`` as for
+    :func:`load_stage2`) or a diffusers folder (``stabilityai/stable-diffusion-2-1-base``'s
+    layout: ``unet/``, ``vae/``, ``text_encoder/``, read with their own configs)."""
+    dtype = dtype or torch.float32
+    if not isinstance(source, Mapping) and Path(source).is_dir():
+        return _sd_from_diffusers_folder(Path(source), dtype, load_text_encoder)
+    sd = load_state_dict(source, mmap=_maps(dtype))
+    if not is_ldm_checkpoint(sd):
+        raise CheckpointError(
+            f"{_name(source)}: not a Stable Diffusion checkpoint (no model.diffusion_model.* "
+            "keys) nor a diffusers folder"
+        )
+    parts = split_ldm_checkpoint(sd)
+    del sd
+    unet, vae, text = _sd_from_parts(
+        parts,
+        unet_config=unet_config,
+        vae_config=vae_config,
+        text_config=text_config,
+        load_text_encoder=load_text_encoder,
+        dtype=dtype,
+    )
+    return unet, vae, text  # each part was cast tensor by tensor
+
+
+def _sd_from_diffusers_folder(folder: Path, dtype: torch.dtype, load_text_encoder: bool):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from diffbir.models.cpu_fast import accelerate
+
+    shown = printable(folder)
+    wanted = ["unet", "vae"] + (["text_encoder"] if load_text_encoder else [])
+    missing = [name for name in wanted if not is_diffusers_folder(folder / name)]
+    if missing:
+        raise CheckpointError(
+            f"{shown}: not a diffusers Stable Diffusion folder (no {', '.join(missing)} "
+            "sub-folder with a config.json)"
+        )
+    try:
+        unet = accelerate(UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype))
+        vae = accelerate(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype))
+        text = _load_text_folder(folder / "text_encoder", dtype) if load_text_encoder else None
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise CheckpointError(
+            f"{shown}: incomplete or unreadable diffusers folder ({printable(reason)})"
+        ) from None
+    return unet.eval(), vae.eval(), None if text is None else text.eval()

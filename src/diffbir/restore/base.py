@@ -89,10 +89,11 @@ class Restorer(Protocol):
 
 @dataclass(frozen=True)
 class RestorerEntry:
-    """One model family in the factory's table: the tasks it serves, how its settings
-    are resolved before anything is loaded, and how it is loaded."""
+    """One model family in the factory's table: the releases and tasks it serves, how
+    its settings are resolved before anything is loaded, and how it is loaded."""
 
     name: str
+    versions: tuple[str, ...]
     tasks: tuple[str, ...]
     #: ``(version, task, options, device_type) -> RunConfig``
     resolve: Callable[..., RunConfig]

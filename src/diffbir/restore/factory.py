@@ -8,13 +8,13 @@ module and one row to :data:`RESTORERS`.
 
 from __future__ import annotations
 
-from diffbir.config.presets import FACE_WHOLE, TASK_CHOICES, TASKS
+from diffbir.config.presets import ALL_VERSIONS, FACE_WHOLE, HYPIR, TASK_CHOICES, TASKS, VERSIONS
 from diffbir.config.settings import RestoreOptions, RunConfig, resolve, resolve_whole_photo
 from diffbir.errors import ConfigError
 from diffbir.restore.base import Restorer, RestorerEntry
 
 
-def _resolve_diffbir(
+def _resolve_preset(
     version: str, task: str, options: RestoreOptions | None, device_type: str
 ) -> RunConfig:
     from diffbir.config.presets import get_preset
@@ -43,19 +43,35 @@ def _load_whole_photo(version: str, task: str, **loader) -> Restorer:
     return WholePhotoPipeline.from_preset(version, **loader)
 
 
-#: Every model family, by the tasks it serves.
+def _load_hypir(version: str, task: str, **loader) -> Restorer:
+    from diffbir.restore.hypir import HypirRestorer  # torch: see _load_diffbir
+
+    return HypirRestorer.from_preset(version, task, **loader)
+
+
+#: Every model family, by the releases and tasks it serves.
 RESTORERS: tuple[RestorerEntry, ...] = (
-    RestorerEntry("diffbir", TASKS, _resolve_diffbir, _load_diffbir),
-    RestorerEntry("diffbir-whole-photo", (FACE_WHOLE,), _resolve_whole_photo, _load_whole_photo),
+    RestorerEntry("diffbir", VERSIONS, TASKS, _resolve_preset, _load_diffbir),
+    RestorerEntry(
+        "diffbir-whole-photo", VERSIONS, (FACE_WHOLE,), _resolve_whole_photo, _load_whole_photo
+    ),
+    RestorerEntry("hypir", (HYPIR,), TASKS, _resolve_preset, _load_hypir),
 )
 
 
-def restorer_entry(task: str) -> RestorerEntry:
-    """The table's entry for ``task``, or a :class:`ConfigError` naming the tasks."""
+def restorer_entry(version: str, task: str) -> RestorerEntry:
+    """The table's entry for ``version``/``task``, or a :class:`ConfigError` in one line."""
+    if version not in ALL_VERSIONS:
+        raise ConfigError(f"unknown version {version!r}; choose one of {', '.join(ALL_VERSIONS)}")
+    if task not in TASK_CHOICES:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
     for entry in RESTORERS:
-        if task in entry.tasks:
+        if version in entry.versions and task in entry.tasks:
             return entry
-    raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
+    from diffbir.config.presets import get_preset
+
+    get_preset(version, task)  # says why the pair does not exist
+    raise ConfigError(f"no restorer for {version} {task}")
 
 
 def resolve_run(
@@ -67,7 +83,7 @@ def resolve_run(
 ) -> RunConfig:
     """The frozen settings of a run of ``version``/``task`` with ``options``, before any
     model is loaded: what ``--print-config`` prints and every image of the run uses."""
-    return restorer_entry(task).resolve(version, task, options, device_type)
+    return restorer_entry(version, task).resolve(version, task, options, device_type)
 
 
 def load_restorer(
@@ -81,7 +97,7 @@ def load_restorer(
     arguments of :meth:`DiffBIRPipeline.from_preset <diffbir.restore.pipeline.DiffBIRPipeline.from_preset>`
     (weights, device, dtype, offload...; whole photos add the face-detector options);
     ``compile`` is ``True`` or the keyword arguments of the restorer's ``compile``."""
-    restorer = restorer_entry(task).load(version, task, **loader)
+    restorer = restorer_entry(version, task).load(version, task, **loader)
     if compile:
         restorer.compile(**(compile if isinstance(compile, dict) else {}))
     return restorer

@@ -80,6 +80,48 @@ class Offload:
                 torch.cuda.empty_cache()
 
 
+class PromptEmbeddings:
+    """Each prompt's text embedding, computed once (the text encoder on the device for
+    the ``prompts`` stage only) and kept for every later image of the run.
+
+    ``encode(prompts) -> [B, 77, D]`` is the model's own (``encode_prompt``);
+    ``text_encoder()`` tells whether the encoder is still there."""
+
+    def __init__(self, encode, text_encoder, offload: Offload, dtype: torch.dtype) -> None:
+        self._encode = encode
+        self._text_encoder = text_encoder
+        self._offload = offload
+        self._dtype = dtype
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def known(self) -> frozenset[str]:
+        """The prompts already encoded."""
+        return frozenset(self._cache)
+
+    def __call__(self, prompt: str) -> torch.Tensor:
+        """The ``[1, 77, D]`` embedding of ``prompt``."""
+        if prompt not in self._cache:
+            if self._text_encoder() is None:
+                from diffbir.errors import ConfigError
+
+                raise ConfigError(
+                    "the text encoder was freed after the prompts were encoded; "
+                    f"cannot encode the new prompt {prompt[:40]!r}"
+                )
+            with torch.no_grad(), self._offload.stage("prompts"):
+                emb = self._encode([prompt])
+            self._cache[prompt] = emb.to(self._offload.device, self._dtype)
+        return self._cache[prompt]
+
+    def rows(self, groups, prompts: list[str]) -> torch.Tensor:
+        """The embeddings of a batch: each group's prompt for its rows
+        (``groups``: ``(rows, stream)`` pairs)."""
+        return torch.cat(
+            [self(p).expand(rows, -1, -1) for (rows, _), p in zip(groups, prompts, strict=True)]
+        )
+
+
 class CaptionerSlot:
     """The run's captioner: loaded on first use, kept while the same one is asked for."""
 

@@ -24,9 +24,7 @@ its order, so the same weights, photo, options and seed give its image:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -43,7 +41,7 @@ from diffbir.errors import ConfigError
 from diffbir.imaging.resize import pad_to_multiple
 from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
-from diffbir.restore.hub import CaptionerSlot, Offload
+from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import (
     load_model_config,
     load_stage1,
@@ -58,7 +56,7 @@ from diffbir.restore.plan import (
     plan_tiles,
 )
 from diffbir.restore.prompts import ImagePrompt
-from diffbir.restore.stages import output_size
+from diffbir.restore.stages import concat_results, output_size, timed
 
 __all__ = [
     "DiffBIRPipeline",
@@ -102,12 +100,13 @@ class DiffBIRPipeline:
             for part in (self.stage2.unet, self.stage2.controlnet, self.stage2.vae):
                 part.to(memory_format=torch.channels_last)
         self.schedule = NoiseSchedule.from_name(preset.schedule)
-        # Prompt embeddings are computed once per distinct prompt.
-        self._prompt_cache: dict[str, torch.Tensor] = {}
-        # Where a captioner's weights are found (from_preset sets them), and the loaded one.
-        # The models' lifetime (diffbir.restore.hub): where idle models wait, the captioner.
+        # The models' lifetime (diffbir.restore.hub): where idle models wait, the
+        # captioner, the prompts' embeddings (computed once per distinct prompt).
         self.offload = Offload(self.device, self._model)
         self.captioners = CaptionerSlot(self.device)
+        self.embeddings = PromptEmbeddings(
+            self.stage2.encode_prompt, lambda: self.stage2.text_encoder, self.offload, dtype
+        )
         # The files the models came from, by part (from_preset fills it).
         self.sources: dict[str, str] = {}
 
@@ -129,6 +128,7 @@ class DiffBIRPipeline:
         model_config: Mapping | str | Path | None = None,
         stage2: torch.nn.Module | None = None,
         offload: bool = False,
+        lora: str | Path | None = None,
     ) -> DiffBIRPipeline:
         """Load the released weights of ``version`` for ``task``.
 
@@ -147,6 +147,8 @@ class DiffBIRPipeline:
         from diffbir.models.tokenizer import load_tokenizer
         from diffbir.weights.registry import resolve_many
 
+        if lora is not None:
+            raise ConfigError("--lora: a LoRA file is HYPIR's (--model hypir); DiffBIR has none")
         preset = get_preset(version, task)
         device = resolve_device(device)  # one line naming what exists, if it does not
         dtype = parse_dtype(dtype, device)
@@ -279,16 +281,7 @@ class DiffBIRPipeline:
 
     def text_embedding(self, prompt: str) -> torch.Tensor:
         """The [1,77,D] embedding of ``prompt``, computed once per prompt."""
-        if prompt not in self._prompt_cache:
-            if self.stage2.text_encoder is None:
-                raise ConfigError(
-                    "the text encoder was freed after the prompts were encoded; "
-                    f"cannot encode the new prompt {prompt[:40]!r}"
-                )
-            with torch.no_grad(), self.offload.stage("prompts"):
-                emb = self.stage2.encode_prompt([prompt])
-            self._prompt_cache[prompt] = emb.to(self.device, self.dtype)
-        return self._prompt_cache[prompt]
+        return self.embeddings(prompt)
 
     # --------------------------------------------------------------- captions
     def captioner(self, config: RunConfig):
@@ -393,7 +386,7 @@ class DiffBIRPipeline:
                 image = lq[index : index + 1].expand(rows, -1, -1, -1)
                 parts.append(self._run(image, [(rows, stream)], config, [prompts[index]]))
                 done += rows
-        result = _concat_results(parts, config)
+        result = concat_results(parts, config)
         result.prompts = list(prompts)
         return result
 
@@ -424,7 +417,7 @@ class DiffBIRPipeline:
             )
         with torch.no_grad():
             element = torch.finfo(self.dtype).bits // 8
-            with _timed(timings, "stage1", self.device), self.offload.stage("stage1"):
+            with timed(timings, "stage1", self.device), self.offload.stage("stage1"):
                 run_input = self.run_input(lq, config.upscale)
                 cond_hw = condition_size(target_hw, min_side)
                 plan = plan_tiles(
@@ -434,11 +427,11 @@ class DiffBIRPipeline:
             h0, w0 = cond_img.shape[-2:]
             tiled = plan.vae_encode is not None or plan.latent is not None
             padded = pad_to_multiple(cond_img, 8 if tiled else 64)
-            with _timed(timings, "encode", self.device):
+            with timed(timings, "encode", self.device):
                 with self.offload.stage("encode"):
                     cond_latent = self.encode_condition(padded, plan.vae_encode, plan.overlap)
-                cond_text = self._contexts(groups, [p.prompt for p in prompts])
-                uncond_text = self._contexts(groups, [p.negative_prompt for p in prompts])
+                cond_text = self.embeddings.rows(groups, [p.prompt for p in prompts])
+                uncond_text = self.embeddings.rows(groups, [p.negative_prompt for p in prompts])
             h1, w1 = cond_latent.shape[-2:]
             if config.start_point == "cond":
                 x_T = self.schedule.add_noise(
@@ -492,7 +485,7 @@ class DiffBIRPipeline:
             )
             pixel_guidance = config.guidance_scale > 0 and config.guidance_space == "pixel"
             sampling = "sample_pixel_guidance" if pixel_guidance else "sample"
-            with _timed(timings, "sample", self.device), self.offload.stage(sampling):
+            with timed(timings, "sample", self.device), self.offload.stage(sampling):
                 z = run_sampler(
                     config.sampler,
                     denoiser,
@@ -506,7 +499,7 @@ class DiffBIRPipeline:
                     progress=config.progress,
                 )
                 z = z[..., :h1, :w1]
-            with _timed(timings, "decode", self.device), self.offload.stage("decode"):
+            with timed(timings, "decode", self.device), self.offload.stage("decode"):
                 image = self.decode(z, plan.vae_decode, plan.overlap)[..., :h0, :w0]
                 image = stages.color_fix(image, cond_img, config.color_fix)
                 image = to_uint8_levels(bicubic(image, target_hw)).float().div_(255.0)
@@ -523,12 +516,6 @@ class DiffBIRPipeline:
         )
 
     # ----------------------------------------------------------------- helpers
-    def _contexts(self, groups, prompts: list[str]) -> torch.Tensor:
-        """The text embeddings of a batch: each group's prompt for its rows."""
-        return torch.cat(
-            [self.text_embedding(p).expand(rows, -1, -1) for (rows, _), p in zip(groups, prompts)]
-        )
-
     def _tile_contexts(self, groups, prompts: list[ImagePrompt], latent_hw):
         """``box -> conditional rows`` for latent tiles with prompts of their own, or None
         when every tile uses its image's prompt."""
@@ -541,7 +528,7 @@ class DiffBIRPipeline:
         def context(box: tuple[int, int, int, int]) -> torch.Tensor:
             if box not in cache:
                 region = box_fraction(box, latent_hw)
-                cache[box] = self._contexts(groups, [p.tile_prompt(region) for p in prompts])
+                cache[box] = self.embeddings.rows(groups, [p.tile_prompt(region) for p in prompts])
             return cache[box]
 
         return context
@@ -584,33 +571,3 @@ class DiffBIRPipeline:
             config, self.stage2.vae, self.dtype, self.schedule, cond_latent, cond_img, plan,
             stage1_hw,
         )  # fmt: skip
-
-
-def _concat_results(parts: list[RestoreResult], config: RunConfig) -> RestoreResult:
-    timings: dict[str, float] = {}
-    for part in parts:
-        for key, value in part.timings.items():
-            timings[key] = timings.get(key, 0.0) + value
-    return RestoreResult(
-        image=torch.cat([p.image for p in parts]),
-        stage1=torch.cat([p.stage1 for p in parts]),
-        timings=timings,
-        tiles=parts[0].tiles,
-        config=config,
-        intermediates={
-            key: torch.cat([p.intermediates[key] for p in parts]) for key in parts[0].intermediates
-        },
-        notes=[note for p in parts for note in p.notes],
-        prompts=[prompt for p in parts for prompt in p.prompts],
-    )
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from diffbir.config.presets import DEFAULT_TILE_OVERLAP
 from diffbir.errors import ConfigError
 
 #: Largest result, in pixels, that ``diffbir restore`` and the web UI accept (8192 x
@@ -26,8 +27,6 @@ MAX_OUTPUT_PIXELS = 8192 * 8192
 #: diffusion stage: a 3x2000 strip raised to a 512 short side would be 512x341,333
 #: (175 megapixels per buffer); images more elongated than 16:1 are raised less.
 MAX_DIFFUSION_SIDE = 8192
-#: The fraction of a tile that neighbouring tiles share unless told (``--tile-overlap``).
-DEFAULT_TILE_OVERLAP = 0.25
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,14 @@ fix). Nothing here is clamped before the final quantisation, as released.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from diffbir.imaging.resize import bicubic, pad_to_multiple, pil_bicubic, resize_short_side
+from diffbir.restore.base import RestoreResult
 from diffbir.restore.plan import TilePlan, overlap_pixels
 
 
@@ -122,3 +127,36 @@ def color_fix(image: torch.Tensor, reference: torch.Tensor, kind: str) -> torch.
 
     fix = wavelet_color_fix if kind == "wavelet" else adain_color_fix
     return fix(image.float(), reference.float())
+
+
+def concat_results(parts: list[RestoreResult], config) -> RestoreResult:
+    """One result of the passes ``parts`` over a batch (their images in order, their
+    timings summed)."""
+    timings: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return RestoreResult(
+        image=torch.cat([p.image for p in parts]),
+        stage1=torch.cat([p.stage1 for p in parts]),
+        timings=timings,
+        tiles=parts[0].tiles,
+        config=config,
+        intermediates={
+            key: torch.cat([p.intermediates[key] for p in parts]) for key in parts[0].intermediates
+        },
+        notes=[note for p in parts for note in p.notes],
+        prompts=[prompt for p in parts for prompt in p.prompts],
+    )
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    """Add the block's wall time (the device synchronised) to ``timings[name]``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

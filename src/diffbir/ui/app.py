@@ -70,7 +70,7 @@ def build_app(
     """
     gr = require_gradio()
     from diffbir.captioning.names import captioner_names
-    from diffbir.config.presets import TASK_CHOICES, VERSIONS
+    from diffbir.config.presets import ALL_VERSIONS, TASK_CHOICES
     from diffbir.diffusion.names import sampler_names
 
     factory = pipeline_factory or released_pipeline_factory(
@@ -82,7 +82,8 @@ def build_app(
     )
     cache = PipelineCache(factory)
     out_root = Path(output_dir or Path(tempfile.gettempdir()) / "diffbir-ui")
-    defaults = FormValues(**release_defaults(FormValues.version, FormValues.task))
+    release = release_defaults(FormValues.version, FormValues.task)
+    defaults = FormValues(**{k: v for k, v in release.items() if k != "unused"})
 
     # No analytics calls home; gradio's copies of uploads and results older than a
     # day are deleted hourly, so a long-running server does not fill the disk.
@@ -106,7 +107,10 @@ def build_app(
                 )
                 with gr.Row():
                     version = gr.Dropdown(
-                        list(VERSIONS), value=defaults.version, label="Release", elem_id="version"
+                        list(ALL_VERSIONS),
+                        value=defaults.version,
+                        label="Release (hypir: HYPIR, one step)",
+                        elem_id="version",
                     )
                     task = gr.Dropdown(
                         list(TASK_CHOICES), value=defaults.task, label="Task", elem_id="task"
@@ -247,25 +251,37 @@ def build_app(
                 status = gr.Markdown(elem_id="status")
         results = gr.State([])
 
+        # The controls a release's defaults set; those it has no use for go inactive.
+        release_controls = {
+            "upscale": upscale, "steps": steps, "sampler": sampler, "cfg_scale": cfg_scale,
+            "prompt": prompt, "negative_prompt": negative, "tile_overlap": overlap,
+        }  # fmt: skip
+        inactive_controls = {
+            "control_strength": strength, "guidance_scale": g_scale, "guidance_space": g_space,
+            "guidance_loss": g_loss, "guidance_mask": g_mask, "guidance_start": g_start,
+            "guidance_stop": g_stop, "tile_captions": tile_captions,
+        }  # fmt: skip
+
         def on_release_change(version_value: str, task_value: str):
-            values = release_defaults(version_value, task_value)
-            return [
-                values[name]
-                for name in (
-                    "upscale",
-                    "steps",
-                    "sampler",
-                    "cfg_scale",
-                    "prompt",
-                    "negative_prompt",
-                )
-            ]
+            try:
+                values = release_defaults(version_value, task_value)
+            except DiffBIRError as exc:
+                raise gr.Error(str(exc)) from None
+            unused = values["unused"]
+            updates = []
+            for name in release_controls:
+                if name in unused:
+                    updates.append(gr.update(interactive=False))
+                else:
+                    updates.append(gr.update(value=values[name], interactive=True))
+            updates += [gr.update(interactive=name not in unused) for name in inactive_controls]
+            return updates
 
         for control in (version, task):
             control.change(
                 on_release_change,
                 [version, task],
-                [upscale, steps, sampler, cfg_scale, prompt, negative],
+                [*release_controls.values(), *inactive_controls.values()],
                 queue=False,
             )
 

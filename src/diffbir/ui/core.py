@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from diffbir.config.presets import get_preset
+from diffbir.config.presets import FACE_WHOLE, get_preset
 from diffbir.config.settings import RestoreOptions
 from diffbir.errors import DiffBIRError, ImageReadError
 from diffbir.restore.plan import MAX_OUTPUT_PIXELS
@@ -74,7 +74,7 @@ class FormValues:
     cleaner_tile: int = 0
     vae_tile: int = 0
     latent_tile: int = 0
-    tile_overlap: float = _OPTIONS.tile_overlap
+    tile_overlap: float = _PRESET.tile_overlap
     captioner: str = "auto"  # "auto": the release's choice for this device (see settings)
     caption: str = ""  # edited caption used for every uploaded image; "" = caption each
     tile_captions: str = _OPTIONS.tile_captions
@@ -85,7 +85,7 @@ class FormValues:
         def tile(value: float | None) -> int | None:
             return int(value) if value else None
 
-        options = RestoreOptions(
+        values = dict(
             upscale=float(self.upscale),
             steps=int(self.steps),
             sampler=self.sampler,
@@ -104,12 +104,16 @@ class FormValues:
             cleaner_tile=tile(self.cleaner_tile),
             vae_tile=tile(self.vae_tile),
             latent_tile=tile(self.latent_tile),
-            tile_overlap=float(self.tile_overlap),
+            tile_overlap=None if self.tile_overlap is None else float(self.tile_overlap),
             captioner=None if self.captioner in (None, "", "auto") else self.captioner,
             tile_captions=self.tile_captions or "whole",
             # The sampler's tqdm bar is what the page's progress bar follows.
             progress=True,
         )
+        # The controls of settings the release has no use for (HYPIR's sampling) are
+        # inactive on the page: their values are not the run's.
+        preset = get_preset(self.version, self.task)
+        options = RestoreOptions(**{k: v for k, v in values.items() if preset.takes(k)})
         options.validate()
         return options
 
@@ -123,9 +127,8 @@ def _read_form_mask(path: str | None):
 
 
 def release_defaults(version: str, task: str) -> dict[str, Any]:
-    """The form values a release uses by default (shown when version or task changes)."""
-    from diffbir.config.presets import get_preset
-
+    """The form values a release uses by default (shown when version or task changes);
+    ``unused`` names the form's settings that the release has no use for."""
     preset = get_preset(version, task)
     return {
         "upscale": preset.upscale,
@@ -134,6 +137,8 @@ def release_defaults(version: str, task: str) -> dict[str, Any]:
         "cfg_scale": preset.cfg_scale,
         "prompt": preset.prompt,
         "negative_prompt": preset.negative_prompt,
+        "tile_overlap": preset.tile_overlap,
+        "unused": preset.unused_options,
     }
 
 
@@ -173,8 +178,6 @@ class ReleasedModels:
     def stage2_key(version: str, task: str) -> tuple[str, str]:
         """The stage-2 files ``(sd, controlnet)`` a release's task runs on (for whole
         photos: the background's)."""
-        from diffbir.config.presets import FACE_WHOLE, get_preset
-
         preset = get_preset(version, "sr" if task == FACE_WHOLE else task)
         return preset.sd, preset.controlnet
 
@@ -182,6 +185,8 @@ class ReleasedModels:
         """What asking for ``(version, task)`` now loads, for the page."""
         if self._stage2 is not None and self.stage2_key(version, task) == self._stage2_key:
             return f"loading the {version} {task} cleaner (the diffusion model is already loaded)"
+        if get_preset(version, "sr" if task == FACE_WHOLE else task).model == "hypir":
+            return "loading HYPIR: Stable Diffusion 2.1-base and its LoRA; this takes a while"
         return (
             f"loading the {version} {task} models: Stable Diffusion + ControlNet (~5 GB) "
             "and the cleaner; this takes a while"
