@@ -2,9 +2,10 @@
 
 Each case is the published spaced DDPM sampler with ``MSEGuidance`` /
 ``WeightedMSEGuidance`` driving a toy denoiser and a tiny KL VAE (see the
-reference's README). We replay it through our own code: ``sample_ddpm`` with the
-recorded step noise, ``LatentGuidance`` with the release's constants (``scale =
-3000 * g_scale``, ``step_rescale = release_step_rescale(...)``, the latent target
+reference's README). We replay it through our own code: spaced DDPM
+(``run_sampler("spaced", ...)``) with the recorded step noise, ``LatentGuidance``
+with the release's constants (``scale = 3000 * g_scale``,
+``step_rescale = release_step_rescale(...)``, the latent target
 re-sampled from the encoder's posterior at every repeat with the recorded draws),
 and the diffusers VAE loaded from the LDM weights. ``z0`` and the per-step tensors
 are held to the README's tolerance, 1e-4 relative (``||a - b|| / ||b||``).
@@ -131,7 +132,9 @@ def _make_guidance(case, vae, inputs, tensors, schedule, timesteps, *, scale=Non
 
 def _run(case, vae, inputs, tensors, *, guided=True, scale=None):
     """Our trajectory: x_t per step, z0, and what the guidance saw (or None)."""
-    from diffbir.diffusion.samplers import RecordedNoise, sample_ddpm
+    from diffbir.diffusion.denoiser import Denoiser
+    from diffbir.diffusion.registry import run_sampler
+    from diffbir.diffusion.samplers import RecordedNoise
 
     schedule = _schedule()
     timesteps = schedule.timesteps_for(10, "iddpm")
@@ -142,21 +145,20 @@ def _run(case, vae, inputs, tensors, *, guided=True, scale=None):
     noise = RecordedNoise(tensors["noise"])
     xs, x0s = [inputs[f"x_T_{b}"]], []
 
-    def callback(i, total, x, x0):
-        xs.append(x.clone())
-        x0s.append(x0.clone())
+    def callback(info):
+        xs.append(info["x"].clone())
+        x0s.append(info["denoised"].clone())
 
-    z0 = sample_ddpm(
-        _toy_model(inputs[f"c_img_{b}"]),
-        inputs[f"x_T_{b}"].clone(),
-        schedule,
-        10,
+    toy = _toy_model(inputs[f"c_img_{b}"])
+    denoiser = Denoiser(
+        model=lambda x, t, context: toy(x, t),
+        alphas_cumprod=schedule.alphas_cumprod,
         prediction="eps",
-        noise=noise,
+        cond=None,  # the toy network reads no text
         guidance=guidance,
-        spacing="iddpm",
-        callback=callback,
     )
+    x_T = inputs[f"x_T_{b}"].clone()
+    z0 = run_sampler("spaced", denoiser, x_T, schedule, 10, noise=noise, callback=callback)
     assert noise.used == 10
     return {"x_t": torch.stack(xs[:10]), "x0": torch.stack(x0s), "z0": z0, "guidance": guidance}
 

@@ -60,8 +60,9 @@ class Denoiser:
     scale with the timestep; ``rescale_needs_cfg_above_one`` False mirrors the
     release's DPM-Solver path, which ramps any scale other than 1.
     ``guidance(x0, t) -> x0`` corrects every x0 estimate (latent image
-    guidance). ``alphas_cumprod``: the training schedule's a_t (float64); the samplers
-    read a_t from the schedule handed to ``run_sampler``, the same one.
+    guidance). ``alphas_cumprod``: the training schedule's a_t (float64), read by no
+    sampler (they take a_t from the schedule handed to ``run_sampler``); it goes when its
+    callers (``restore/pipeline.py``, the benchmarks, the tests) stop passing it.
     """
 
     model: ModelFn

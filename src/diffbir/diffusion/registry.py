@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from . import edm, grids, own, vp
 from .denoiser import Denoiser, DenoiserRun, VPDenoiser
 from .names import RELEASE, canonical
-from .samplers import progress_bar
+from .samplers import join_callbacks, progress_bar
 from .schedule import NoiseSchedule
 
 
@@ -107,12 +107,14 @@ def run_sampler(
     knobs: SamplerKnobs = SamplerKnobs(),
     start_step: int = 0,
     progress: bool = False,
+    callback=None,
 ) -> torch.Tensor:
     """Sample from ``x_T`` (a VP start point: N(0, I), or the noised condition) to z0.
 
     ``noise(like)`` gives Gaussian draws; ``brownian(x, sigmas)`` builds the
     Brownian-tree noise of the SDE samplers. ``start_step`` > 0 (our own
-    samplers only) skips the first steps of the grid.
+    samplers only) skips the first steps of the grid. ``callback(info)`` follows
+    every step (``info``: the sampler's ``i``, ``x``, ``denoised``...).
     """
     name = canonical(name)
     if start_step and name in RELEASE:
@@ -127,8 +129,9 @@ def run_sampler(
         if start_step:
             grid = grids.from_step(grid, start_step)
     read = _knob_values(name, entry.knobs, knobs, brownian)
-    with progress_bar(name, progress) as callback:
-        return entry.sampler(view, x, grid, noise=noise, callback=callback, **read)
+    with progress_bar(name, progress) as tick:
+        follow = join_callbacks(tick, callback)
+        return entry.sampler(view, x, grid, noise=noise, callback=follow, **read)
 
 
 def _ve_start(x_T: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:

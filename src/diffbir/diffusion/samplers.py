@@ -4,11 +4,12 @@
 (the functions of :mod:`~diffbir.diffusion.own`, which follow the one sampler
 contract of :mod:`~diffbir.diffusion.registry`) on ``model_fn(x_t, t) -> out``,
 ``t`` a LongTensor [B] of ORIGINAL timesteps (0..T-1, as the UNet expects) and
-``out`` the eps or v prediction, as told by ``prediction``. It is the entry
-point for code that has a network but no
-:class:`~diffbir.diffusion.denoiser.Denoiser` (training's validation samples);
-``registry.run_sampler`` runs every sampler, the release's included, on a
-Denoiser (classifier-free guidance and all).
+``out`` the eps or v prediction, as told by ``prediction``, with each sampler's
+own spacing (``spacing`` to change it): the samplers alone, for their unit
+tests and ``benchmarks/bench_samplers.py``. Code that samples (restoration,
+training's validation) calls ``registry.run_sampler``, which runs every sampler,
+the release's included, by its registry name on a
+:class:`~diffbir.diffusion.denoiser.Denoiser` (classifier-free guidance and all).
 
 * Timesteps visited: ``schedule.timesteps_for(steps, spacing)`` (descending,
   :func:`default_spacing` when none is given) from ``start_step`` on (see
@@ -146,6 +147,9 @@ def sample(
 ) -> torch.Tensor:
     """Run the sampler called ``name`` (a key of :data:`SAMPLERS`) from ``x`` to x_0.
 
+    ``ddim`` here is :func:`~diffbir.diffusion.own.sample_ddim` on the IDDPM grid,
+    not the release's DDIM that ``registry.run_sampler`` runs under that name.
+
     ``knobs``: the sampler's own settings (``eta`` of ddim and the SDE solvers,
     ``s_noise`` of the SDE solvers)."""
     try:
@@ -162,7 +166,7 @@ def sample(
     draw = _noise_source(noise, generator)
     with progress_bar(name, progress, total=len(timesteps)) as bar:
         tell = _steps_callback(callback, len(timesteps))
-        return fn(denoiser, x, timesteps, noise=draw, callback=_both(bar, tell), **knobs)
+        return fn(denoiser, x, timesteps, noise=draw, callback=join_callbacks(bar, tell), **knobs)
 
 
 def sample_ddpm(model_fn: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, steps: int, **options):
@@ -177,7 +181,7 @@ def _steps_callback(callback: Callback | None, total: int):
     return lambda info: callback(info["i"], total, info["x"], info["denoised"])
 
 
-def _both(*callbacks):
+def join_callbacks(*callbacks):
     """One sampler callback calling each of ``callbacks`` that is not None (or None)."""
     live = [c for c in callbacks if c is not None]
     if not live:

@@ -227,7 +227,9 @@ class Stage2Task(DataTask):
     # ------------------------------------------------------------ validation
     def validate(self, step: int, module: nn.Module) -> dict[str, float]:
         """Restore a few held-out LQ images with a short sampler; write them to ``samples/step_N/``."""
-        from diffbir.diffusion.samplers import GeneratorNoise, sample
+        from diffbir.diffusion.denoiser import Denoiser
+        from diffbir.diffusion.noise import BatchNoise, ImageStream
+        from diffbir.diffusion.registry import run_sampler
         from diffbir.imaging.io import write_image
 
         v = self.cfg.val
@@ -247,15 +249,22 @@ class Stage2Task(DataTask):
         batch = self._val_batch
         image, cond = self.condition(batch["lq"])
         text = self.text(batch["prompt"])
-        noise = GeneratorNoise(seed=self.cfg.run.seed)
-        x = noise(cond.float())
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-            return self.predict(module, x_t, t, cond, text).float()
-
-        z0 = sample(
-            v.sampler, model_fn, x, self.schedule, v.steps, prediction=self.prediction, noise=noise
+        # One stream for the batch, drawn as a restore run draws an image's.
+        noise = BatchNoise([(cond.shape[0], ImageStream.seeded(self.cfg.run.seed, cond.device))])
+        denoiser = Denoiser(
+            model=lambda x_t, t, context: self.predict(module, x_t, t, cond, context),
+            alphas_cumprod=self.schedule.alphas_cumprod,
+            prediction=self.prediction,
+            cond=text,
+        )
+        z0 = run_sampler(
+            v.sampler,
+            denoiser,
+            noise(cond.float()),
+            self.schedule,
+            v.steps,
+            noise=noise,
+            brownian=noise.brownian,
         )
         restored = self.stage2.decode_latent(z0.to(self.dtype)).float()
         folder = Path(self.cfg.run.output_dir) / "samples" / f"step_{step:08d}"
