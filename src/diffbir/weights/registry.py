@@ -349,14 +349,7 @@ def resolve(
     dest = wdir if wdir is not None else cdir
     offline = offline_from_env()
     if download and offline is None:
-        try:
-            return _download(_mirrored(file), dest, progress=progress)
-        except DownloadError as exc:
-            # Without network access the user needs to know where the file goes.
-            raise DownloadError(
-                f"{exc}. Or fetch {file.url} yourself and put it in {printable(dest)} "
-                "(or in a folder passed with --weights-dir / DIFFBIR_WEIGHTS_DIR)."
-            ) from None
+        return _download_for_resolve(file, dest, progress=progress)
     reason = f"offline mode is on ({offline})" if offline else "downloading was not allowed"
     raise WeightsNotFoundError(_missing_message(file, dest, reason))
 
@@ -428,17 +421,6 @@ def download(
     and raises :class:`DownloadError`, leaving nothing behind; a network error
     raises :class:`DownloadError` and keeps the part for the next attempt.
     """
-    return _download(file, dest_dir, progress=progress, chunk_size=chunk_size, timeout=timeout)
-
-
-def _download(
-    file: WeightFile,
-    dest_dir: str | PathLike,
-    *,
-    progress: bool = True,
-    chunk_size: int = 1 << 20,
-    timeout: float = 60.0,
-) -> Path:
     dest = Path(dest_dir).expanduser()
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -461,6 +443,19 @@ def _download(
         _verify(file, part)
         os.replace(part, final)
     return final
+
+
+def _download_for_resolve(file: WeightFile, dest: Path, *, progress: bool) -> Path:
+    """:func:`download` of ``file`` (from its mirror, if any) for :func:`resolve`, whose
+    ``download`` flag hides the function; the error says where to put the file by hand."""
+    try:
+        return download(_mirrored(file), dest, progress=progress)
+    except DownloadError as exc:
+        # Without network access the user needs to know where the file goes.
+        raise DownloadError(
+            f"{exc}. Or fetch {file.url} yourself and put it in {printable(dest)} "
+            "(or in a folder passed with --weights-dir / DIFFBIR_WEIGHTS_DIR)."
+        ) from None
 
 
 @contextlib.contextmanager
