@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from . import own
@@ -200,8 +201,6 @@ def progress_bar(name: str, enabled: bool, total: int | None = None) -> Iterator
     if not enabled:
         yield None
         return
-    from tqdm.auto import tqdm
-
     with tqdm(desc=name, total=total, unit="step", leave=False) as bar:
         yield lambda info: bar.update(1)
 

@@ -33,6 +33,9 @@ from os import PathLike
 from pathlib import Path
 from types import MappingProxyType
 
+from tqdm.auto import tqdm
+
+from diffbir import __version__
 from diffbir.errors import (
     DiffBIRError,
     DiffBIRWarning,
@@ -491,10 +494,6 @@ def _download_lock(path: Path) -> Iterator[bool]:
 def _fetch(
     file: WeightFile, part: Path, offset: int, *, progress: bool, chunk_size: int, timeout: float
 ) -> None:
-    from tqdm.auto import tqdm
-
-    from diffbir import __version__
-
     headers = {"User-Agent": _USER_AGENT.format(version=__version__)}
     if offset:
         headers["Range"] = f"bytes={offset}-"
