@@ -77,6 +77,25 @@ def _jitter(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
+def tiny_lora(unet: torch.nn.Module, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A rank-``rank`` LoRA on HYPIR's modules of ``unet`` in peft's key names, as
+    ``HYPIR_sd2.pth`` stores it, with both factors random (so it changes the output)."""
+    from diffbir.config.presets import HYPIR_LORA_MODULES
+    from diffbir.models.lora import lora_targets
+
+    gen = torch.Generator().manual_seed(seed)
+    weights = {}
+    for path, layer in lora_targets(unet, HYPIR_LORA_MODULES).items():
+        if isinstance(layer, torch.nn.Linear):
+            a_shape, b_shape = (rank, layer.in_features), (layer.out_features, rank)
+        else:
+            a_shape = (rank, layer.in_channels, *layer.kernel_size)
+            b_shape = (layer.out_channels, rank, 1, 1)
+        weights[f"{path}.lora_A.default.weight"] = 0.1 * torch.randn(a_shape, generator=gen)
+        weights[f"{path}.lora_B.default.weight"] = 0.1 * torch.randn(b_shape, generator=gen)
+    return weights
+
+
 def make_tiny_release(folder: Path, seed: int = 0) -> Path:
     """Write tiny checkpoints for every preset's files into ``folder``; return models.yaml."""
     from tiny_captioners import save_tiny_git
@@ -127,6 +146,8 @@ def make_tiny_release(folder: Path, seed: int = 0) -> Path:
     for index, (name, (arch, wrapper)) in enumerate(cleaners.items()):
         state = _jitter(build_cleaner(arch, **CLEANERS[arch]), seed + 20 + index)
         torch.save({wrapper: state} if wrapper else state, folder / name)
+
+    torch.save(tiny_lora(build_unet(unet_cfg), seed + 30), folder / "HYPIR_sd2.pth")
 
     # No CLIP vocabulary here: it ships inside the package, as the release ships it.
     config = folder / "models.yaml"
