@@ -327,3 +327,24 @@ def test_a_broken_lora_file_is_one_line(release, tmp_path, capsys):
     assert main(args) != 0
     err = capsys.readouterr().err
     assert "does not fit the model" in err and "missing" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "loader",
+    [{"dtype": "bf16"}, {"compile": {"backend": "aot_eager"}}, {"offload": True}],
+    ids=["bf16", "compile", "offload"],
+)
+def test_dtype_compile_and_offload(release, single_thread, loader):
+    from diffbir import load_restorer
+
+    weights, config = release
+    restorer = load_restorer(
+        "hypir", "sr", weights_dir=weights, model_config=config, download=False, progress=False,
+        **loader,
+    )  # fmt: skip
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    image = restorer.restore(x).image
+    assert image.shape == (1, 3, 128, 128) and image.dtype == torch.float32
+    if "dtype" in loader:
+        assert next(restorer.stage2.unet.parameters()).dtype == torch.bfloat16

@@ -422,7 +422,8 @@ class HypirRestorer:
             return (z_in - sqrt_1ma * eps) / sqrt_a / LATENT_SCALE
 
         size = patch // VAE_FACTOR
-        return gaussian_tiled(step, z_lq, size, stride // VAE_FACTOR)
+        # As published: the blended latent (float32) goes back to the weights' dtype.
+        return gaussian_tiled(step, z_lq.to(self.dtype), size, stride // VAE_FACTOR)
 
     def decode(self, z: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
         """Images in [-1, 1] of latents ``z``, in tiles of ``tile`` decoded pixels
@@ -516,7 +517,8 @@ def move(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modu
     for part in module.children():
         first = next(part.parameters(), None)
         if first is not None and first.dtype != dtype:
-            part.to(dtype)
+            # nn.Module's own cast: diffusers' override warns on every dtype change.
+            nn.Module.to(part, dtype)
     return module.to(device)
 
 
