@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffbir.config.presets import Preset, get_preset
-from diffbir.config.settings import RestoreOptions, RunConfig, resolve, resolve_device
+from diffbir.config.settings import (
+    DEFAULT_MAX_MEMORY,
+    RestoreOptions,
+    RunConfig,
+    resolve,
+    resolve_device,
+)
 from diffbir.errors import ConfigError
 from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
@@ -394,12 +400,17 @@ class HypirRestorer:
         """Sampled VAE posterior of ``x`` (in [-1, 1], padded), in ``tile`` x ``tile``
         pixel tiles ``stride`` apart; each tile's draw from the rows' streams."""
         from diffbir.imaging.tiling import gaussian_tiled
+        from diffbir.models.vae_cpu import encode_moments
 
         vae = self.stage2.vae
 
         def sample(tile_x: torch.Tensor) -> torch.Tensor:
-            posterior = vae.encode(tile_x).latent_dist
-            return posterior.mean + posterior.std * noise(posterior.mean)
+            moments = encode_moments(vae, tile_x)  # the CPU fast path, None where it does not apply
+            if moments is None:
+                moments = vae.encode(tile_x).latent_dist.parameters
+            mean, logvar = torch.chunk(moments, 2, dim=1)
+            std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))  # diffusers' posterior
+            return mean + std * noise(mean)
 
         return gaussian_tiled(
             sample, x.to(self.dtype), tile, stride,
@@ -429,11 +440,13 @@ class HypirRestorer:
         """Images in [-1, 1] of latents ``z``, in tiles of ``tile`` decoded pixels
         ``stride`` apart."""
         from diffbir.imaging.tiling import gaussian_tiled
+        from diffbir.models import vae_cpu
 
         vae = self.stage2.vae
 
         def decode_tile(tile_z: torch.Tensor) -> torch.Tensor:
-            return vae.decode(tile_z).sample.float()
+            out = vae_cpu.decode(vae, tile_z)  # the CPU fast path, None where it does not apply
+            return (vae.decode(tile_z).sample if out is None else out).float()
 
         out = gaussian_tiled(
             decode_tile, z.to(self.dtype), tile // VAE_FACTOR,
@@ -491,9 +504,12 @@ def hypir_tiles(
         *raised, budget=config.max_memory, element_size=element_size, options=config
     )
 
+    # The release runs its VAE at the patch size: only a budget the user set (not the
+    # default figure) or --vae-tile makes the VAE's tiles smaller.
+    budgeted = config.max_memory != DEFAULT_MAX_MEMORY
+
     def vae_tile(chosen: int | None) -> int:
-        tile = min(patch, int(config.vae_tile or chosen or patch))
-        return tile
+        return min(patch, int(config.vae_tile or (chosen if budgeted else None) or patch))
 
     encode, decode = vae_tile(budget.vae_encode), vae_tile(budget.vae_decode)
     overlap = config.tile_overlap
