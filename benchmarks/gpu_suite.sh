@@ -15,6 +15,8 @@
 #                CFG pair first, so both batch sizes get static graphs)
 #   graphs       bf16, torch.compile mode reduce-overhead (CUDA graphs): the same
 #   half         fp16 and fp32 without compile: call, paper, v2.1
+#   hypir        HYPIR one step, bf16 (issue #25): 128->512, 256->1024 and 1024->4096
+#                (tiled), seconds and peak VRAM each (bench_hypir.py --only hypir)
 #   fp16compile  fp16 compiled (not in the default list: name it)
 #
 # The GPU image has its own python3 with a CUDA torch and no package registry: the
@@ -43,12 +45,12 @@ fi
 OUT=${OUT:-$PWD/results/gpu}
 BUDGET=${GPU_SUITE_BUDGET:-480}
 PY=${PYTHON:-python3}
-GROUPS_WANTED=${*:-eager tests compile graphs half}
+GROUPS_WANTED=${*:-eager hypir tests compile graphs half}
 ROWS="$OUT/rows.jsonl"
 BENCH=("$PY" benchmarks/bench_gpu.py --jsonl "$ROWS" --no-table)
 DRY=${GPU_SUITE_DRY_RUN:-0}
 [ "$DRY" = 1 ] && BENCH+=(--dry-run --repeats 1 --call-iters 1)
-declare -A LIMIT=([eager]=150 [tests]=100 [compile]=200 [graphs]=150 [half]=100 [fp16compile]=200)
+declare -A LIMIT=([eager]=150 [hypir]=120 [tests]=100 [compile]=200 [graphs]=150 [half]=100 [fp16compile]=200)
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
@@ -66,6 +68,7 @@ run_group() {
     t0=$(date +%s)
     case $name in
     eager) timeout -k 10 "$limit" "${BENCH[@]}" --budget $((limit - 20)) --dtypes bf16 --compile none ;;
+    hypir) timeout -k 10 "$limit" "$PY" benchmarks/bench_hypir.py --device cuda --dtype bf16 --only hypir --repeats 1 --sizes 128 256 1024 | tee "$OUT/hypir.md" ;;
     tests) timeout -k 10 "$limit" "$PY" -m pytest -q -x -p no:cacheprovider tests/test_compile_and_dtypes.py ;;
     compile) timeout -k 10 "$limit" "${BENCH[@]}" --budget $((limit - 20)) --dtypes bf16 --compile default --parts v21 paper call ;;
     graphs) timeout -k 10 "$limit" "${BENCH[@]}" --budget $((limit - 20)) --dtypes bf16 --compile reduce-overhead --parts v21 paper call ;;
@@ -104,7 +107,7 @@ main() {
     fi
     "$PY" - <<'EOF' || return 1
 import diffusers, torch, transformers
-import diffbir.pipeline  # noqa: F401
+import diffbir.restore.pipeline  # noqa: F401
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), diffusers {diffusers.__version__}, "
       f"transformers {transformers.__version__}, {gpu}")
