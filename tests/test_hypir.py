@@ -348,3 +348,33 @@ def test_dtype_compile_and_offload(release, single_thread, loader):
     assert image.shape == (1, 3, 128, 128) and image.dtype == torch.float32
     if "dtype" in loader:
         assert next(restorer.stage2.unet.parameters()).dtype == torch.bfloat16
+
+
+def test_the_web_ui_restores_with_hypir_as_the_command_does(release, tmp_path):
+    """Release "hypir" on the page: the form's sampling values (always there) are left
+    out, and the image equals the command's."""
+    from PIL import Image
+
+    from diffbir.imaging.io import read_image
+    from diffbir.ui.core import FormValues, PipelineCache, ReleasedModels, restore_uploads
+
+    weights, config = release
+    src = tmp_path / "a.png"
+    pixels = (torch.rand(24, 32, 3, generator=torch.Generator().manual_seed(10)) * 255).byte()
+    Image.fromarray(pixels.numpy()).save(src)
+    args = ["restore", str(src), "-o", str(tmp_path / "cli"), "--model", "hypir"]
+    args += ["--weights-dir", str(weights), "--model-config", str(config), "--no-download"]
+    args += ["-q", "--upscale", "2", "--seed", "7", "--prompt", "a wall"]
+    assert main(args) == 0
+    models = ReleasedModels(
+        dict(weights_dir=weights, model_config=config, download=False, progress=False)
+    )
+    assert "HYPIR" in models.describe_load("hypir", "sr")
+    form = FormValues(version="hypir", upscale=2, seed=7, prompt="a wall", steps=10, cfg_scale=6)
+    run = restore_uploads([src], form, PipelineCache(models), tmp_path / "ui")
+    assert run.failures == []
+    assert torch.equal(
+        read_image(run.images[0].result).rgb, read_image(tmp_path / "cli" / "a.png").rgb
+    )
+    with Image.open(run.images[0].result) as written:
+        assert written.text["model"] == "hypir" and "cfg_scale" not in written.text
