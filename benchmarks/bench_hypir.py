@@ -49,7 +49,10 @@ def build_hypir(device, dtype):
     torch.manual_seed(0)
     with torch.device(device):
         models = HypirModels(
-            build_unet(), build_vae(), build_text_encoder(), OpenCLIPTokenizer(TOKENIZER_VOCAB)
+            build_unet(),
+            build_vae(),
+            build_text_encoder(),
+            OpenCLIPTokenizer(TOKENIZER_VOCAB).with_split_token("!"),
         )
     return HypirRestorer(models, get_preset("hypir", "sr"), device=device, dtype=dtype)
 

@@ -124,3 +124,21 @@ def test_the_tokens_and_text_embedding_match(restorer):
         assert torch.equal(ids.long(), ref["txt_ids"]), case["name"]
         emb = restorer.embeddings(case["prompt"])
         torch.testing.assert_close(emb, ref["text_embed"], rtol=1e-4, atol=1e-5)
+
+
+def test_prompts_tokenize_as_the_published_clip_tokenizer(restorer):
+    """HYPIR's prompts go through Hugging Face's CLIPTokenizer, which makes its pad token
+    "!" a token of its own ("punct!?" -> ..., 0, 286 where OpenCLIP merges "!?")."""
+    checks = json.loads((HYPIR / "cases.json").read_text(encoding="utf-8"))["tokenizer_checks"]
+    try:
+        import ftfy  # noqa: F401
+
+        key = "ids"
+    except ImportError:
+        key = "ids_without_ftfy"
+    for check in checks:
+        if check["ids"] != check["ids_without_ftfy"] and key == "ids_without_ftfy":
+            continue  # text that only ftfy cleans the same way on both sides
+        ids = restorer.stage2.tokenizer([check["prompt"]])[0]
+        want = [*check[key], *[0] * (77 - len(check[key]))][:77]
+        assert ids.tolist() == want, check["prompt"]

@@ -9,6 +9,7 @@ split with CLIP's regex, encoded, wrapped in start/end tokens and zero padded.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import html
 import json
@@ -72,6 +73,11 @@ class OpenCLIPTokenizer:
     Hugging Face files (:meth:`from_hf_files`). Raises :class:`CheckpointError`
     when the files are missing, unreadable or not a CLIP vocabulary.
     """
+
+    #: A text piece that is a token of its own wherever it appears, or None (OpenCLIP).
+    #: Hugging Face's ``CLIPTokenizer`` of SD 2.1-base makes its pad token ``"!"`` one
+    #: (id 0, split out before the BPE), which HYPIR's prompts go through.
+    split_token: str | None = None
 
     def __init__(self, bpe_path: str | PathLike | None = None, *, cache_size: int = 10_000):
         self._cache_size = cache_size
@@ -160,8 +166,27 @@ class OpenCLIPTokenizer:
             self._cache.popitem(last=False)
         return ids
 
+    def with_split_token(self, token: str) -> OpenCLIPTokenizer:
+        """A copy (sharing the vocabulary) that makes ``token`` a token of its own wherever
+        it appears, as Hugging Face's ``CLIPTokenizer`` does with its special tokens."""
+        if token not in self.encoder:
+            raise CheckpointError(f"{token!r} is not a token of this vocabulary")
+        other = copy.copy(self)
+        other.split_token = token
+        return other
+
     def encode(self, text: str) -> list[int]:
         """Token ids of one prompt, without the start/end tokens."""
+        if self.split_token is None or self.split_token not in text:
+            return self._encode_plain(text)
+        ids: list[int] = []
+        for index, segment in enumerate(text.split(self.split_token)):
+            if index:
+                ids.append(self.encoder[self.split_token])
+            ids.extend(self._encode_plain(segment))
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
         ids: list[int] = []
         for piece in self._pattern.findall(clean_text(text)):
             word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))

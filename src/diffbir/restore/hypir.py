@@ -112,7 +112,9 @@ def load_hypir_models(
     weights = load_state_dict(lora)
     merge_lora(unet, weights, preset.extra["lora_modules"], what=f"HYPIR LoRA {Path(lora).name}")
     del weights
-    models = HypirModels(unet, vae, text, load_tokenizer()).eval().requires_grad_(False)
+    # HYPIR tokenizes with Hugging Face's CLIPTokenizer, which splits out its pad token "!"
+    tokenizer = load_tokenizer().with_split_token("!")
+    models = HypirModels(unet, vae, text, tokenizer).eval().requires_grad_(False)
     return move(models, device, dtype)
 
 
