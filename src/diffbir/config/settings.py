@@ -16,10 +16,9 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from diffbir.config.limits import MAX_DIFFUSION_SIDE, TILE_CAPTIONS
 from diffbir.config.presets import Preset
 from diffbir.errors import ConfigError, DiffBIRWarning
-from diffbir.restore.plan import MAX_DIFFUSION_SIDE
-from diffbir.restore.prompts import TILE_CAPTIONS
 
 # The diffusion models were trained on 512x512 crops; smaller conditions degrade.
 MIN_DIFFUSION_SIDE = 512

@@ -17,16 +17,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from diffbir.config.limits import MAX_DIFFUSION_SIDE
 from diffbir.config.presets import DEFAULT_TILE_OVERLAP
 from diffbir.errors import ConfigError
 
 #: Largest result, in pixels, that ``diffbir restore`` and the web UI accept (8192 x
 #: 8192, 67 megapixels); larger ones are refused before any model is loaded.
 MAX_OUTPUT_PIXELS = 8192 * 8192
-#: Longest side, in pixels, that raising the short side to ``--min-side`` may give the
-#: diffusion stage: a 3x2000 strip raised to a 512 short side would be 512x341,333
-#: (175 megapixels per buffer); images more elongated than 16:1 are raised less.
-MAX_DIFFUSION_SIDE = 8192
 
 
 @dataclass(frozen=True)

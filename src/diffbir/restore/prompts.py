@@ -29,7 +29,6 @@ from pathlib import Path
 from diffbir.captioning.prompt import join_prompt
 from diffbir.errors import ConfigError, printable
 
-TILE_CAPTIONS = ("whole", "each", "off")
 # How large a sidecar or a prompts file may be; a prompt is at most 77 CLIP tokens anyway.
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_PROMPTS_FILE_BYTES = 256 * 1024 * 1024
