@@ -109,10 +109,8 @@ def test_print_config_shows_the_faces_settings_with_the_runs_seed(release, tmp_p
 
 
 def test_the_factory_is_the_one_map_from_task_to_restorer():
-    from diffbir.config.presets import TASK_CHOICES
+    from diffbir.config.presets import ALL_VERSIONS, TASK_CHOICES, get_preset
     from diffbir.errors import ConfigError
-
-    from diffbir.config.presets import ALL_VERSIONS, get_preset
 
     served = [(v, t) for entry in RESTORERS for v in entry.versions for t in entry.tasks]
     assert len(served) == len(set(served))  # each (release, task) by one restorer

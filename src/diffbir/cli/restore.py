@@ -92,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Restore images with DiffBIR: a stage-1 model removes degradations, then "
             "Stable Diffusion with the DiffBIR ControlNet regenerates realistic detail. "
+            "With --model hypir, HYPIR restores in one step (a LoRA on SD 2.1-base). "
             "The released weights are downloaded on first use (or read from --weights-dir)."
         ),
         formatter_class=_HelpFormatter,
@@ -99,6 +100,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    _model_arguments(p)
+    _face_arguments(p)
+    _sampling_arguments(p)
+    _prompt_arguments(p)
+    _guidance_arguments(p)
+    _output_arguments(p)
+    _performance_arguments(p)
+    p.set_defaults(handler=run)
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """Which model and weights; where they are."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--task",
@@ -128,6 +141,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cleaner run first (e.g. realesrgan_s4_swinir_100k.pth), for heavy noise or JPEG",
     )
     add_model_source_args(g)
+
+
+def _face_arguments(p: argparse.ArgumentParser) -> None:
+    """Whole photos with faces (--task face-whole)."""
     g = p.add_argument_group("faces in whole photos (--task face-whole)")
     g.add_argument("--only-center-face", action="store_true", help="restore only the central face")
     g.add_argument(
@@ -138,6 +155,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--save-faces", action="store_true", help="also write aligned and restored face crops"
     )
+
+
+def _sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampler and its knobs (defaults: the release's)."""
     g = p.add_argument_group("sampling (defaults: the release's)")
     g.add_argument("--upscale", type=float, help="output scale (sr default 4, others 1)")
     g.add_argument("--steps", type=int, help=f"sampling steps ({_release_defaults('steps')})")
@@ -159,6 +180,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ramp the CFG scale from 1 at t=999 to 1+scale at t=0 (the release's rescale_cfg)",
     )
+    g.add_argument("--strength", type=float, default=None, help="ControlNet control strength")
+    g.add_argument(
+        "--start-point",
+        "--start-point-type",
+        "--start_point_type",
+        choices=("noise", "cond"),
+        default=None,
+        help="start from noise, or from the condition latent noised to t=999",
+    )
+    g.add_argument(
+        "--start-strength",
+        type=float,
+        default=None,
+        help="< 1 starts part-way from the noised condition (our own samplers only)",
+    )
+    g.add_argument(
+        "--noise-aug",
+        "--noise_aug",
+        type=int,
+        default=None,
+        help="noise the condition latent to this timestep (more noise, more creative)",
+    )
+    g.add_argument(
+        "--n-samples",
+        "--n_samples",
+        type=int,
+        default=None,
+        help="results per input, named NAME_0, NAME_1, ... (made --batch-size at a time)",
+    )
+    g.add_argument(
+        "--s-churn", "--s_churn", type=float, default=None, help="edm_euler/heun/dpm_2 churn"
+    )
+    g.add_argument("--s-tmin", "--s_tmin", type=float, default=None, help="churn from this sigma")
+    g.add_argument("--s-tmax", "--s_tmax", type=float, default=None, help="churn up to this sigma")
+    g.add_argument("--s-noise", "--s_noise", type=float, default=None, help="noise scale (edm_*)")
+    g.add_argument("--eta", type=float, default=None, help="ancestral/SDE noise amount (edm_*)")
+    g.add_argument("--order", type=int, default=None, help="edm_lms order")
+    g.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result)")
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved settings of the run and exit",
+    )
+
+
+def _prompt_arguments(p: argparse.ArgumentParser) -> None:
+    """Prompts, captioners and per-image prompts."""
+    g = p.add_argument_group("prompts and captions")
     g.add_argument(
         "--prompt", "--pos-prompt", "--pos_prompt", help="positive prompt (v2.1: its long default)"
     )
@@ -205,49 +274,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="tiled sampling: every tile gets the photo's caption (whole, the release), "
         "its own region's caption (each), or no caption (off)",
     )
-    g.add_argument("--strength", type=float, default=None, help="ControlNet control strength")
-    g.add_argument(
-        "--start-point",
-        "--start-point-type",
-        "--start_point_type",
-        choices=("noise", "cond"),
-        default=None,
-        help="start from noise, or from the condition latent noised to t=999",
-    )
-    g.add_argument(
-        "--start-strength",
-        type=float,
-        default=None,
-        help="< 1 starts part-way from the noised condition (our own samplers only)",
-    )
-    g.add_argument(
-        "--noise-aug",
-        "--noise_aug",
-        type=int,
-        default=None,
-        help="noise the condition latent to this timestep (more noise, more creative)",
-    )
-    g.add_argument(
-        "--n-samples",
-        "--n_samples",
-        type=int,
-        default=None,
-        help="results per input, named NAME_0, NAME_1, ... (made --batch-size at a time)",
-    )
-    g.add_argument(
-        "--s-churn", "--s_churn", type=float, default=None, help="edm_euler/heun/dpm_2 churn"
-    )
-    g.add_argument("--s-tmin", "--s_tmin", type=float, default=None, help="churn from this sigma")
-    g.add_argument("--s-tmax", "--s_tmax", type=float, default=None, help="churn up to this sigma")
-    g.add_argument("--s-noise", "--s_noise", type=float, default=None, help="noise scale (edm_*)")
-    g.add_argument("--eta", type=float, default=None, help="ancestral/SDE noise amount (edm_*)")
-    g.add_argument("--order", type=int, default=None, help="edm_lms order")
-    g.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result)")
-    g.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the fully resolved settings of the run and exit",
-    )
+
+
+def _guidance_arguments(p: argparse.ArgumentParser) -> None:
+    """Latent image guidance toward the stage-1 output."""
     g = p.add_argument_group("latent image guidance (fidelity vs. realness)")
     g.add_argument(
         "--guidance-scale",
@@ -278,6 +308,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--guidance-start", type=int, default=None, help="apply while t < start")
     g.add_argument("--guidance-stop", type=int, default=None, help="... and t > stop")
     g.add_argument("--guidance-repeat", type=int, default=None, help="repeats per step")
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
+    """What is written, and resuming."""
     g = p.add_argument_group("output")
     g.add_argument("--no-color-fix", action="store_true", help="skip the wavelet colour fix")
     g.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default=None)
@@ -287,6 +321,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compare", action="store_true", help="also write input|result side by side")
     g.add_argument("--skip-existing", action="store_true", help="resume: skip finished outputs")
     g.add_argument("-r", "--recursive", action="store_true", help="search folders recursively")
+
+
+def _performance_arguments(p: argparse.ArgumentParser) -> None:
+    """Batches, tiles, memory, compile, offload, verbosity."""
     g = p.add_argument_group("performance")
     g.add_argument(
         "--batch-size",
@@ -305,8 +343,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-memory", type=_memory, help="activation budget for tiling, e.g. 4G")
     g.add_argument("--cleaner-tile", type=int, help="stage-1 tile size in pixels")
     g.add_argument("--vae-tile", type=int, help="VAE tile size in pixels")
-    g.add_argument("--latent-tile", type=int, help="diffusion tile size in pixels")
-    g.add_argument("--tile-overlap", type=float, default=None, help="overlap fraction of a tile")
+    g.add_argument(
+        "--latent-tile", type=int, help="diffusion tile size in pixels (HYPIR: its patch, 512)"
+    )
+    g.add_argument(
+        "--tile-overlap",
+        type=float,
+        default=None,
+        help="overlap fraction of a tile (DiffBIR 0.25; HYPIR 0.5, a stride of 256)",
+    )
     g.add_argument(
         "--min-side",
         type=int,
@@ -335,7 +380,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("-v", "--verbose", action="store_true", help="per-stage timings")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=run)
 
 
 def _prompt_table(path: Path | None):

@@ -16,7 +16,12 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from diffbir.config.limits import MAX_DIFFUSION_SIDE, TILE_CAPTIONS
+from diffbir.config.limits import (
+    MAX_DIFFUSION_SIDE,
+    TILE_CAPTIONS,
+    ddim_steps_fit,
+    ddim_steps_near,
+)
 from diffbir.config.presets import Preset
 from diffbir.errors import ConfigError, DiffBIRWarning
 
@@ -95,8 +100,20 @@ class RestoreOptions:
     def validate(self) -> None:
         """Raise :class:`ConfigError` (one line naming the option) for values that cannot
         work: every number finite and in its range, every name known."""
-        from diffbir.diffusion.names import canonical
+        self._check_types()
+        for ok, message in self._range_checks():
+            if not ok:
+                raise ConfigError(message)
+        for name in ("cleaner_tile", "vae_tile", "latent_tile"):
+            value = getattr(self, name)
+            if value is not None and (value < 64 or value % 64):
+                raise ConfigError(f"{name.replace('_', ' ')} must be a multiple of 64 pixels")
+        self._check_names()
+        if self.guidance_mask is not None:
+            _check_mask(self.guidance_mask)
 
+    def _check_types(self) -> None:
+        """Numbers are finite numbers, whole numbers whole (bools refused)."""
         for name in _FLOAT_FIELDS:
             value = getattr(self, name)
             if value is None or isinstance(value, bool):
@@ -109,7 +126,10 @@ class RestoreOptions:
                 isinstance(value, bool) or not isinstance(value, numbers.Integral)
             ):
                 raise ConfigError(f"{_named(name)} must be a whole number, got {value!r}")
-        checks = [
+
+    def _range_checks(self) -> list[tuple[bool, str]]:
+        """``(value is in its range, the message when not)`` for every option."""
+        return [
             (self.upscale is None or self.upscale > 0, "upscale must be positive"),
             (self.steps is None or self.steps >= 1, "steps must be at least 1"),
             (
@@ -183,13 +203,12 @@ class RestoreOptions:
                 f"got {self.seed!r}",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        for name in ("cleaner_tile", "vae_tile", "latent_tile"):
-            value = getattr(self, name)
-            if value is not None and (value < 64 or value % 64):
-                raise ConfigError(f"{name.replace('_', ' ')} must be a multiple of 64 pixels")
+
+    def _check_names(self) -> None:
+        """The sampler and the captioner are known names."""
+        # The names live with their samplers and captioners, above this module.
+        from diffbir.diffusion.names import canonical
+
         if self.sampler is not None:
             canonical(self.sampler)
         if self.captioner is not None:
@@ -199,16 +218,18 @@ class RestoreOptions:
                 raise ConfigError(
                     f"captioner (--captioner): {self.captioner!r}; say {captioner(self.captioner)!r}"
                 )
-        if self.guidance_mask is not None:
-            import torch
 
-            mask = self.guidance_mask
-            if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3, 4):
-                raise ConfigError("the guidance mask must be a [H,W] or [1,1,H,W] tensor in [0,1]")
-            if mask.numel() == 0 or not bool(torch.isfinite(mask).all()):
-                raise ConfigError("the guidance mask holds weights in [0, 1]")
-            if bool(mask.min() < 0) or bool(mask.max() > 1):
-                raise ConfigError("the guidance mask holds weights in [0, 1]")
+
+def _check_mask(mask) -> None:
+    """A guidance mask is a [H,W] or [1,1,H,W] tensor of finite weights in [0, 1]."""
+    import torch  # only when a mask is given: settings stay importable without torch
+
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3, 4):
+        raise ConfigError("the guidance mask must be a [H,W] or [1,1,H,W] tensor in [0,1]")
+    if mask.numel() == 0 or not bool(torch.isfinite(mask).all()):
+        raise ConfigError("the guidance mask holds weights in [0, 1]")
+    if bool(mask.min() < 0) or bool(mask.max() > 1):
+        raise ConfigError("the guidance mask holds weights in [0, 1]")
 
 
 # RestoreOptions fields that are numbers; each must be finite (NaN and inf refused).
@@ -380,6 +401,13 @@ def resolve(
         # The release's DDIM grid strides by 1000 // steps, which must be at least 2.
         raise ConfigError(
             f"steps (--steps): ddim takes at most {MAX_STEPS // 2}, got {config.steps}"
+        )
+    if config.sampler == "ddim" and not ddim_steps_fit(MAX_STEPS, config.steps):
+        # Its grid would reach t = 1000, one past the schedule (the release fails there).
+        near = " or ".join(map(str, ddim_steps_near(MAX_STEPS, config.steps)))
+        raise ConfigError(
+            f"steps (--steps): ddim's grid with {config.steps} steps reaches timestep "
+            f"{MAX_STEPS}, past the schedule's end; try {near}"
         )
     if config.sampler == "dpm++_m2" and config.steps < 2:
         raise ConfigError(f"steps (--steps): dpm++_m2 needs at least 2, got {config.steps}")

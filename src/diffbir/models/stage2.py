@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffbir import __version__
 from diffbir.errors import CheckpointError, ConfigError, DiffBIRError, printable
 from diffbir.models.controlnet import (
     LAControlNet,
@@ -29,11 +30,26 @@ from diffbir.models.controlnet import (
     convert_controlnet_state_dict,
     init_from_unet,
 )
+from diffbir.models.cpu_fast import accelerate
 from diffbir.models.sd_unet import (
     build_unet,
     convert_unet_state_dict,
     unet_config_from_ldm,
     unet_forward,
+)
+from diffbir.models.text_encoder import (
+    build_text_encoder,
+    convert_text_state_dict,
+    encode_tokens,
+    text_config_from_open_clip,
+)
+from diffbir.models.tokenizer import load_tokenizer
+from diffbir.models.vae import (
+    build_vae,
+    convert_vae_state_dict,
+    decode_from_latent,
+    encode_to_latent,
+    vae_config_from_ldm,
 )
 from diffbir.weights.checkpoint import load_into, load_state_dict
 from diffbir.weights.convert import (
@@ -80,7 +96,6 @@ class Stage2Model(nn.Module):
     # ----------------------------------------------------------------- text
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, 77]`` -> context ``[B, 77, D]`` (penultimate layer + final LayerNorm)."""
-        from diffbir.models.text_encoder import encode_tokens
 
         if self.text_encoder is None:
             raise DiffBIRError(
@@ -94,8 +109,6 @@ class Stage2Model(nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         if self.tokenizer is None:
-            from diffbir.models.tokenizer import load_tokenizer
-
             self.tokenizer = load_tokenizer()
         return self.encode_text(self.tokenizer(list(prompts)))
 
@@ -106,13 +119,11 @@ class Stage2Model(nn.Module):
     # ---------------------------------------------------------------- image
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Image in [0,1] NCHW -> condition latent (posterior mode x 0.18215)."""
-        from diffbir.models.vae import encode_to_latent
 
         return encode_to_latent(self.vae, x)
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> image in [0,1] NCHW."""
-        from diffbir.models.vae import decode_from_latent
 
         return decode_from_latent(self.vae, z)
 
@@ -183,10 +194,9 @@ class Stage2Model(nn.Module):
         Each sub-folder is a diffusers/transformers ``save_pretrained`` folder
         (safetensors weights + config.json).
         """
+        # imported with the first model built: seconds that a bare import need not pay
         import diffusers
         import transformers
-
-        from diffbir import __version__
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -219,9 +229,8 @@ class Stage2Model(nn.Module):
         prediction: str | None = None,
     ) -> Stage2Model:
         """Load a folder written by :meth:`save_pretrained` (no conversion)."""
+        # imported with the first model built: seconds that a bare import need not pay
         from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        from diffbir.models.cpu_fast import accelerate
 
         folder = Path(folder)
         shown = printable(folder)
@@ -277,6 +286,7 @@ def _broadcast(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
 
 
 def _load_text_folder(folder: Path, dtype: torch.dtype):
+    # imported with the first model built: seconds that a bare import need not pay
     from transformers import CLIPTextModel
 
     if not folder.is_dir():
@@ -303,6 +313,7 @@ def _empty(build):
     Non-persistent buffers (such as CLIP's ``position_ids``) are not in a
     state dict, so they must be materialised at build time.
     """
+    # imported with the first model built: seconds that a bare import need not pay
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):
@@ -314,7 +325,6 @@ def _unet_ldm_config(unet_config: Mapping | None) -> dict:
 
 
 def resolve_vae_config(vae_config: Mapping | None) -> dict:
-    from diffbir.models.vae import vae_config_from_ldm
 
     cfg = dict(vae_config or {})
     if "ddconfig" in cfg:
@@ -324,7 +334,6 @@ def resolve_vae_config(vae_config: Mapping | None) -> dict:
 
 
 def resolve_text_config(text_config: Mapping | None) -> dict:
-    from diffbir.models.text_encoder import text_config_from_open_clip
 
     cfg = dict(text_config or {})
     if "text_cfg" in cfg:
@@ -538,8 +547,6 @@ def _sd_from_parts(
 ) -> tuple[nn.Module, nn.Module, nn.Module | None]:
     """UNet, VAE and text encoder (or None) from an LDM checkpoint's ``parts``, which it
     empties as it goes."""
-    from diffbir.models.text_encoder import build_text_encoder, convert_text_state_dict
-    from diffbir.models.vae import build_vae, convert_vae_state_dict
 
     for needed in ("vae",) + (("text",) if load_text_encoder else ()):
         if needed not in parts:
@@ -603,9 +610,8 @@ def load_sd_base(
 
 
 def _sd_from_diffusers_folder(folder: Path, dtype: torch.dtype, load_text_encoder: bool):
+    # imported with the first model built: seconds that a bare import need not pay
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from diffbir.models.cpu_fast import accelerate
 
     shown = printable(folder)
     wanted = ["unet", "vae"] + (["text_encoder"] if load_text_encoder else [])

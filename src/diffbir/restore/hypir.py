@@ -45,11 +45,19 @@ from diffbir.config.settings import (
     resolve,
     resolve_device,
 )
+from diffbir.diffusion.noise import BatchNoise, ImageStream
 from diffbir.errors import ConfigError
+from diffbir.imaging.resize import bicubic, pad_to_multiple, to_uint8_levels
+from diffbir.imaging.tiling import gaussian_tiled
+from diffbir.models import vae_cpu
+from diffbir.models.lora import merge_lora
+from diffbir.models.stage2 import load_sd_base
+from diffbir.models.text_encoder import encode_tokens
+from diffbir.models.tokenizer import load_tokenizer
 from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
-from diffbir.restore.loading import load_model_config, load_stage1
+from diffbir.restore.loading import load_model_config, load_stage1, parse_dtype
 from diffbir.restore.plan import (
     MAX_DIFFUSION_SIDE,
     TilePlan,
@@ -57,7 +65,10 @@ from diffbir.restore.plan import (
     diffusion_min_side,
     plan_tiles,
 )
-from diffbir.restore.prompts import ImagePrompt
+from diffbir.restore.prompts import ImagePrompt, describe_images
+from diffbir.restore.stages import concat_results, timed
+from diffbir.weights.checkpoint import load_state_dict
+from diffbir.weights.registry import resolve_many
 
 #: SD 2.1's latent scale factor and the VAE's downsampling.
 LATENT_SCALE = 0.18215
@@ -77,7 +88,6 @@ class HypirModels(nn.Module):
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> ``[B, 77, D]`` (the text encoder's last hidden state)."""
-        from diffbir.models.text_encoder import encode_tokens
 
         return encode_tokens(self.text_encoder, self.tokenizer(list(prompts)))
 
@@ -97,10 +107,6 @@ def load_hypir_models(
 ) -> HypirModels:
     """SD 2.1-base (an LDM checkpoint or a diffusers folder) with HYPIR's LoRA merged
     into the UNet once, in float32, then cast to ``dtype``."""
-    from diffbir.models.lora import merge_lora
-    from diffbir.models.stage2 import load_sd_base
-    from diffbir.models.tokenizer import load_tokenizer
-    from diffbir.weights.checkpoint import load_state_dict
 
     unet, vae, text = load_sd_base(
         sd,
@@ -178,8 +184,6 @@ class HypirRestorer:
         ``dtype`` defaults to bfloat16 on CUDA (the published app's) and float32
         elsewhere. The other arguments are those of
         :meth:`DiffBIRPipeline.from_preset <diffbir.restore.pipeline.DiffBIRPipeline.from_preset>`."""
-        from diffbir.restore.loading import parse_dtype
-        from diffbir.weights.registry import resolve_many
 
         if controlnet is not None:
             raise ConfigError(
@@ -262,7 +266,6 @@ class HypirRestorer:
     ) -> list[ImagePrompt]:
         """Each image's prompt: ``given`` where there is one, else its caption joined to
         the run's prompt (the run's prompt alone with captioner ``none``, the default)."""
-        from diffbir.restore.prompts import describe_images
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if lq.dim() == 3:
@@ -302,8 +305,6 @@ class HypirRestorer:
         """Restore a batch ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1]); each image as if
         alone with the run's seed, ``n_samples`` results per image (``samples_per_run``
         per pass, from the image's one stream)."""
-        from diffbir.diffusion.noise import ImageStream
-        from diffbir.restore.stages import concat_results
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if config.model != self.preset.model:
@@ -331,9 +332,6 @@ class HypirRestorer:
         return concat_results(parts, config)
 
     def _run(self, lq, groups, config: RunConfig, prompts: list[ImagePrompt]) -> RestoreResult:
-        from diffbir.diffusion.noise import BatchNoise
-        from diffbir.imaging.resize import pad_to_multiple, to_uint8_levels
-        from diffbir.restore.stages import timed
 
         timings: dict[str, float] = {}
         noise = BatchNoise(groups)
@@ -393,21 +391,19 @@ class HypirRestorer:
         target = stages.output_size(tuple(lq.shape[-2:]), config.upscale)
         out, _ = stages.clean(self.cleaner, run_input, config.upscale, plan=plan, min_side=1)
         if tuple(out.shape[-2:]) != target:
-            from diffbir.imaging.resize import bicubic
-
             out = bicubic(out, target)
         return out
 
     def encode(self, x: torch.Tensor, tile: int, stride: int, noise) -> torch.Tensor:
         """Sampled VAE posterior of ``x`` (in [-1, 1], padded), in ``tile`` x ``tile``
         pixel tiles ``stride`` apart; each tile's draw from the rows' streams."""
-        from diffbir.imaging.tiling import gaussian_tiled
-        from diffbir.models.vae_cpu import encode_moments
 
         vae = self.stage2.vae
 
         def sample(tile_x: torch.Tensor) -> torch.Tensor:
-            moments = encode_moments(vae, tile_x)  # the CPU fast path, None where it does not apply
+            moments = vae_cpu.encode_moments(
+                vae, tile_x
+            )  # the CPU fast path, None where it does not apply
             if moments is None:
                 moments = vae.encode(tile_x).latent_dist.parameters
             mean, logvar = torch.chunk(moments, 2, dim=1)
@@ -422,7 +418,6 @@ class HypirRestorer:
     def generate(self, z_lq: torch.Tensor, text: torch.Tensor, patch: int, stride: int):
         """HYPIR's one step over latent tiles: the UNet at ``model_t``, then the clean
         latent of the DDPM step at ``coeff_t``."""
-        from diffbir.imaging.tiling import gaussian_tiled
 
         unet = self.stage2.unet
         sqrt_a, sqrt_1ma = (c.to(self.device) for c in self._coefficients)
@@ -441,8 +436,6 @@ class HypirRestorer:
     def decode(self, z: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
         """Images in [-1, 1] of latents ``z``, in tiles of ``tile`` decoded pixels
         ``stride`` apart."""
-        from diffbir.imaging.tiling import gaussian_tiled
-        from diffbir.models import vae_cpu
 
         vae = self.stage2.vae
 

@@ -15,6 +15,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from diffbir.diffusion.guidance import LatentGuidance, release_step_rescale
+from diffbir.diffusion.registry import grid_timesteps
+from diffbir.imaging.tiling import tiled_apply
+from diffbir.models.vae import decode_from_latent
 from diffbir.restore.plan import overlap_pixels
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,7 +45,6 @@ def latent_network(
     puts first. Each UNet+ControlNet call takes at most ``unet_batch`` rows (``0``: all
     of them). ``strength`` scales the ControlNet's residuals.
     """
-    from diffbir.imaging.tiling import tiled_apply
 
     def call(x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         out = stage2.denoise(x.to(dtype), t, cond, text.to(dtype), control_scale=strength)
@@ -124,9 +127,6 @@ def latent_guidance(
     its size before padding, ``plan`` the run's tiles (pixel guidance decodes by tiles)."""
     if config.guidance_scale <= 0:
         return None
-    from diffbir.diffusion.guidance import LatentGuidance, release_step_rescale
-    from diffbir.diffusion.registry import grid_timesteps
-    from diffbir.models.vae import decode_from_latent
 
     pixel = config.guidance_space == "pixel"
     grid = grid_timesteps(config.sampler, schedule, config.steps)

@@ -37,8 +37,15 @@ from diffbir.config.settings import (
     resolve,
     resolve_device,
 )
+from diffbir.diffusion.denoiser import Denoiser
+from diffbir.diffusion.noise import BatchNoise, ImageStream
+from diffbir.diffusion.registry import SamplerKnobs, run_sampler
+from diffbir.diffusion.samplers import default_spacing, prepare_start
+from diffbir.diffusion.schedule import NoiseSchedule
 from diffbir.errors import ConfigError
-from diffbir.imaging.resize import pad_to_multiple
+from diffbir.imaging.resize import bicubic, pad_to_multiple, to_uint8_levels
+from diffbir.models.stage2 import load_stage2
+from diffbir.models.tokenizer import load_tokenizer
 from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
@@ -47,16 +54,11 @@ from diffbir.restore.loading import (
     load_stage1,
     parse_dtype,
 )
-from diffbir.restore.plan import (
-    MAX_DIFFUSION_SIDE,
-    TilePlan,
-    check_output_size,
-    condition_size,
-    diffusion_min_side,
-    plan_tiles,
-)
-from diffbir.restore.prompts import ImagePrompt
+from diffbir.restore.network import latent_guidance, latent_network
+from diffbir.restore.plan import RunPlan, TilePlan, box_fraction, plan_run, plan_tiles
+from diffbir.restore.prompts import ImagePrompt, describe_images
 from diffbir.restore.stages import concat_results, output_size, timed
+from diffbir.weights.registry import resolve_many
 
 __all__ = [
     "DiffBIRPipeline",
@@ -88,7 +90,6 @@ class DiffBIRPipeline:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        from diffbir.diffusion.schedule import NoiseSchedule
 
         self.device = torch.device(device)
         self.dtype = dtype
@@ -109,6 +110,8 @@ class DiffBIRPipeline:
         )
         # The files the models came from, by part (from_preset fills it).
         self.sources: dict[str, str] = {}
+        # Each input size's RunPlan, made once per (size, config).
+        self._plans: dict[tuple, RunPlan] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -143,9 +146,6 @@ class DiffBIRPipeline:
         (pipelines of one release share it). The CLIP vocabulary ships with
         the package. ``offload``: see :meth:`enable_offload`.
         """
-        from diffbir.models.stage2 import load_stage2
-        from diffbir.models.tokenizer import load_tokenizer
-        from diffbir.weights.registry import resolve_many
 
         if lora is not None:
             raise ConfigError("--lora: a LoRA file is HYPIR's (--model hypir); DiffBIR has none")
@@ -305,14 +305,18 @@ class DiffBIRPipeline:
         ``given`` one where there is one, else its caption joined to the run's prompt
         (the run's prompt alone with captioner ``none``); with ``tile_captions`` ``each``
         or ``off`` and tiled sampling, the latent tiles' own prompts too."""
-        from diffbir.restore.prompts import describe_images
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if lq.dim() == 3:
             lq = lq.unsqueeze(0)
         element = torch.finfo(self.dtype).bits // 8
         return describe_images(
-            lq, config, lambda: self.captioner(config), given=given, element_size=element
+            lq,
+            config,
+            lambda: self.captioner(config),
+            given=given,
+            element_size=element,
+            plan=self.plan,
         )
 
     def prompts(self, options: RestoreOptions | RunConfig) -> tuple[str, str]:
@@ -363,7 +367,6 @@ class DiffBIRPipeline:
         each image its own (see :meth:`image_prompts`, which makes them when
         None: the run's captioner, or the run's prompt).
         """
-        from diffbir.diffusion.noise import ImageStream
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if lq.dim() == 3:
@@ -390,117 +393,50 @@ class DiffBIRPipeline:
         result.prompts = list(prompts)
         return result
 
+    def plan(self, lq_hw: tuple[int, int], config: RunConfig) -> RunPlan:
+        """The run's sizes and tiles for an input of ``lq_hw`` (planned once per size and
+        config, for the prompts' tiles and the restore alike)."""
+        key = (tuple(lq_hw), config)
+        if key not in self._plans:
+            element = torch.finfo(self.dtype).bits // 8
+            self._plans[key] = plan_run(tuple(lq_hw), config, element_size=element)
+        return self._plans[key]
+
     def _run(
         self, lq: torch.Tensor, groups, config: RunConfig, prompts: list[ImagePrompt]
     ) -> RestoreResult:
         """One pass of the models over ``lq``'s rows; ``groups`` gives each row's stream,
         ``prompts`` each group's prompts."""
-        from diffbir.diffusion.denoiser import Denoiser
-        from diffbir.diffusion.noise import BatchNoise
-        from diffbir.diffusion.registry import SamplerKnobs, run_sampler
-        from diffbir.imaging.resize import bicubic, to_uint8_levels
 
         timings: dict[str, float] = {}
-        rows = lq.shape[0]
         noise = BatchNoise(groups)
-        # Sizes are planned before any memory is spent: the result within the documented
-        # limit, and the diffusion stage's long side bounded for very elongated images.
-        check_output_size(tuple(lq.shape[-2:]), config.upscale)
-        target_hw = output_size(tuple(lq.shape[-2:]), config.upscale)
-        min_side = diffusion_min_side(target_hw, config.min_side)
-        note = None
-        if min_side < config.min_side:
-            note = (
-                f"{target_hw[1]}x{target_hw[0]} is too elongated to raise its short side to "
-                f"{config.min_side}: the diffusion stage works at a short side of {min_side} "
-                f"(long side at most {MAX_DIFFUSION_SIDE})"
-            )
+        plan = self.plan(tuple(lq.shape[-2:]), config)  # sizes before any memory is spent
         with torch.no_grad():
-            element = torch.finfo(self.dtype).bits // 8
             with timed(timings, "stage1", self.device), self.offload.stage("stage1"):
                 run_input = self.run_input(lq, config.upscale)
-                cond_hw = condition_size(target_hw, min_side)
-                plan = plan_tiles(
-                    *cond_hw, budget=config.max_memory, element_size=element, options=config
+                cond_img, target_hw = self.clean(
+                    run_input, config.upscale, plan.tiles, plan.min_side
                 )
-                cond_img, target_hw = self.clean(run_input, config.upscale, plan, min_side)
             h0, w0 = cond_img.shape[-2:]
-            tiled = plan.vae_encode is not None or plan.latent is not None
+            tiled = plan.tiles.vae_encode is not None or plan.tiles.latent is not None
             padded = pad_to_multiple(cond_img, 8 if tiled else 64)
             with timed(timings, "encode", self.device):
                 with self.offload.stage("encode"):
-                    cond_latent = self.encode_condition(padded, plan.vae_encode, plan.overlap)
+                    cond_latent = self.encode_condition(
+                        padded, plan.tiles.vae_encode, plan.tiles.overlap
+                    )
                 cond_text = self.embeddings.rows(groups, [p.prompt for p in prompts])
                 uncond_text = self.embeddings.rows(groups, [p.negative_prompt for p in prompts])
-            h1, w1 = cond_latent.shape[-2:]
-            if config.start_point == "cond":
-                x_T = self.schedule.add_noise(
-                    cond_latent, noise(cond_latent), self.schedule.num_timesteps - 1
-                ).float()
-            else:
-                x_T = noise(cond_latent)
-            control = cond_latent
-            if config.noise_aug > 0:
-                control = self.schedule.add_noise(
-                    cond_latent, noise(cond_latent), config.noise_aug
-                ).float()
-            start_step = 0
-            if config.start_strength < 1:
-                from diffbir.diffusion.samplers import default_spacing, prepare_start
-
-                x_T, start_step = prepare_start(
-                    cond_latent,
-                    None,
-                    self.schedule,
-                    config.steps,
-                    strength=config.start_strength,
-                    noise=noise,
-                    spacing=default_spacing(config.sampler, self.schedule),
-                    device=self.device,
-                )
-            denoiser = Denoiser(
-                model=self._network(
-                    control,
-                    config.control_strength,
-                    plan,
-                    self._tile_contexts(groups, prompts, (h0 / 8, w0 / 8)),
-                    unet_batch=config.unet_batch,
-                ),
-                alphas_cumprod=self.schedule.alphas_cumprod,
-                prediction=self.preset.prediction,
-                cond=cond_text,
-                uncond=uncond_text,
-                cfg_scale=config.cfg_scale,
-                rescale_cfg=config.cfg_rescale,
-                rescale_needs_cfg_above_one=config.sampler != "dpm++_m2",
-                guidance=self._guidance(config, cond_latent, padded, plan, (h0, w0)),
-            )
-            knobs = SamplerKnobs(
-                config.s_churn,
-                config.s_tmin,
-                config.s_tmax,
-                config.s_noise,
-                config.eta,
-                config.order,
-            )
-            pixel_guidance = config.guidance_scale > 0 and config.guidance_space == "pixel"
-            sampling = "sample_pixel_guidance" if pixel_guidance else "sample"
-            with timed(timings, "sample", self.device), self.offload.stage(sampling):
-                z = run_sampler(
-                    config.sampler,
-                    denoiser,
-                    x_T,
-                    self.schedule,
-                    config.steps,
-                    noise=noise,
-                    brownian=noise.brownian,
-                    knobs=knobs,
-                    start_step=start_step,
-                    progress=config.progress,
-                )
-                z = z[..., :h1, :w1]
+            x_T, control, start_step = self._start(cond_latent, noise, config)
+            denoiser = self._denoiser(
+                config, groups, prompts, plan.tiles, control, cond_text, uncond_text,
+                cond_latent, padded, (h0, w0),
+            )  # fmt: skip
+            with timed(timings, "sample", self.device):
+                z = self._sample(config, denoiser, x_T, noise, start_step)
+                z = z[..., : cond_latent.shape[-2], : cond_latent.shape[-1]]
             with timed(timings, "decode", self.device), self.offload.stage("decode"):
-                image = self.decode(z, plan.vae_decode, plan.overlap)[..., :h0, :w0]
+                image = self.decode(z, plan.tiles.vae_decode, plan.tiles.overlap)[..., :h0, :w0]
                 image = stages.color_fix(image, cond_img, config.color_fix)
                 image = to_uint8_levels(bicubic(image, target_hw)).float().div_(255.0)
         timings["total"] = sum(timings.values())
@@ -508,18 +444,93 @@ class DiffBIRPipeline:
             image=image,
             stage1=cond_img,
             timings=timings,
-            tiles=plan,
+            tiles=plan.tiles,
             config=config,
             intermediates={"cond_latent": cond_latent, "x_T": x_T, "z": z},
-            notes=[note] * rows,
+            notes=[plan.note] * lq.shape[0],
             prompts=list(prompts),
         )
+
+    def _start(self, cond_latent: torch.Tensor, noise, config: RunConfig):
+        """The sampler's start ``x_T``, the ControlNet's condition (noise-augmented when
+        asked) and the first step (part-way starts), drawn in the release's order."""
+        if config.start_point == "cond":
+            x_T = self.schedule.add_noise(
+                cond_latent, noise(cond_latent), self.schedule.num_timesteps - 1
+            ).float()
+        else:
+            x_T = noise(cond_latent)
+        control = cond_latent
+        if config.noise_aug > 0:
+            control = self.schedule.add_noise(
+                cond_latent, noise(cond_latent), config.noise_aug
+            ).float()
+        start_step = 0
+        if config.start_strength < 1:
+            x_T, start_step = prepare_start(
+                cond_latent,
+                None,
+                self.schedule,
+                config.steps,
+                strength=config.start_strength,
+                noise=noise,
+                spacing=default_spacing(config.sampler, self.schedule),
+                device=self.device,
+            )
+        return x_T, control, start_step
+
+    def _denoiser(
+        self, config, groups, prompts, tiles, control, cond_text, uncond_text, cond_latent,
+        padded, stage1_hw,
+    ):  # fmt: skip
+        """The run's :class:`~diffbir.diffusion.denoiser.Denoiser`: the network (whole or
+        tiled), CFG and the latent guidance."""
+
+        h0, w0 = stage1_hw
+        network = self._network(
+            control,
+            config.control_strength,
+            tiles,
+            self._tile_contexts(groups, prompts, (h0 / 8, w0 / 8)),
+            unet_batch=config.unet_batch,
+        )
+        return Denoiser(
+            model=network,
+            alphas_cumprod=self.schedule.alphas_cumprod,
+            prediction=self.preset.prediction,
+            cond=cond_text,
+            uncond=uncond_text,
+            cfg_scale=config.cfg_scale,
+            rescale_cfg=config.cfg_rescale,
+            rescale_needs_cfg_above_one=config.sampler != "dpm++_m2",
+            guidance=self._guidance(config, cond_latent, padded, tiles, stage1_hw),
+        )
+
+    def _sample(self, config: RunConfig, denoiser, x_T, noise, start_step: int) -> torch.Tensor:
+        """The named sampler from ``x_T`` (the models of its stage on the device)."""
+
+        knobs = SamplerKnobs(
+            config.s_churn, config.s_tmin, config.s_tmax, config.s_noise, config.eta, config.order
+        )
+        pixel_guidance = config.guidance_scale > 0 and config.guidance_space == "pixel"
+        with self.offload.stage("sample_pixel_guidance" if pixel_guidance else "sample"):
+            return run_sampler(
+                config.sampler,
+                denoiser,
+                x_T,
+                self.schedule,
+                config.steps,
+                noise=noise,
+                brownian=noise.brownian,
+                knobs=knobs,
+                start_step=start_step,
+                progress=config.progress,
+            )
 
     # ----------------------------------------------------------------- helpers
     def _tile_contexts(self, groups, prompts: list[ImagePrompt], latent_hw):
         """``box -> conditional rows`` for latent tiles with prompts of their own, or None
         when every tile uses its image's prompt."""
-        from diffbir.restore.plan import box_fraction
 
         if not any(p.tiles for p in prompts):
             return None
@@ -543,7 +554,6 @@ class DiffBIRPipeline:
         unet_batch: int = 0,
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """``model(x, t, context)`` for the samplers: see :func:`diffbir.restore.network.latent_network`."""
-        from diffbir.restore.network import latent_network
 
         return latent_network(
             self.stage2,
@@ -565,7 +575,6 @@ class DiffBIRPipeline:
         stage1_hw: tuple[int, int],
     ):
         """The run's latent image guidance, or None: see :func:`diffbir.restore.network.latent_guidance`."""
-        from diffbir.restore.network import latent_guidance
 
         return latent_guidance(
             config, self.stage2.vae, self.dtype, self.schedule, cond_latent, cond_img, plan,

@@ -176,18 +176,60 @@ def latent_tiles(latent_hw: tuple[int, int], plan: TilePlan) -> list[tuple[int, 
     ]
 
 
-def latent_tile_regions(lq_hw: tuple[int, int], options, *, element_size: int = 4) -> list[Region]:
-    """Where each latent tile of a run lies in the photo, as fractions of its height and
-    width, planned from the input's size alone (as the pipeline plans): one region over
-    the whole image when sampling is not tiled. ``options`` is a resolved run config."""
-    target_hw = check_output_size(lq_hw, options.upscale, max_pixels=None)
-    min_side = diffusion_min_side(target_hw, options.min_side)
-    cond_h, cond_w = condition_size(target_hw, min_side)
-    plan = plan_tiles(
-        cond_h, cond_w, budget=options.max_memory, element_size=element_size, options=options
+@dataclass(frozen=True)
+class RunPlan:
+    """The sizes of one input size's run, planned before any memory is spent: the output
+    (``target_hw``), the short side the diffusion stage raises it to (``min_side``; less
+    than asked for very elongated images, with a ``note`` saying so), the diffusion
+    stage's pixel size (``cond_hw``) and its per-stage ``tiles``."""
+
+    target_hw: tuple[int, int]
+    min_side: int
+    cond_hw: tuple[int, int]
+    tiles: TilePlan
+    note: str | None = None
+
+    def latent_regions(self) -> list[Region]:
+        """Where each latent tile lies in the photo, as fractions of its height and width;
+        one region over the whole image when sampling is not tiled."""
+        cond_h, cond_w = self.cond_hw
+        latent_hw = (math.ceil(cond_h / 8), math.ceil(cond_w / 8))
+        return [
+            box_fraction(box, (cond_h / 8, cond_w / 8))
+            for box in latent_tiles(latent_hw, self.tiles)
+        ]
+
+
+def plan_run(
+    lq_hw: tuple[int, int],
+    config,
+    *,
+    element_size: int = 4,
+    max_pixels: int | None = MAX_OUTPUT_PIXELS,
+) -> RunPlan:
+    """The :class:`RunPlan` of an input of ``lq_hw`` under the resolved ``config``: the
+    result within ``max_pixels`` (a :class:`ConfigError` otherwise), the diffusion
+    stage's long side bounded for very elongated images, tiles for the memory budget."""
+    target_hw = check_output_size(lq_hw, config.upscale, max_pixels=max_pixels)
+    min_side = diffusion_min_side(target_hw, config.min_side)
+    note = None
+    if min_side < config.min_side:
+        note = (
+            f"{target_hw[1]}x{target_hw[0]} is too elongated to raise its short side to "
+            f"{config.min_side}: the diffusion stage works at a short side of {min_side} "
+            f"(long side at most {MAX_DIFFUSION_SIDE})"
+        )
+    cond_hw = condition_size(target_hw, min_side)
+    tiles = plan_tiles(
+        *cond_hw, budget=config.max_memory, element_size=element_size, options=config
     )
-    latent_hw = (math.ceil(cond_h / 8), math.ceil(cond_w / 8))
-    return [box_fraction(box, (cond_h / 8, cond_w / 8)) for box in latent_tiles(latent_hw, plan)]
+    return RunPlan(target_hw, min_side, cond_hw, tiles, note)
+
+
+def latent_tile_regions(lq_hw: tuple[int, int], options, *, element_size: int = 4) -> list[Region]:
+    """Where each latent tile of a run lies in the photo (:meth:`RunPlan.latent_regions`
+    of the run's plan). ``options`` is a resolved run config."""
+    return plan_run(lq_hw, options, element_size=element_size, max_pixels=None).latent_regions()
 
 
 def box_fraction(box: tuple[int, int, int, int], hw: tuple[float, float]) -> Region:

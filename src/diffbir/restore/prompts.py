@@ -241,12 +241,20 @@ def describe_images(
     *,
     given: list[ImagePrompt | None] | None = None,
     element_size: int = 4,
+    plan=None,
 ) -> list[ImagePrompt]:
     """The :class:`ImagePrompt` of each image of ``lq`` ([B,3,H,W] in [0,1]) for the
     resolved run ``config``: ``given[i]`` where there is one, else a caption (from
     ``captioner()``, called only when a caption is needed) joined to the run's prompt,
-    else the run's prompt; plus tile prompts under ``config.tile_captions``."""
-    from diffbir.restore.plan import latent_tile_regions
+    else the run's prompt; plus tile prompts under ``config.tile_captions``, at the tiles
+    of ``plan(hw, config)`` (the restorer's :class:`~diffbir.restore.plan.RunPlan`; by
+    default planned here as the pipeline plans)."""
+    from diffbir.restore.plan import plan_run
+
+    if plan is None:
+
+        def plan(hw, config):
+            return plan_run(hw, config, element_size=element_size, max_pixels=None)
 
     images = list(lq)
     given = list(given) if given is not None else [None] * len(images)
@@ -275,7 +283,7 @@ def describe_images(
             prompt = ImagePrompt(config.prompt, config.negative_prompt)
         if config.tile_captions != "whole":
             hw = tuple(image.shape[-2:])
-            regions = latent_tile_regions(hw, config, element_size=element_size)
+            regions = plan(hw, config).latent_regions()
             if len(regions) > 1:
                 prompt = _with_tiles(prompt, image, regions, config, captioner)
         prompts.append(prompt)

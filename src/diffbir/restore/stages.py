@@ -13,15 +13,19 @@ from contextlib import contextmanager
 
 import torch
 
+from diffbir.imaging.color import adain_color_fix, wavelet_color_fix
 from diffbir.imaging.resize import bicubic, pad_to_multiple, pil_bicubic, resize_short_side
+from diffbir.imaging.tiled_vae import tiled_decode, tiled_encode
+from diffbir.imaging.tiling import tiled_apply
+from diffbir.models.rrdbnet import RRDBNet
+from diffbir.models.scunet import SCUNet
+from diffbir.models.vae import decode_from_latent
 from diffbir.restore.base import RestoreResult
 from diffbir.restore.plan import TilePlan, overlap_pixels
 
 
 def cleaner_arch(cleaner: torch.nn.Module) -> str:
     """``"rrdbnet"`` (BSRNet, x4), ``"scunet"`` or ``"swinir"`` (same-size cleaners)."""
-    from diffbir.models.rrdbnet import RRDBNet
-    from diffbir.models.scunet import SCUNet
 
     if isinstance(cleaner, RRDBNet):
         return "rrdbnet"
@@ -60,7 +64,6 @@ def clean(
     the plan says so (the short side is then raised after, as the release's tiled
     path does).
     """
-    from diffbir.imaging.tiling import tiled_apply
 
     arch = cleaner_arch(cleaner)
     h, w = x.shape[-2:]
@@ -96,7 +99,6 @@ def encode(stage2, image: torch.Tensor, tile: int | None, dtype: torch.dtype) ->
     """VAE posterior mean x 0.18215 of ``image`` (already padded), float32; tile by tile
     with GroupNorm statistics shared over the whole image when ``tile`` (pixels) is
     smaller than it."""
-    from diffbir.imaging.tiled_vae import tiled_encode
 
     # Contiguous on purpose: on CPU, GroupNorm over a channels-last tensor (what a
     # batched cleaner can return) is off by ~3% at 512x576, moving the latent by 5%.
@@ -110,8 +112,6 @@ def decode(vae, z: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.
     """VAE decode to ``(x + 1) / 2``, NOT clamped (the colour fix and the final
     quantisation see the raw values, as released). ``tile``: pixels of the decoded
     image; tiles share GroupNorm statistics, so they cannot differ in tone."""
-    from diffbir.imaging.tiled_vae import tiled_decode
-    from diffbir.models.vae import decode_from_latent
 
     z = z.to(dtype).contiguous()
     if tile is not None and max(z.shape[-2:]) * 8 > tile:
@@ -123,7 +123,6 @@ def color_fix(image: torch.Tensor, reference: torch.Tensor, kind: str) -> torch.
     """The release's wavelet colour fix toward ``reference`` (5 levels), AdaIN, or none."""
     if kind == "none":
         return image
-    from diffbir.imaging.color import adain_color_fix, wavelet_color_fix
 
     fix = wavelet_color_fix if kind == "wavelet" else adain_color_fix
     return fix(image.float(), reference.float())

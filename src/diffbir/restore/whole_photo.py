@@ -17,9 +17,12 @@ import torch
 from diffbir.config.presets import get_preset
 from diffbir.config.settings import RestoreOptions, RunConfig, resolve_whole_photo
 from diffbir.errors import ConfigError
+from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_image
+from diffbir.faces.detect import YuNetDetector
 from diffbir.imaging.resize import resize_for_display
 from diffbir.restore.base import RestoreResult
 from diffbir.restore.pipeline import DiffBIRPipeline
+from diffbir.weights.registry import resolve
 
 DETECTOR_WEIGHTS = "face_detection_yunet_2023mar.onnx"
 
@@ -65,8 +68,6 @@ class WholePhotoPipeline:
         when the release uses one ControlNet for both) and the face detector.
         ``loader`` takes the keyword arguments of :meth:`DiffBIRPipeline.from_preset`;
         ``face_batch`` faces of a photo are restored together."""
-        from diffbir.faces.detect import YuNetDetector
-        from diffbir.weights.registry import resolve
 
         loader.pop("task", None)
         background = DiffBIRPipeline.from_preset(version, "sr", **loader)
@@ -174,7 +175,6 @@ class WholePhotoPipeline:
         settings (``options`` resolved once when not already a run config); ``prompts``:
         each photo's :class:`~diffbir.restore.prompts.ImagePrompt` (made when None).
         The result's ``faces`` lists, per photo, the faces pasted in."""
-        from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_image
 
         config = self._config(options)
         if lq.dim() == 3:

@@ -69,10 +69,6 @@ def build_app(
     system temp directory, which gradio serves). Start it with :func:`launch`.
     """
     gr = require_gradio()
-    from diffbir.captioning.names import captioner_names
-    from diffbir.config.presets import ALL_VERSIONS, TASK_CHOICES
-    from diffbir.diffusion.names import sampler_names
-
     factory = pipeline_factory or released_pipeline_factory(
         weights_dir=weights_dir,
         model_config=model_config,
@@ -84,6 +80,7 @@ def build_app(
     out_root = Path(output_dir or Path(tempfile.gettempdir()) / "diffbir-ui")
     release = release_defaults(FormValues.version, FormValues.task)
     defaults = FormValues(**{k: v for k, v in release.items() if k != "unused"})
+    limits = dict(max_pixels=max_pixels, max_files=max_files)
 
     # No analytics calls home; gradio's copies of uploads and results older than a
     # day are deleted hourly, so a long-running server does not fill the disk.
@@ -99,286 +96,311 @@ def build_app(
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                files = gr.File(
-                    label="Images",
-                    file_count="multiple",
-                    file_types=["image"],
-                    elem_id="inputs",
-                )
-                with gr.Row():
-                    version = gr.Dropdown(
-                        list(ALL_VERSIONS),
-                        value=defaults.version,
-                        label="Release (hypir: HYPIR, one step)",
-                        elem_id="version",
-                    )
-                    task = gr.Dropdown(
-                        list(TASK_CHOICES), value=defaults.task, label="Task", elem_id="task"
-                    )
-                upscale = gr.Slider(
-                    1, 8, value=defaults.upscale, step=0.5, label="Upscale", elem_id="upscale"
-                )
-                run_button = gr.Button("Restore", variant="primary", elem_id="run")
-                with gr.Accordion("Sampling", open=False, elem_id="sampling"):
-                    with gr.Row():
-                        steps = gr.Slider(
-                            1, 200, value=defaults.steps, step=1, label="Steps", elem_id="steps"
-                        )
-                        sampler = gr.Dropdown(
-                            sampler_names(),
-                            value=defaults.sampler,
-                            label="Sampler",
-                            elem_id="sampler",
-                        )
-                    with gr.Row():
-                        cfg_scale = gr.Slider(
-                            0,
-                            15,
-                            value=defaults.cfg_scale,
-                            step=0.5,
-                            label="CFG scale (1 = off)",
-                            elem_id="cfg",
-                        )
-                        strength = gr.Slider(
-                            0,
-                            2,
-                            value=defaults.control_strength,
-                            step=0.05,
-                            label="Control strength",
-                        )
-                    prompt = gr.Textbox(value=defaults.prompt, label="Prompt", lines=2)
-                    negative = gr.Textbox(
-                        value=defaults.negative_prompt, label="Negative prompt", lines=2
-                    )
-                    with gr.Row():
-                        seed = gr.Number(
-                            value=defaults.seed, precision=0, label="Seed (-1 = random)"
-                        )
-                        color_fix = gr.Dropdown(
-                            ["wavelet", "adain", "none"],
-                            value=defaults.color_fix,
-                            label="Colour fix",
-                        )
-                with gr.Accordion("Caption", open=False, elem_id="captioning"):
-                    gr.Markdown(
-                        "v2.1 was trained on captioned photos: a caption of each photo goes "
-                        "before the prompt. **Describe** shows the first photo's caption; "
-                        "edit it to use your words for every photo, or clear it to caption "
-                        "each photo at the run."
-                    )
-                    with gr.Row():
-                        captioner = gr.Dropdown(
-                            ["auto", *captioner_names()],
-                            value="auto",
-                            label="Captioner (auto: the release's on a GPU, the light one else)",
-                            elem_id="captioner",
-                        )
-                        tile_captions = gr.Dropdown(
-                            ["whole", "each", "off"],
-                            value="whole",
-                            label="Tiles: the photo's caption, each tile's own, or none",
-                        )
-                    caption = gr.Textbox(
-                        value="", label="Caption (editable)", lines=2, elem_id="caption"
-                    )
-                    describe_button = gr.Button("Describe the first photo", elem_id="describe")
-                with gr.Accordion("Fidelity guidance", open=False):
-                    gr.Markdown(
-                        "Pulls the result toward the stage-1 output: more fidelity, less "
-                        "invention. The scale is the v2 release's `--g_scale`."
-                    )
-                    g_scale = gr.Slider(
-                        0, 1, value=0, step=0.01, label="Fidelity (0 = off)", elem_id="fidelity"
-                    )
-                    with gr.Row():
-                        g_space = gr.Dropdown(["latent", "pixel"], value="latent", label="Space")
-                        g_loss = gr.Dropdown(
-                            ["mse", "weighted_mse"],
-                            value="mse",
-                            label="Loss (weighted: edges free)",
-                        )
-                    g_mask = gr.Image(
-                        type="filepath",
-                        image_mode="L",
-                        label="Fidelity mask (optional): white holds to stage 1, black is free",
-                        sources=["upload"],
-                        height=160,
-                    )
-                    with gr.Row():
-                        g_start = gr.Number(value=1001, precision=0, label="Apply while t <")
-                        g_stop = gr.Number(value=-1, precision=0, label="... and t >")
-                with gr.Accordion("Tiling (large images)", open=False):
-                    with gr.Row():
-                        cleaner_tile = gr.Number(
-                            value=0, precision=0, label="Stage-1 tile (0 = auto)"
-                        )
-                        vae_tile = gr.Number(value=0, precision=0, label="VAE tile (0 = auto)")
-                        latent_tile = gr.Number(
-                            value=0, precision=0, label="Diffusion tile (0 = auto)"
-                        )
-                    overlap = gr.Slider(0, 0.75, value=0.25, step=0.05, label="Tile overlap")
+                form = _input_controls(gr, defaults)
+                form |= _sampling_controls(gr, defaults)
+                form |= _caption_controls(gr)
+                form |= _guidance_controls(gr)
+                form |= _tiling_controls(gr, defaults)
             with gr.Column(scale=3, min_width=400):
-                compare = gr.ImageSlider(
-                    label="Before / after (drag the handle)",
-                    type="filepath",
-                    format="png",
-                    elem_id="compare",
-                    interactive=False,
-                )
-                with gr.Row():
-                    stage1 = gr.Image(
-                        label="Stage-1 output (the diffusion condition)",
-                        type="filepath",
-                        format="png",
-                        interactive=False,
-                        elem_id="stage1",
-                        height=260,
-                    )
-                    gallery = gr.Gallery(
-                        label="All results (click to compare)",
-                        columns=3,
-                        object_fit="contain",
-                        height=260,
-                        elem_id="gallery",
-                        interactive=False,
-                    )
-                download = gr.File(
-                    label="Download (full-size PNG)",
-                    file_count="multiple",
-                    interactive=False,
-                    elem_id="download",
-                )
-                status = gr.Markdown(elem_id="status")
-        results = gr.State([])
-
-        # The controls a release's defaults set; those it has no use for go inactive.
-        release_controls = {
-            "upscale": upscale, "steps": steps, "sampler": sampler, "cfg_scale": cfg_scale,
-            "prompt": prompt, "negative_prompt": negative, "tile_overlap": overlap,
-        }  # fmt: skip
-        inactive_controls = {
-            "control_strength": strength, "guidance_scale": g_scale, "guidance_space": g_space,
-            "guidance_loss": g_loss, "guidance_mask": g_mask, "guidance_start": g_start,
-            "guidance_stop": g_stop, "tile_captions": tile_captions,
-        }  # fmt: skip
-
-        def on_release_change(version_value: str, task_value: str):
-            try:
-                values = release_defaults(version_value, task_value)
-            except DiffBIRError as exc:
-                raise gr.Error(str(exc)) from None
-            unused = values["unused"]
-            updates = []
-            for name in release_controls:
-                if name in unused:
-                    updates.append(gr.update(interactive=False))
-                else:
-                    updates.append(gr.update(value=values[name], interactive=True))
-            updates += [gr.update(interactive=name not in unused) for name in inactive_controls]
-            return updates
-
-        for control in (version, task):
-            control.change(
-                on_release_change,
-                [version, task],
-                [*release_controls.values(), *inactive_controls.values()],
-                queue=False,
-            )
-
-        # Control -> FormValues field; the handler receives a dict keyed by control.
-        form_fields = {
-            version: "version", task: "task", upscale: "upscale", steps: "steps",
-            sampler: "sampler", cfg_scale: "cfg_scale", prompt: "prompt",
-            negative: "negative_prompt", strength: "control_strength",
-            g_scale: "guidance_scale", g_space: "guidance_space", g_loss: "guidance_loss",
-            g_mask: "guidance_mask",
-            g_start: "guidance_start", g_stop: "guidance_stop", color_fix: "color_fix",
-            seed: "seed", cleaner_tile: "cleaner_tile", vae_tile: "vae_tile",
-            latent_tile: "latent_tile", overlap: "tile_overlap", captioner: "captioner",
-            caption: "caption", tile_captions: "tile_captions",
-        }  # fmt: skip
-
-        def on_describe(data: dict, progress=gr.Progress()):  # noqa: B008
-            form = FormValues(**{name: data[control] for control, name in form_fields.items()})
-            uploads = [_upload_path(u) for u in data[files] or []]
-            try:
-                return describe_upload(
-                    uploads[0] if uploads else None,
-                    form,
-                    cache,
-                    max_pixels=max_pixels,
-                    report=lambda fraction, text: progress(fraction, desc=text),
-                )
-            except DiffBIRError as exc:
-                raise gr.Error(str(exc), print_exception=False) from None
-            except _out_of_memory():
-                raise gr.Error(OOM_MESSAGE, print_exception=False) from None
-
-        describe_button.click(
-            on_describe,
-            {files, *form_fields},
-            [caption],
-            concurrency_limit=1,
-            concurrency_id="gpu",
-        )
-
-        def on_run(data: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-            form = FormValues(**{name: data[control] for control, name in form_fields.items()})
-            try:
-                run = restore_uploads(
-                    [_upload_path(u) for u in data[files] or []],
-                    form,
-                    cache,
-                    out_root,
-                    max_pixels=max_pixels,
-                    max_files=max_files,
-                    report=lambda fraction, text: progress(fraction, desc=text),
-                )
-            except DiffBIRError as exc:
-                raise gr.Error(str(exc), print_exception=False) from None
-            except _out_of_memory():
-                raise gr.Error(OOM_MESSAGE, print_exception=False) from None
-            except Exception as exc:  # noqa: BLE001 - a bug must not kill the page either
-                log.exception("restoration failed")
-                raise gr.Error(f"internal error: {type(exc).__name__}: {exc}") from None
-            for failure in run.failures:
-                gr.Warning(failure)
-            first = run.images[0]
-            lines = [f"**{run.summary()}**; result {first.size[1]}x{first.size[0]} px."]
-            lines += [f"- {i.name}: caption *{i.caption}*" for i in run.images if i.caption]
-            lines += [f"- {failure}" for failure in run.failures]
-            table = [
-                {"before": str(i.before), "result": str(i.result), "stage1": str(i.stage1)}
-                for i in run.images
-            ]
-            return {
-                compare: (str(first.before), str(first.result)),
-                stage1: str(first.stage1),
-                gallery: [(str(i.result), i.name) for i in run.images],
-                download: [str(i.result) for i in run.images],
-                status: "\n".join(lines),
-                results: table,
-            }
-
-        run_button.click(
-            on_run,
-            {files, *form_fields},
-            [compare, stage1, gallery, download, status, results],
-            concurrency_limit=1,
-            concurrency_id="gpu",
-        )
-
-        def on_select(table: list[dict[str, Any]], event: gr.SelectData):
-            if not table or event.index is None or event.index >= len(table):
-                return gr.skip(), gr.skip()
-            row = table[event.index]
-            return (row["before"], row["result"]), row["stage1"]
-
-        gallery.select(on_select, [results], [compare, stage1], queue=False)
+                shown = _result_panel(gr)
+        shown["results"] = gr.State([])
+        _wire_release_change(gr, form)
+        _wire_runs(gr, form, shown, cache, out_root, limits)
 
     # One run at a time: two restorations on one GPU would only fight for memory.
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
+
+
+#: The page's controls that make a :class:`FormValues` (their keys are its fields).
+_FORM_FIELDS = (
+    "version task upscale steps sampler cfg_scale prompt negative_prompt control_strength "
+    "guidance_scale guidance_space guidance_loss guidance_mask guidance_start guidance_stop "
+    "color_fix seed cleaner_tile vae_tile latent_tile tile_overlap captioner caption "
+    "tile_captions"
+).split()
+#: Controls whose values a release's defaults set (version or task changes).
+_RELEASE_FIELDS = "upscale steps sampler cfg_scale prompt negative_prompt tile_overlap".split()
+#: Controls a release may have no use for (greyed out), their values left as they are.
+_OPTIONAL_FIELDS = (
+    "control_strength guidance_scale guidance_space guidance_loss guidance_mask "
+    "guidance_start guidance_stop tile_captions"
+).split()
+
+
+def _input_controls(gr, defaults: FormValues) -> dict[str, Any]:
+    """The uploads, the release and task, the upscale and the Restore button."""
+    from diffbir.config.presets import ALL_VERSIONS, TASK_CHOICES
+
+    c: dict[str, Any] = {}
+    c["files"] = gr.File(
+        label="Images", file_count="multiple", file_types=["image"], elem_id="inputs"
+    )
+    with gr.Row():
+        c["version"] = gr.Dropdown(
+            list(ALL_VERSIONS),
+            value=defaults.version,
+            label="Release (hypir: HYPIR, one step)",
+            elem_id="version",
+        )
+        c["task"] = gr.Dropdown(
+            list(TASK_CHOICES), value=defaults.task, label="Task", elem_id="task"
+        )
+    c["upscale"] = gr.Slider(
+        1, 8, value=defaults.upscale, step=0.5, label="Upscale", elem_id="upscale"
+    )
+    c["run_button"] = gr.Button("Restore", variant="primary", elem_id="run")
+    return c
+
+
+def _sampling_controls(gr, defaults: FormValues) -> dict[str, Any]:
+    """Steps, sampler, CFG, control strength, prompts, seed, colour fix."""
+    from diffbir.diffusion.names import sampler_names
+
+    c: dict[str, Any] = {}
+    with gr.Accordion("Sampling", open=False, elem_id="sampling"):
+        with gr.Row():
+            c["steps"] = gr.Slider(
+                1, 200, value=defaults.steps, step=1, label="Steps", elem_id="steps"
+            )
+            c["sampler"] = gr.Dropdown(
+                sampler_names(), value=defaults.sampler, label="Sampler", elem_id="sampler"
+            )
+        with gr.Row():
+            c["cfg_scale"] = gr.Slider(
+                0, 15, value=defaults.cfg_scale, step=0.5, label="CFG scale (1 = off)",
+                elem_id="cfg",
+            )  # fmt: skip
+            c["control_strength"] = gr.Slider(
+                0, 2, value=defaults.control_strength, step=0.05, label="Control strength"
+            )
+        c["prompt"] = gr.Textbox(value=defaults.prompt, label="Prompt", lines=2)
+        c["negative_prompt"] = gr.Textbox(
+            value=defaults.negative_prompt, label="Negative prompt", lines=2
+        )
+        with gr.Row():
+            c["seed"] = gr.Number(value=defaults.seed, precision=0, label="Seed (-1 = random)")
+            c["color_fix"] = gr.Dropdown(
+                ["wavelet", "adain", "none"], value=defaults.color_fix, label="Colour fix"
+            )
+    return c
+
+
+def _caption_controls(gr) -> dict[str, Any]:
+    """The captioner, the tiles' captions, the editable caption and Describe."""
+    from diffbir.captioning.names import captioner_names
+
+    c: dict[str, Any] = {}
+    with gr.Accordion("Caption", open=False, elem_id="captioning"):
+        gr.Markdown(
+            "v2.1 was trained on captioned photos: a caption of each photo goes "
+            "before the prompt. **Describe** shows the first photo's caption; "
+            "edit it to use your words for every photo, or clear it to caption "
+            "each photo at the run."
+        )
+        with gr.Row():
+            c["captioner"] = gr.Dropdown(
+                ["auto", *captioner_names()],
+                value="auto",
+                label="Captioner (auto: the release's on a GPU, the light one else)",
+                elem_id="captioner",
+            )
+            c["tile_captions"] = gr.Dropdown(
+                ["whole", "each", "off"],
+                value="whole",
+                label="Tiles: the photo's caption, each tile's own, or none",
+            )
+        c["caption"] = gr.Textbox(value="", label="Caption (editable)", lines=2, elem_id="caption")
+        c["describe_button"] = gr.Button("Describe the first photo", elem_id="describe")
+    return c
+
+
+def _guidance_controls(gr) -> dict[str, Any]:
+    """Latent image guidance: its scale, space, loss, mask and timestep window."""
+    c: dict[str, Any] = {}
+    with gr.Accordion("Fidelity guidance", open=False):
+        gr.Markdown(
+            "Pulls the result toward the stage-1 output: more fidelity, less "
+            "invention. The scale is the v2 release's `--g_scale`."
+        )
+        c["guidance_scale"] = gr.Slider(
+            0, 1, value=0, step=0.01, label="Fidelity (0 = off)", elem_id="fidelity"
+        )
+        with gr.Row():
+            c["guidance_space"] = gr.Dropdown(["latent", "pixel"], value="latent", label="Space")
+            c["guidance_loss"] = gr.Dropdown(
+                ["mse", "weighted_mse"], value="mse", label="Loss (weighted: edges free)"
+            )
+        c["guidance_mask"] = gr.Image(
+            type="filepath",
+            image_mode="L",
+            label="Fidelity mask (optional): white holds to stage 1, black is free",
+            sources=["upload"],
+            height=160,
+        )
+        with gr.Row():
+            c["guidance_start"] = gr.Number(value=1001, precision=0, label="Apply while t <")
+            c["guidance_stop"] = gr.Number(value=-1, precision=0, label="... and t >")
+    return c
+
+
+def _tiling_controls(gr, defaults: FormValues) -> dict[str, Any]:
+    """Tile sizes per stage and their overlap."""
+    c: dict[str, Any] = {}
+    with gr.Accordion("Tiling (large images)", open=False):
+        with gr.Row():
+            c["cleaner_tile"] = gr.Number(value=0, precision=0, label="Stage-1 tile (0 = auto)")
+            c["vae_tile"] = gr.Number(value=0, precision=0, label="VAE tile (0 = auto)")
+            c["latent_tile"] = gr.Number(value=0, precision=0, label="Diffusion tile (0 = auto)")
+        c["tile_overlap"] = gr.Slider(
+            0, 0.75, value=defaults.tile_overlap, step=0.05, label="Tile overlap"
+        )
+    return c
+
+
+def _result_panel(gr) -> dict[str, Any]:
+    """Before/after, the stage-1 output, the gallery, the downloads, the status line."""
+    c: dict[str, Any] = {}
+    c["compare"] = gr.ImageSlider(
+        label="Before / after (drag the handle)",
+        type="filepath",
+        format="png",
+        elem_id="compare",
+        interactive=False,
+    )
+    with gr.Row():
+        c["stage1"] = gr.Image(
+            label="Stage-1 output (the diffusion condition)",
+            type="filepath",
+            format="png",
+            interactive=False,
+            elem_id="stage1",
+            height=260,
+        )
+        c["gallery"] = gr.Gallery(
+            label="All results (click to compare)",
+            columns=3,
+            object_fit="contain",
+            height=260,
+            elem_id="gallery",
+            interactive=False,
+        )
+    c["download"] = gr.File(
+        label="Download (full-size PNG)",
+        file_count="multiple",
+        interactive=False,
+        elem_id="download",
+    )
+    c["status"] = gr.Markdown(elem_id="status")
+    return c
+
+
+def _wire_release_change(gr, form: dict[str, Any]) -> None:
+    """A new release or task shows its defaults; controls it has no use for go inactive."""
+
+    def on_release_change(version_value: str, task_value: str):
+        try:
+            values = release_defaults(version_value, task_value)
+        except DiffBIRError as exc:
+            raise gr.Error(str(exc)) from None
+        unused = values["unused"]
+        updates = [
+            gr.update(interactive=False)
+            if name in unused
+            else gr.update(value=values[name], interactive=True)
+            for name in _RELEASE_FIELDS
+        ]
+        updates += [gr.update(interactive=name not in unused) for name in _OPTIONAL_FIELDS]
+        return updates
+
+    outputs = [form[name] for name in (*_RELEASE_FIELDS, *_OPTIONAL_FIELDS)]
+    for control in (form["version"], form["task"]):
+        control.change(on_release_change, [form["version"], form["task"]], outputs, queue=False)
+
+
+def _wire_runs(gr, form, shown, cache: PipelineCache, out_root: Path, limits: dict) -> None:
+    """Describe, Restore and the gallery's selection."""
+    fields = {form[name]: name for name in _FORM_FIELDS}  # control -> FormValues field
+    files = form["files"]
+
+    def values(data: dict) -> FormValues:
+        return FormValues(**{name: data[control] for control, name in fields.items()})
+
+    def on_describe(data: dict, progress=gr.Progress()):  # noqa: B008
+        uploads = [_upload_path(u) for u in data[files] or []]
+        try:
+            return describe_upload(
+                uploads[0] if uploads else None,
+                values(data),
+                cache,
+                max_pixels=limits["max_pixels"],
+                report=lambda fraction, text: progress(fraction, desc=text),
+            )
+        except DiffBIRError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except _out_of_memory():
+            raise gr.Error(OOM_MESSAGE, print_exception=False) from None
+
+    form["describe_button"].click(
+        on_describe, {files, *fields}, [form["caption"]], concurrency_limit=1,
+        concurrency_id="gpu",
+    )  # fmt: skip
+
+    def on_run(data: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        try:
+            run = restore_uploads(
+                [_upload_path(u) for u in data[files] or []],
+                values(data),
+                cache,
+                out_root,
+                **limits,
+                report=lambda fraction, text: progress(fraction, desc=text),
+            )
+        except DiffBIRError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except _out_of_memory():
+            raise gr.Error(OOM_MESSAGE, print_exception=False) from None
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the page either
+            log.exception("restoration failed")
+            raise gr.Error(f"internal error: {type(exc).__name__}: {exc}") from None
+        for failure in run.failures:
+            gr.Warning(failure)
+        return _shown_results(run, shown)
+
+    outputs = [shown[n] for n in ("compare", "stage1", "gallery", "download", "status", "results")]
+    form["run_button"].click(
+        on_run, {files, *fields}, outputs, concurrency_limit=1, concurrency_id="gpu"
+    )
+
+    def on_select(table: list[dict[str, Any]], event: gr.SelectData):
+        if not table or event.index is None or event.index >= len(table):
+            return gr.skip(), gr.skip()
+        row = table[event.index]
+        return (row["before"], row["result"]), row["stage1"]
+
+    shown["gallery"].select(
+        on_select, [shown["results"]], [shown["compare"], shown["stage1"]], queue=False
+    )
+
+
+def _shown_results(run, shown: dict[str, Any]) -> dict:
+    """What the result panel shows of a finished run (the first image compared)."""
+    first = run.images[0]
+    lines = [f"**{run.summary()}**; result {first.size[1]}x{first.size[0]} px."]
+    lines += [f"- {i.name}: caption *{i.caption}*" for i in run.images if i.caption]
+    lines += [f"- {failure}" for failure in run.failures]
+    table = [
+        {"before": str(i.before), "result": str(i.result), "stage1": str(i.stage1)}
+        for i in run.images
+    ]
+    return {
+        shown["compare"]: (str(first.before), str(first.result)),
+        shown["stage1"]: str(first.stage1),
+        shown["gallery"]: [(str(i.result), i.name) for i in run.images],
+        shown["download"]: [str(i.result) for i in run.images],
+        shown["status"]: "\n".join(lines),
+        shown["results"]: table,
+    }
 
 
 def launch(
