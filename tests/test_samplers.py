@@ -594,3 +594,20 @@ def test_cuda_generator_and_tensors():
     gen = torch.Generator(device="cuda").manual_seed(0)
     out = sample_ddpm(model, x, SD, 5, generator=gen)
     assert out.device.type == "cuda" and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("steps", [3, 9, 27, 37, 111, 332, 333])
+def test_ddim_step_counts_whose_grid_leaves_the_schedule_are_one_line(steps):
+    """The release's DDIM grid range(0, 1000, 1000 // steps) + 1 reaches t = 1000 for these
+    counts (the release fails with an IndexError); we say so before sampling."""
+    from diffbir.config.limits import ddim_steps_fit, ddim_steps_near
+    from diffbir.config.settings import RestoreOptions
+    from diffbir.errors import ConfigError
+    from diffbir.restore.factory import resolve_run
+
+    assert not ddim_steps_fit(1000, steps)
+    near = ddim_steps_near(1000, steps)
+    assert near and all(ddim_steps_fit(1000, n) for n in near)
+    with pytest.raises(ConfigError, match=f"with {steps} steps reaches timestep 1000.*try"):
+        resolve_run("v1", "sr", RestoreOptions(sampler="ddim", steps=steps))
+    assert resolve_run("v1", "sr", RestoreOptions(sampler="ddim", steps=near[-1])).steps == near[-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config.limits import ddim_steps_fit, ddim_steps_near
 from ..errors import ConfigError
 from .schedule import NoiseSchedule
 
@@ -44,7 +45,15 @@ def ddim_timesteps(schedule: NoiseSchedule, steps: int) -> list[int]:
     stride = schedule.num_timesteps // steps
     if stride < 2:
         raise ConfigError(f"ddim supports at most {schedule.num_timesteps // 2} steps, got {steps}")
-    return [t + 1 for t in reversed(range(0, schedule.num_timesteps, stride))]
+    grid = [t + 1 for t in reversed(range(0, schedule.num_timesteps, stride))]
+    if not ddim_steps_fit(schedule.num_timesteps, steps):
+        # The release's grid reaches t = T here, one past the schedule (it fails there too).
+        near = " or ".join(map(str, ddim_steps_near(schedule.num_timesteps, steps)))
+        raise ConfigError(
+            f"steps (--steps): ddim's grid with {steps} steps reaches timestep "
+            f"{schedule.num_timesteps}, past the schedule's end; try {near}"
+        )
+    return grid
 
 
 def karras_timesteps(schedule: NoiseSchedule, steps: int) -> list[int]:
