@@ -38,6 +38,8 @@ class GitCaptioner(ModelCaptioner):
 
     def _caption_batch(self, images: list[Image.Image]) -> list[str]:
         import torch
+
+        # transformers loads with the first model built (seconds a bare import need not pay)
         from transformers import GenerationConfig
 
         config = self.model.config

@@ -123,6 +123,7 @@ def image_tokens(config) -> int:
 
 def greedy_config(tokenizer, max_new_tokens: int):
     """The release's decoding: no sampling, one beam, ``max_new_tokens``, stop at EOS."""
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_token_id

@@ -74,6 +74,7 @@ def load_captioner(
 def _progress_bars(shown: bool) -> Iterator[None]:
     """transformers' own loading bars off for the block when ``shown`` is False (-q),
     then as they were."""
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers.utils import logging as hf_logging
 
     if shown or not hf_logging.is_progress_bar_enabled():
@@ -137,6 +138,8 @@ def _model_folder(name, *, path, weights_dir, offline, progress) -> Path:
 def _quantization(bits: int):
     """The release's llava builder settings: 8-bit, or 4-bit NF4 with double quantization."""
     import torch
+
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
@@ -150,6 +153,7 @@ def _quantization(bits: int):
 
 
 def _load_llava(folder: Path, *, device, dtype, bits: int, **options) -> Captioner:
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from .llava import LlavaCaptioner
@@ -168,6 +172,7 @@ def _load_llava(folder: Path, *, device, dtype, bits: int, **options) -> Caption
 
 
 def _load_git(folder: Path, *, device, dtype, **options) -> Captioner:
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers import AutoTokenizer, GitForCausalLM
 
     from .git import GitCaptioner
@@ -185,6 +190,7 @@ def _clip_image_processor(folder: Path):
     """Both checkpoints name ``CLIPImageProcessor``: load its Pillow implementation, which
     needs no torchvision (and is what the release's transformers ran), without the
     fallback warning ``AutoImageProcessor`` prints when torchvision is absent."""
+    # transformers loads with the first model built (seconds a bare import need not pay)
     import transformers
 
     cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -178,8 +179,6 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
 
 def jpeg_encode(image: torch.Tensor, quality: int) -> bytes:
     """Encode one ``[3, H, W]`` RGB image as a baseline JPEG (4:2:0) at ``quality`` 1..100."""
-    import cv2
-
     quality = int(quality)
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
@@ -192,8 +191,6 @@ def jpeg_encode(image: torch.Tensor, quality: int) -> bytes:
 
 def jpeg_decode(data: bytes) -> torch.Tensor:
     """Decode JPEG bytes to a ``[3, H, W]`` float32 RGB tensor in [0, 1]."""
-    import cv2
-
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     rgb = np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))
     return torch.from_numpy(rgb).float() / 255.0

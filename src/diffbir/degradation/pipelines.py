@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from diffbir.degradation import kernels as K
 from diffbir.degradation import ops
@@ -135,7 +136,6 @@ def load_preset(name: str) -> PipelineConfig:
     """The configuration of a named preset (``codeformer``, ``codeformer_face_v1``, ``realesrgan``)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown degradation preset {name!r}; choose from {list(PRESETS)}")
-    import yaml
 
     text = resources.files("diffbir.degradation").joinpath("presets", f"{name}.yaml").read_text()
     return parse_config(yaml.safe_load(text))

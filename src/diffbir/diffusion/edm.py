@@ -322,6 +322,7 @@ class BrownianNoise:
     """
 
     def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, groups) -> None:
+        # torchsde only for the SDE samplers' Brownian tree
         import torchsde
 
         positive = sigmas[sigmas > 0]

@@ -49,6 +49,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from diffbir.imaging.tiling import blend_weights, tile_spans
+
 from ..errors import ConfigError, DiffBIRWarning
 
 SPACES = ("latent", "pixel")
@@ -270,8 +272,6 @@ class LatentGuidance:
         """The pixel loss's gradient from overlapping latent tiles, each decoded alone;
         a tile's loss is its share of the whole image's mean, and the tiles' gradients
         are blended with the smooth weights of :mod:`diffbir.imaging.tiling`."""
-        from diffbir.imaging.tiling import blend_weights, tile_spans
-
         h, w = z.shape[-2:]
         full = self.pixel_target.to(z.device, torch.float32) * 2.0 - 1.0
         weight_full = None if self.weight is None else self.weight.to(z.device, torch.float32)

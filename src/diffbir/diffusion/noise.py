@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from diffbir.diffusion.edm import BrownianNoise
+
 
 @dataclass
 class ImageStream:
@@ -56,6 +58,4 @@ class BatchNoise:
         return torch.cat(draws).to(device=like.device, dtype=like.dtype)
 
     def brownian(self, x: torch.Tensor, sigmas: torch.Tensor):
-        from diffbir.diffusion.edm import BrownianNoise
-
         return BrownianNoise(x, sigmas, [(rows, s.cpu_generator) for rows, s in self.groups])

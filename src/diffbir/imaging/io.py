@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 from diffbir.errors import DiffBIRError, ImageReadError, printable
 
@@ -409,8 +410,6 @@ def _encode_to(
     elif pillow_format == "WEBP":
         options = {"quality": quality, "lossless": quality >= 100}
     elif pillow_format == "PNG" and metadata:
-        from PIL.PngImagePlugin import PngInfo
-
         info = PngInfo()
         for key, value in metadata.items():
             info.add_itxt(key, value)

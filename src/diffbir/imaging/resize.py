@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 
 def is_8bit(x: torch.Tensor) -> bool:
@@ -28,8 +29,6 @@ def pil_bicubic(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     result bit for bit); other content channel by channel in Pillow's 32-bit
     float mode (the same filter, without the 8-bit rounding).
     """
-    from PIL import Image
-
     h, w = size_hw
     if tuple(x.shape[-2:]) == (h, w):
         return x.float()

@@ -31,6 +31,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from diffbir.errors import ConfigError
 from diffbir.models.cpu_fast import onednn_eligible
@@ -355,8 +356,6 @@ def _run_tiled(
     segments = _segments(steps)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(segments) * len(tiles), desc=desc, leave=False)
 
     result: torch.Tensor | None = None

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 
 def tile_spans(length: int, tile: int, overlap: int, *, align: int = 1) -> list[tuple[int, int]]:
@@ -128,8 +129,6 @@ def tiled_apply(
 
     jobs = [(r, c) for r in rows for c in cols]
     if progress:
-        from tqdm.auto import tqdm
-
         jobs = tqdm(jobs, desc="tiles", leave=False)
 
     acc: torch.Tensor | None = None

@@ -15,6 +15,8 @@ with ``accelerate launch`` (one model per GPU, each output written once).
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sys
 import time
@@ -23,10 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from diffbir.config.settings import RunConfig
 from diffbir.errors import DiffBIRError, printable
+from diffbir.faces import image_to_tensor
+from diffbir.imaging.io import check_writable_folder, remove_stale_temp_files, write_image
+from diffbir.imaging.paths import collect_inputs, output_paths_for
 from diffbir.jobs.loop import RunLoop, Work, output_metadata, size_problem
+from diffbir.jobs.sharding import Shard
+from diffbir.restore.factory import load_restorer
+from diffbir.restore.prompts import prompt_for_file
 
 
 @dataclass
@@ -101,8 +110,6 @@ class RestoreJob:
             DiffBIRError: two inputs would write one file, or an output would overwrite
                 an input (both refuse the whole run: nothing has been written yet).
         """
-        from diffbir.imaging.paths import collect_inputs, output_paths_for
-
         items = collect_inputs(self.inputs, recursive=self.recursive, problems=problems)
         # output_paths_for also refuses two inputs that would write one file.
         work = list(zip(items, output_paths_for(items, self.output, suffix=self.suffix)))
@@ -120,10 +127,6 @@ class RestoreJob:
         summary's ``failed``; the others complete. A load failure ends the run with
         ``fatal`` set; Ctrl+C (or SIGTERM, which ``diffbir restore`` turns into
         ``SystemExit``) with ``interrupted`` set, in a single process."""
-        from tqdm.auto import tqdm
-
-        from diffbir.jobs.sharding import Shard
-
         started = time.time()
         if self.output.exists() and not self.output.is_dir():
             raise DiffBIRError(
@@ -138,8 +141,6 @@ class RestoreJob:
                 _report(summary, source, reason)
         todo = self._todo(shard.take(planned), summary)
         if todo:
-            from diffbir.imaging.io import check_writable_folder
-
             check_writable_folder(self.output)  # before minutes of model loading
         if shard.rank == 0 and planned:
             self._remove_stale_temp_files(planned, started)
@@ -219,10 +220,6 @@ class RestoreJob:
         """Every input's prompts before the diffusion stage: its --prompts row or
         sidecar, else a caption (one pass over the images that need one, after which the
         captioner is freed)."""
-        from tqdm.auto import tqdm
-
-        from diffbir.restore.prompts import prompt_for_file
-
         config = self.config
         given = {}
         for item, out in todo:
@@ -303,8 +300,6 @@ class RestoreJob:
     def _remove_stale_temp_files(self, work: list, started: float) -> None:
         """Remove the hidden temporary files a killed run left beside this run's outputs
         (only our own pattern, older than this run, of no live process)."""
-        from diffbir.imaging.io import remove_stale_temp_files
-
         folders: set[Path] = set()
         for _, out in work:
             folders.update(path.parent for path in self._written_paths(out))
@@ -326,8 +321,6 @@ class RestoreJob:
     def write(self, work: Work, image, result, index: int) -> None:
         """The run loop's sink: the restored file(s) of one input, and with --save-stage1,
         --compare, --save-faces those too; a row of prompt.csv."""
-        from diffbir.imaging.io import write_image
-
         out = work.key
         n_samples = self.config.n_samples
         metadata = output_metadata(result, work.source, index)
@@ -348,9 +341,6 @@ class RestoreJob:
 
     def _write_faces(self, result, index: int, out: Path) -> None:
         """Aligned input crops and restored crops of a whole-photo result."""
-        from diffbir.faces import image_to_tensor
-        from diffbir.imaging.io import write_image
-
         faces = result.faces
         if not faces:
             return
@@ -376,9 +366,6 @@ def _append_prompt_csv(output: Path, out: Path, metadata: dict[str, str]) -> Non
     release writes it, then the caption that went into pos_prompt). The file is locked
     while a row is appended, so the processes of a sharded run write one header and
     never interleave. It can be given back with ``--prompts`` to reuse the prompts."""
-    import csv
-    import io
-
     path = output / "prompt.csv"
     name = str(out.relative_to(output).with_suffix(""))
     try:
@@ -437,8 +424,6 @@ def _code(stop: SystemExit) -> int:
 
 
 def _load_restorer(loader: dict, shard):
-    from diffbir.restore.factory import load_restorer
-
     loader = dict(loader)
     if shard.world > 1 and loader.get("device") is None:
         loader["device"] = shard.device  # one model per GPU

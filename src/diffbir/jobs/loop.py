@@ -16,6 +16,7 @@ owns what must not differ between them:
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,8 +245,6 @@ class RunLoop:
 
 def output_metadata(result, source: Path, index: int) -> dict[str, str] | None:
     """How an output was made (release, sampler, steps, prompts, caption, seed...), or None."""
-    import json
-
     config = getattr(result, "config", None)
     if config is None:
         return None

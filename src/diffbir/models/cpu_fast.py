@@ -154,6 +154,7 @@ class CPUAttnProcessor:
     spatial/QK norms, other devices or dtypes, training)."""
 
     def __init__(self) -> None:
+        # diffusers loads with the first model built (seconds a bare import need not pay)
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.fallback = AttnProcessor2_0()
@@ -216,6 +217,7 @@ def accelerate(model: nn.Module) -> nn.Module:
     so no parameter is copied and meta-device models work), and diffusers
     ``Attention`` modules get a :class:`CPUAttnProcessor`. Returns ``model``.
     """
+    # diffusers loads with the first model built (seconds a bare import need not pay)
     from diffusers.models.attention_processor import Attention
 
     processor = None

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from diffbir.errors import ConfigError
+from diffbir.models.cpu_fast import accelerate
 
 # The published constructor arguments of SD 2.1-base (v2-inference.yaml).
 SD21_BASE_UNET_LDM: dict = {
@@ -171,9 +172,8 @@ def build_unet(config: Mapping | None = None):
     Build it inside ``torch.device("meta")`` to allocate nothing before loading.
     It carries the CPU fast paths of :func:`diffbir.models.cpu_fast.accelerate`.
     """
+    # diffusers loads with the first model built (seconds a bare import need not pay)
     from diffusers import UNet2DConditionModel
-
-    from diffbir.models.cpu_fast import accelerate
 
     return accelerate(UNet2DConditionModel(**dict(config or unet_config_from_ldm())))
 

@@ -89,6 +89,7 @@ def text_config_from_open_clip(
 
 
 def _as_config(config) -> Any:
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers import CLIPTextConfig
 
     if config is None:
@@ -105,6 +106,7 @@ def build_text_encoder(config: dict | None = None):
     ViT-H/14, penultimate layer) or a ``CLIPTextConfig``. Honors an enclosing
     ``torch.device("meta")`` context.
     """
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers import CLIPTextModel
 
     return CLIPTextModel(_as_config(config))
@@ -112,6 +114,7 @@ def build_text_encoder(config: dict | None = None):
 
 def _hf_prefix() -> str:
     """``"text_model."`` where the installed transformers nests the tower (4.x), else ``""``."""
+    # transformers loads with the first model built (seconds a bare import need not pay)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tiny = CLIPTextConfig(

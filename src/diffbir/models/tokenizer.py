@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
+import regex
 import torch
 
 from diffbir.errors import CheckpointError
@@ -112,8 +113,6 @@ class OpenCLIPTokenizer:
         return tok
 
     def _setup(self, encoder: dict[str, int], merges: list[tuple[str, str]], origin: str) -> None:
-        import regex
-
         missing = [t for t in (SOT_TOKEN, EOT_TOKEN) if t not in encoder]
         if missing or len(encoder) != _VOCAB_SIZE:
             raise CheckpointError(
@@ -212,8 +211,6 @@ class OpenCLIPTokenizer:
 
 def clean_text(text: str) -> str:
     """OpenCLIP's prompt cleaning: ftfy (if installed), HTML unescape x2, collapse spaces, lower."""
-    import regex
-
     try:
         import ftfy
     except ImportError:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from diffbir.errors import ConfigError
+from diffbir.models.cpu_fast import accelerate
+from diffbir.models.vae_cpu import decode, encode_moments
 
 # Latents are multiplied by this after encoding so they have roughly unit variance.
 VAE_SCALE = 0.18215
@@ -98,9 +100,8 @@ def build_vae(config: dict | None = None):
     can be built without allocating weights. It carries the CPU fast paths of
     :func:`diffbir.models.cpu_fast.accelerate`.
     """
+    # diffusers loads with the first model built (seconds a bare import need not pay)
     from diffusers import AutoencoderKL
-
-    from diffbir.models.cpu_fast import accelerate
 
     return accelerate(AutoencoderKL(**(config if config is not None else vae_config_from_ldm())))
 
@@ -210,8 +211,6 @@ def encode_to_latent(vae, x01: torch.Tensor) -> torch.Tensor:
     The input is moved to the VAE's device and dtype; H and W should be
     multiples of 8 (the latent is 1/8 of the size).
     """
-    from diffbir.models.vae_cpu import encode_moments
-
     ref = first_parameter(vae)
     x = x01.to(device=ref.device, dtype=ref.dtype) * 2.0 - 1.0
     moments = encode_moments(vae, x)  # the CPU fast path, None where it does not apply
@@ -225,8 +224,6 @@ def encode_to_latent(vae, x01: torch.Tensor) -> torch.Tensor:
 def decode_from_latent(vae, z: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
     """Decode a scaled latent to an NCHW RGB image ``(x + 1) / 2``, clamped to [0,1]
     unless ``clamp`` is False (the release's restore path does not clamp here)."""
-    from diffbir.models.vae_cpu import decode
-
     ref = first_parameter(vae)
     z = z.to(device=ref.device, dtype=ref.dtype) / VAE_SCALE
     out = decode(vae, z)  # the CPU fast path, None where it does not apply

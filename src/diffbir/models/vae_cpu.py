@@ -326,6 +326,7 @@ def _upsampler_supported(module) -> bool:
 
 
 def _supported(vae) -> bool:
+    # diffusers loads with the first model built (seconds a bare import need not pay)
     from diffusers.models.attention_processor import Attention
     from diffusers.models.downsampling import Downsample2D
     from diffusers.models.resnet import ResnetBlock2D

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import torch
 
+from diffbir.captioning import load_captioner
+from diffbir.errors import ConfigError
+
 #: The models of a DiffBIR run, in the order a run first uses them.
 OFFLOAD_SEQUENCE = ("cleaner", "text_encoder", "vae", "unet", "controlnet")
 
@@ -103,8 +106,6 @@ class PromptEmbeddings:
         """The ``[1, 77, D]`` embedding of ``prompt``."""
         if prompt not in self._cache:
             if self._text_encoder() is None:
-                from diffbir.errors import ConfigError
-
                 raise ConfigError(
                     "the text encoder was freed after the prompts were encoded; "
                     f"cannot encode the new prompt {prompt[:40]!r}"
@@ -144,7 +145,6 @@ class CaptionerSlot:
         key = (name, bits)
         if self._captioner is None or self._key != key:
             # The captioners' libraries are heavy: loaded with the first captioner only.
-            from diffbir.captioning import load_captioner
 
             self.free()
             self._captioner = load_captioner(

@@ -88,7 +88,6 @@ class HypirModels(nn.Module):
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> ``[B, 77, D]`` (the text encoder's last hidden state)."""
-
         return encode_tokens(self.text_encoder, self.tokenizer(list(prompts)))
 
     def drop_text_encoder(self) -> None:
@@ -107,7 +106,6 @@ def load_hypir_models(
 ) -> HypirModels:
     """SD 2.1-base (an LDM checkpoint or a diffusers folder) with HYPIR's LoRA merged
     into the UNet once, in float32, then cast to ``dtype``."""
-
     unet, vae, text = load_sd_base(
         sd,
         unet_config=configs.get("unet"),
@@ -184,7 +182,6 @@ class HypirRestorer:
         ``dtype`` defaults to bfloat16 on CUDA (the published app's) and float32
         elsewhere. The other arguments are those of
         :meth:`DiffBIRPipeline.from_preset <diffbir.restore.pipeline.DiffBIRPipeline.from_preset>`."""
-
         if controlnet is not None:
             raise ConfigError(
                 "--controlnet: HYPIR has no ControlNet; its own weights are a LoRA (--lora)"
@@ -266,7 +263,6 @@ class HypirRestorer:
     ) -> list[ImagePrompt]:
         """Each image's prompt: ``given`` where there is one, else its caption joined to
         the run's prompt (the run's prompt alone with captioner ``none``, the default)."""
-
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if lq.dim() == 3:
             lq = lq.unsqueeze(0)
@@ -305,7 +301,6 @@ class HypirRestorer:
         """Restore a batch ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1]); each image as if
         alone with the run's seed, ``n_samples`` results per image (``samples_per_run``
         per pass, from the image's one stream)."""
-
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if config.model != self.preset.model:
             raise ConfigError(f"a {config.model} run's settings given to the HYPIR restorer")
@@ -332,7 +327,6 @@ class HypirRestorer:
         return concat_results(parts, config)
 
     def _run(self, lq, groups, config: RunConfig, prompts: list[ImagePrompt]) -> RestoreResult:
-
         timings: dict[str, float] = {}
         noise = BatchNoise(groups)
         target_hw = check_output_size(tuple(lq.shape[-2:]), config.upscale)
@@ -352,9 +346,9 @@ class HypirRestorer:
                 z = self.generate(z_lq, text, tiles.patch, tiles.stride)
             with timed(timings, "decode", self.device), self.offload.stage("decode"):
                 image = self.decode(z, *tiles.vae_decode)[..., :h1, :w1]
-                image = F.interpolate(
-                    (image + 1) / 2, size=(h0, w0), mode="bicubic", antialias=True
-                )
+                image = (image + 1) / 2
+                if tuple(image.shape[-2:]) != (h0, w0):  # at equal size the resize is exact
+                    image = F.interpolate(image, size=(h0, w0), mode="bicubic", antialias=True)
                 image = stages.color_fix(image, reference, config.color_fix)
                 image = to_uint8_levels(image).float().div_(255.0)
         timings["total"] = sum(timings.values())
@@ -397,7 +391,6 @@ class HypirRestorer:
     def encode(self, x: torch.Tensor, tile: int, stride: int, noise) -> torch.Tensor:
         """Sampled VAE posterior of ``x`` (in [-1, 1], padded), in ``tile`` x ``tile``
         pixel tiles ``stride`` apart; each tile's draw from the rows' streams."""
-
         vae = self.stage2.vae
 
         def sample(tile_x: torch.Tensor) -> torch.Tensor:
@@ -418,7 +411,6 @@ class HypirRestorer:
     def generate(self, z_lq: torch.Tensor, text: torch.Tensor, patch: int, stride: int):
         """HYPIR's one step over latent tiles: the UNet at ``model_t``, then the clean
         latent of the DDPM step at ``coeff_t``."""
-
         unet = self.stage2.unet
         sqrt_a, sqrt_1ma = (c.to(self.device) for c in self._coefficients)
         t = int(self.preset.extra["model_t"])
@@ -436,7 +428,6 @@ class HypirRestorer:
     def decode(self, z: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
         """Images in [-1, 1] of latents ``z``, in tiles of ``tile`` decoded pixels
         ``stride`` apart."""
-
         vae = self.stage2.vae
 
         def decode_tile(tile_z: torch.Tensor) -> torch.Tensor:
@@ -552,4 +543,6 @@ def raise_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
         new = (size, int(w * (size / h)))
     else:
         new = (int(h * (size / w)), size)
+    if new == (h, w):
+        return x  # the published resize at equal size is an exact identity
     return F.interpolate(x, size=new, mode="bicubic", antialias=True)

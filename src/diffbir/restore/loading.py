@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import yaml
 
 from diffbir.errors import ConfigError
+from diffbir.models.cleaner import infer_arch, load_cleaner
+from diffbir.weights.checkpoint import load_state_dict
 
 MODEL_CONFIG_KEYS = ("cleaner", "unet", "vae", "text", "controlnet")
 CLEANER_ARCHS = ("swinir", "rrdbnet", "scunet")
@@ -15,9 +18,6 @@ CLEANER_ARCHS = ("swinir", "rrdbnet", "scunet")
 
 def load_stage1(path: Path, arch: str | None, configs: Mapping) -> torch.nn.Module:
     """Load the cleaner; a ``cleaner`` config section may be keyed by architecture."""
-    from diffbir.models.cleaner import infer_arch, load_cleaner
-    from diffbir.weights.checkpoint import load_state_dict
-
     config = dict(configs.get("cleaner", {}))
     if config and set(config) <= set(CLEANER_ARCHS):
         weights = load_state_dict(path)
@@ -31,8 +31,6 @@ def load_model_config(source: Mapping | str | Path | None) -> dict:
     if source is None:
         return {}
     if not isinstance(source, Mapping):
-        import yaml
-
         path = Path(source)
         try:
             source = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

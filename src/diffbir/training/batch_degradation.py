@@ -13,7 +13,9 @@ from typing import Any, Protocol
 
 import torch
 
+from diffbir.degradation.realesrgan_batch import load_realesrgan_batch
 from diffbir.errors import ConfigError
+from diffbir.training.data import dataset_from_config
 
 #: ``data.pipeline`` names handled by :func:`load_batch_degradation`, not the data loader.
 BATCH_PIPELINES = ("realesrgan_batch",)
@@ -51,7 +53,6 @@ def load_batch_degradation(spec: str, device: torch.device) -> BatchDegradation:
         raise ConfigError(
             f"data.pipeline: {spec!r} is not a batched degradation ({', '.join(BATCH_PIPELINES)})"
         )
-    from diffbir.degradation.realesrgan_batch import load_realesrgan_batch
 
     return load_realesrgan_batch(device=device)
 
@@ -71,8 +72,6 @@ class DataTask:
         self.records = None
 
     def _dataset(self, source, *, train: bool):
-        from diffbir.training.data import dataset_from_config
-
         pipeline = "config"
         if self.degrade is not None:
             # Training batches are degraded on the device; held-out images per image, with

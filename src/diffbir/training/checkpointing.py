@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from diffbir.errors import CheckpointError
 from diffbir.training.outputs import CHECKPOINTS, fsync_dir, fsync_tree
+from diffbir.weights.checkpoint import load_into, load_state_dict
 
 _NAME = re.compile(r"step_(\d+)$")
 
@@ -174,8 +175,6 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore a checkpoint into the prepared ``model``/``optimizer`` (and ``task``'s own
     state, when it saved one); returns ``state.json``."""
-    from diffbir.weights.checkpoint import load_into, load_state_dict
-
     folder = Path(folder)
     info = json.loads((folder / "state.json").read_text())
     load_into(accelerator.unwrap_model(model), load_state_dict(folder / "model.safetensors"))

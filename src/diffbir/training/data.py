@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from diffbir.degradation.config import PipelineConfig
 from diffbir.degradation.pipelines import DegradationPipeline, load_pipeline
 from diffbir.errors import ConfigError, ImageReadError
+from diffbir.imaging.io import read_image
 from diffbir.training.records import Record, RecordList, read_records
 
 __all__ = [
@@ -203,8 +204,6 @@ class PairedDataset(Dataset):
 
     def load_hq(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         """The ``[3, size, size]`` HQ crop of sample ``index`` (crop and flip drawn from ``rng``)."""
-        from diffbir.imaging.io import read_image
-
         path = self.records.path(index)
         image = read_image(path, max_pixels=self.max_pixels, keep_alpha=False)
         try:

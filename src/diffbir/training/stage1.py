@@ -12,10 +12,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+from diffbir.models.cleaner import build_cleaner, load_cleaner
 from diffbir.training.batch_degradation import DataTask
 from diffbir.training.config import TrainConfig
+from diffbir.weights.registry import resolve
 
 CLEANER_FILE = "cleaner.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -39,12 +42,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def build_stage1_model(cfg: TrainConfig) -> nn.Module:
     """The cleaner to train: the released config updated by ``model.config``, optionally initialised."""
-    from diffbir.models.cleaner import build_cleaner, load_cleaner
-
     m = cfg.model
     if m.init:
-        from diffbir.weights.registry import resolve
-
         model = load_cleaner(resolve(m.init), arch=m.arch, **m.config)
     else:
         model = build_cleaner(m.arch, **m.config)
@@ -103,8 +102,6 @@ class Stage1Task(DataTask):
         ``diffbir restore --cleaner OUT/cleaner.safetensors --model-config OUT/model_config.json``
         loads it (the model config is needed only for a non-released architecture).
         """
-        from safetensors.torch import save_file
-
         weights = output_dir / CLEANER_FILE
         state = {k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}
         save_file(state, weights, metadata={"arch": self.cfg.model.arch})

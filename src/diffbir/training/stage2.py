@@ -19,11 +19,25 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+from diffbir.diffusion.denoiser import Denoiser
+from diffbir.diffusion.noise import BatchNoise, ImageStream
+from diffbir.diffusion.registry import run_sampler
+from diffbir.diffusion.schedule import NoiseSchedule
+from diffbir.imaging.io import write_image
+from diffbir.models.cleaner import load_cleaner
+from diffbir.models.controlnet import build_controlnet, controlnet_state_dict_to_ldm, init_from_unet
+from diffbir.models.sd_unet import build_unet, unet_config_from_ldm, unet_forward
+from diffbir.models.stage2 import Stage2Model, load_stage2
+from diffbir.models.text_encoder import build_text_encoder
+from diffbir.models.tokenizer import load_tokenizer
+from diffbir.models.vae import build_vae, first_parameter
 from diffbir.training.batch_degradation import DataTask
 from diffbir.training.config import TrainConfig
-from diffbir.training.stage1 import downscale
+from diffbir.training.stage1 import downscale, psnr
+from diffbir.weights.registry import resolve
 
 CONTROLNET_FILE = "controlnet.safetensors"
 SD_DIR = "sd"
@@ -45,16 +59,12 @@ def _frozen_dtype(precision: str) -> torch.dtype:
 
 def build_random_stage2(cfg: TrainConfig):
     """SD with random weights from ``model.*_config`` (tests and benchmarks), ControlNet from its UNet."""
-    from diffbir.models.controlnet import build_controlnet, init_from_unet
-    from diffbir.models.sd_unet import build_unet, unet_config_from_ldm
     from diffbir.models.stage2 import (
         Stage2Model,
         resolve_controlnet_config,
         resolve_text_config,
         resolve_vae_config,
     )
-    from diffbir.models.text_encoder import build_text_encoder
-    from diffbir.models.vae import build_vae
 
     m = cfg.model
     unet = build_unet(unet_config_from_ldm(dict(m.unet_config or {})))
@@ -67,10 +77,6 @@ def build_random_stage2(cfg: TrainConfig):
 
 def load_training_stage2(cfg: TrainConfig):
     """The stage-2 model to train from: released/saved SD + an optional ControlNet to start from."""
-    from diffbir.models.stage2 import load_stage2
-    from diffbir.models.tokenizer import load_tokenizer
-    from diffbir.weights.registry import resolve
-
     m = cfg.model
     wd = m.weights_dir
     if m.sd_checkpoint is None:
@@ -91,9 +97,6 @@ def load_training_stage2(cfg: TrainConfig):
 
 
 def _load_condition_cleaner(cfg: TrainConfig) -> nn.Module | None:
-    from diffbir.models.cleaner import load_cleaner
-    from diffbir.weights.registry import resolve
-
     m = cfg.model
     if m.cleaner is None:
         return None
@@ -109,8 +112,6 @@ class Stage2Task(DataTask):
     prompts = True
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
-        from diffbir.diffusion.schedule import NoiseSchedule
-
         self.cfg = cfg
         self.device = device
         self.dtype = _frozen_dtype(cfg.run.mixed_precision)
@@ -174,8 +175,6 @@ class Stage2Task(DataTask):
         text: torch.Tensor,
     ) -> torch.Tensor:
         """The frozen UNet's output with the residuals of ``control`` (same as ``denoise``)."""
-        from diffbir.models.sd_unet import unet_forward
-
         residuals = control(x_t, cond, t, text)
         residuals = [r.to(self.dtype) for r in residuals]
         return unet_forward(self.stage2.unet, x_t.to(self.dtype), t, text.to(self.dtype), residuals)
@@ -184,8 +183,6 @@ class Stage2Task(DataTask):
     def clean_latent(self, hq: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The HQ latent the diffusion loss denoises: a posterior sample (as released) or its
         mode, x ``model.latent_scale``."""
-        from diffbir.models.vae import first_parameter
-
         vae = self.stage2.vae
         ref = first_parameter(vae)
         posterior = vae.encode(hq.to(ref.device, ref.dtype) * 2.0 - 1.0).latent_dist
@@ -227,11 +224,6 @@ class Stage2Task(DataTask):
     # ------------------------------------------------------------ validation
     def validate(self, step: int, module: nn.Module) -> dict[str, float]:
         """Restore a few held-out LQ images with a short sampler; write them to ``samples/step_N/``."""
-        from diffbir.diffusion.denoiser import Denoiser
-        from diffbir.diffusion.noise import BatchNoise, ImageStream
-        from diffbir.diffusion.registry import run_sampler
-        from diffbir.imaging.io import write_image
-
         v = self.cfg.val
         if self._val_batch is None:
             # No held-out source: the first training images, as the release logs samples
@@ -273,7 +265,6 @@ class Stage2Task(DataTask):
             # lq | stage 1 | restored | hq, side by side
             row = [batch["lq"][i], image[i].float(), restored[i], batch["hq"][i]]
             write_image(folder / f"{i:03d}.png", torch.cat([r.cpu() for r in row], dim=-1))
-        from diffbir.training.stage1 import psnr
 
         return {"val_psnr": psnr(restored, batch["hq"]).mean().item()}
 
@@ -287,11 +278,6 @@ class Stage2Task(DataTask):
         into the loop's staging folder and published whole, ``controlnet.safetensors`` last
         (``outputs.publish``): when it is there, the files beside it belong to it.
         """
-        from safetensors.torch import save_file
-
-        from diffbir.models.controlnet import controlnet_state_dict_to_ldm
-        from diffbir.models.stage2 import Stage2Model
-
         state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
         released = controlnet_state_dict_to_ldm(state, module.config)
         control = output_dir / CONTROLNET_FILE

@@ -22,6 +22,8 @@ from os import PathLike
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from diffbir.errors import CheckpointError, printable
 
@@ -61,9 +63,6 @@ def load_state_dict(
     if path.stat().st_size == 0:
         raise CheckpointError(f"{shown}: the file is empty, not a checkpoint")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             raw = load_file(str(path), device=str(device))
         except (SafetensorError, OSError, ValueError) as exc:
