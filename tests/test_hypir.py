@@ -208,7 +208,7 @@ def test_the_lora_changes_the_image(hypir, release):
 
 def test_restore_is_seeded_per_image_and_quantised(hypir):
     x = torch.rand(2, 3, 32, 40, generator=torch.Generator().manual_seed(2))
-    config = hypir.resolve()
+    config = hypir.resolve(_options(latent_tile=256))  # a 256 patch: 4x less work
     result = hypir.restore(x, config)
     assert result.image.shape == (2, 3, 128, 160) and result.config is config
     levels = result.image * 255
@@ -217,10 +217,10 @@ def test_restore_is_seeded_per_image_and_quantised(hypir):
     # each image as if alone with the seed (a batch may round a level differently)
     assert (alone - result.image[1:]).abs().max() <= 1 / 255 + 1e-6
     assert (alone - result.image[1:]).abs().mean() < 0.01 / 255
-    other = hypir.restore(x[1:], hypir.resolve(_options(seed=7))).image
+    other = hypir.restore(x[1:], hypir.resolve(_options(seed=7, latent_tile=256))).image
     assert not torch.equal(other, alone)
     # the posterior is sampled: intermediates show the encoded latent of the raised image
-    assert result.intermediates["z_lq"].shape == (2, 4, 64, 80)
+    assert result.intermediates["z_lq"].shape == (2, 4, 32, 40)
 
 
 def _options(**kw):
@@ -231,16 +231,17 @@ def _options(**kw):
 
 def test_n_samples_differ_and_follow_one_stream(hypir):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    two = hypir.restore(x, hypir.resolve(_options(n_samples=2))).image
+    two = hypir.restore(x, hypir.resolve(_options(n_samples=2, latent_tile=256))).image
     assert two.shape[0] == 2 and not torch.equal(two[0], two[1])
-    batched = hypir.restore(x, hypir.resolve(_options(n_samples=2, samples_per_run=2))).image
+    both = _options(n_samples=2, samples_per_run=2, latent_tile=256)
+    batched = hypir.restore(x, hypir.resolve(both)).image
     assert (batched - two).abs().max() <= 1 / 255 + 1e-6  # same draws, rows in one pass
 
 
 def test_prompts_change_the_image_and_are_encoded_once(hypir):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    a = hypir.restore(x, hypir.resolve(_options(prompt="a dog"))).image
-    b = hypir.restore(x, hypir.resolve(_options(prompt="a castle at night"))).image
+    a = hypir.restore(x, hypir.resolve(_options(prompt="a dog", latent_tile=256))).image
+    b = hypir.restore(x, hypir.resolve(_options(prompt="a castle at night", latent_tile=256))).image
     assert not torch.equal(a, b)
     assert {"a dog", "a castle at night"} <= hypir.embeddings.known
 
@@ -344,7 +345,7 @@ def test_dtype_compile_and_offload(release, single_thread, loader):
         **loader,
     )  # fmt: skip
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(9))
-    image = restorer.restore(x).image
+    image = restorer.restore(x, restorer.resolve(_options(latent_tile=256))).image
     assert image.shape == (1, 3, 128, 128) and image.dtype == torch.float32
     if "dtype" in loader:
         assert next(restorer.stage2.unet.parameters()).dtype == torch.bfloat16
@@ -364,13 +365,15 @@ def test_the_web_ui_restores_with_hypir_as_the_command_does(release, tmp_path):
     Image.fromarray(pixels.numpy()).save(src)
     args = ["restore", str(src), "-o", str(tmp_path / "cli"), "--model", "hypir"]
     args += ["--weights-dir", str(weights), "--model-config", str(config), "--no-download"]
-    args += ["-q", "--upscale", "2", "--seed", "7", "--prompt", "a wall"]
+    args += ["-q", "--upscale", "2", "--seed", "7", "--prompt", "a wall", "--latent-tile", "256"]
     assert main(args) == 0
     models = ReleasedModels(
         dict(weights_dir=weights, model_config=config, download=False, progress=False)
     )
     assert "HYPIR" in models.describe_load("hypir", "sr")
-    form = FormValues(version="hypir", upscale=2, seed=7, prompt="a wall", steps=10, cfg_scale=6)
+    form = FormValues(
+        version="hypir", upscale=2, seed=7, prompt="a wall", steps=10, cfg_scale=6, latent_tile=256
+    )
     run = restore_uploads([src], form, PipelineCache(models), tmp_path / "ui")
     assert run.failures == []
     assert torch.equal(
