@@ -99,7 +99,7 @@ def test_the_network_gives_the_same_rows_split_or_not(pipe):
     for latent in (None, 128):
         plan = TilePlan(None, None, None, latent, 0.25)
         with torch.no_grad():
-            outs = [pipe._network(cond, 1.0, plan, unet_batch=n)(x, t, text) for n in (0, 1, 3)]
+            outs = [pipe.network(cond, 1.0, plan, unet_batch=n)(x, t, text) for n in (0, 1, 3)]
         assert outs[0].shape == x.shape and outs[0].abs().max() > 0
         for out in outs[1:]:
             assert float((out - outs[0]).abs().max()) <= 1e-5

@@ -8,6 +8,9 @@ the image that caused it. :func:`printable` escapes what would break a line.
 
 from __future__ import annotations
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 
 class DiffBIRError(Exception):
     """Base class of every error diffbir reports to the user."""

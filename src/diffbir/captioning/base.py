@@ -9,6 +9,9 @@ from PIL import Image
 
 from ..errors import DiffBIRError
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 
 class Captioner:
     """Turns photos into short English captions.

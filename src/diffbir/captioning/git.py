@@ -13,6 +13,9 @@ from PIL import Image
 
 from .base import ModelCaptioner
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 #: Room for a COCO-style caption (they are 10 to 20 tokens); the model card's example uses 50.
 MAX_NEW_TOKENS = 50
 

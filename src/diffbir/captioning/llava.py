@@ -26,6 +26,9 @@ from ..errors import DiffBIRError
 from .base import ModelCaptioner
 from .prompt import IMAGE_PLACEHOLDER, LLAVA_PROMPT, LLAVA_SYSTEM, mean_fill, pad_to_square
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 #: The release's ``max_new_tokens``.
 MAX_NEW_TOKENS = 512
 

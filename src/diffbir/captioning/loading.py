@@ -8,9 +8,15 @@ from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
+from diffbir.weights import folders as weights_folders
+from diffbir.weights import registry as weights
+
 from ..errors import CheckpointError, ConfigError, WeightsNotFoundError, printable
 from .base import Captioner, NoCaptioner
 from .names import canonical
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 #: ``--captioner-bits`` values (the release's ``--llava_bit``).
 BITS = (16, 8, 4)
@@ -117,8 +123,6 @@ def _default_dtype(name: str, device):
 
 
 def _model_folder(name, *, path, weights_dir, offline, progress) -> Path:
-    from diffbir.weights import folders as weights_folders
-    from diffbir.weights import registry as weights
 
     if path is not None:
         folder = Path(path).expanduser()

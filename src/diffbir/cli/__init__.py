@@ -14,6 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from diffbir import __version__
+from diffbir.errors import DiffBIRError
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 # Subcommand modules, in the order --help lists them.
 COMMANDS: tuple[str, ...] = ("restore", "download", "degrade", "caption", "train", "serve")
@@ -33,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from diffbir.errors import DiffBIRError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -16,6 +16,12 @@ import sys
 from pathlib import Path
 
 from diffbir.cli.common import add_model_source_args
+from diffbir.config.settings import default_captioner, resolve_device
+from diffbir.errors import ConfigError, DiffBIRError, printable
+from diffbir.imaging.paths import collect_inputs
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 #: The release's column names (configs/train/train_stage2_v2.1.yaml).
 PATH_COLUMN = "image_path"
@@ -64,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from diffbir.captioning import load_captioner
-    from diffbir.config.settings import default_captioner, resolve_device
-    from diffbir.errors import ConfigError, DiffBIRError, printable
     from diffbir.imaging.io import read_image
-    from diffbir.imaging.paths import collect_inputs
     from diffbir.restore.prompts import to_pil
 
     if args.batch_size < 1 or args.save_every < 1:
@@ -151,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _ask(captioner, images, question: str) -> list[str]:
     """The captioner's answers to ``question`` (captioners that take no question refuse)."""
-    from diffbir.errors import ConfigError
 
     ask = getattr(captioner, "ask", None)
     if ask is None:
@@ -171,7 +173,6 @@ def _stored_path(path: Path, table: Path, relative: bool) -> str:
 
 def _read_table(path: Path) -> list[dict]:
     """The rows of an existing table (to resume)."""
-    from diffbir.errors import ConfigError, printable
 
     try:
         if path.suffix.lower() == ".csv":
@@ -198,8 +199,6 @@ def _read_table(path: Path) -> list[dict]:
 def _write_table(path: Path, rows: list[dict]) -> None:
     """Write ``rows`` to ``path`` atomically (a temporary file beside it, then renamed)."""
     import os
-
-    from diffbir.errors import ConfigError, printable
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

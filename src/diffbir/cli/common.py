@@ -7,6 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from diffbir.errors import DiffBIRWarning, printable
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 
 def add_model_source_args(group: argparse._ArgumentGroup) -> None:
     """--weights-dir, --model-config, --no-download, --device, --dtype."""
@@ -33,8 +38,6 @@ def notes_as_lines() -> Iterator[None]:
     one-line ``diffbir: note:`` messages, each once; other warnings keep their form."""
     import sys
     import warnings
-
-    from diffbir.errors import DiffBIRWarning, printable
 
     seen: set[str] = set()
     previous = warnings.showwarning

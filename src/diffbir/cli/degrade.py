@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from diffbir.config.settings import resolve_device
+from diffbir.errors import ConfigError, DiffBIRError, is_out_of_memory, printable
+from diffbir.imaging.paths import collect_inputs, output_paths_for
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 _DESCRIPTION = """\
 Degrade high-quality images into low-quality ones, to build test sets. Each LQ image
 goes to OUT/lq/<same relative path>.png (with --save-hq, the matching HQ, cropped or
@@ -93,11 +100,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from diffbir.config.settings import resolve_device
     from diffbir.degradation.pipelines import load_pipeline
-    from diffbir.errors import ConfigError, DiffBIRError, is_out_of_memory, printable
     from diffbir.imaging.io import read_image, write_image
-    from diffbir.imaging.paths import collect_inputs, output_paths_for
     from diffbir.training.data import crop_to_size
 
     # Every option is checked before anything is read or written.
@@ -167,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _without_name(message: str, path: Path) -> str:
     """``message`` without a leading ``<file name>: `` (the skip line names the file)."""
-    from diffbir.errors import printable
 
     for prefix in (f"{printable(path)}: ", f"{printable(path.name)}: "):
         if message.startswith(prefix):

@@ -6,6 +6,12 @@ import argparse
 from pathlib import Path
 
 from diffbir.cli.common import notes_as_lines
+from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
+from diffbir.weights import folders as weights_folders
+from diffbir.weights import registry as weights
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 _DESCRIPTION = """\
 Download released DiffBIR weights files ahead of time, so later runs can work
@@ -56,9 +62,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List the registry, or make sure the named files are present locally."""
-    from diffbir.errors import DiffBIRError, DownloadError, WeightsNotFoundError, printable
-    from diffbir.weights import folders as weights_folders
-    from diffbir.weights import registry as weights
 
     with notes_as_lines():
         if not args.names and not args.all:
@@ -112,7 +115,6 @@ def _print_listing(weights, weights_dir: Path | None) -> None:
 
 def _print_model_folders(weights_dir: Path | None) -> None:
     """The captioners' model folders: fetched by name, each file from its repository."""
-    from diffbir.weights import folders as weights_folders
 
     entries = list(weights_folders.MODEL_FOLDERS.values())
     width = max(len(e.name) for e in entries)

@@ -7,13 +7,26 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from diffbir.cli.common import add_model_source_args
-from diffbir.config.presets import FACE_WHOLE, MODELS, TASK_CHOICES, VERSIONS
+from diffbir.cli.common import add_model_source_args, notes_as_lines
+from diffbir.config.presets import (
+    FACE_WHOLE,
+    MODELS,
+    TASK_CHOICES,
+    VERSIONS,
+    get_preset,
+    release_for,
+)
+from diffbir.config.settings import RestoreOptions, resolve_device
+from diffbir.diffusion.names import describe_samplers
+from diffbir.errors import ConfigError
+from diffbir.restore.factory import resolve_run
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 
 def _release_defaults(field: str) -> str:
     """'v1 50, v2 50, v2.1 10': a preset field's value per release (sr task)."""
-    from diffbir.config.presets import get_preset
 
     values = []
     for version in VERSIONS:
@@ -24,7 +37,6 @@ def _release_defaults(field: str) -> str:
 
 def _sampler_epilog() -> str:
     from diffbir.captioning.names import describe_captioners
-    from diffbir.diffusion.names import describe_samplers
 
     lines = describe_samplers().splitlines()
     return (
@@ -46,8 +58,6 @@ def _option_default(dest: str):
     """The default of the :class:`RestoreOptions` field behind ``--dest`` (the one
     table of run defaults besides the presets), or None when it has none."""
     from dataclasses import MISSING, fields
-
-    from diffbir.config.settings import RestoreOptions
 
     name = _FIELD_OF.get(dest, dest)
     for f in fields(RestoreOptions):
@@ -401,7 +411,6 @@ def _mask(path: Path | None):
 def options_from_args(args: argparse.Namespace):
     """The :class:`RestoreOptions` described by parsed CLI arguments (flags not given
     keep RestoreOptions' defaults)."""
-    from diffbir.config.settings import RestoreOptions
 
     values = dict(
         upscale=args.upscale,
@@ -451,8 +460,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """The command's own values, checked before anything is read, loaded or written."""
     import math
 
-    from diffbir.errors import ConfigError
-
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     if not 1 <= args.quality <= 100:
@@ -470,7 +477,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _device_type(args: argparse.Namespace) -> str:
     """``cpu``/``cuda``... of the run's device (picks the default captioner)."""
-    from diffbir.config.settings import resolve_device
 
     return resolve_device(args.device).type
 
@@ -503,16 +509,13 @@ def _sigterm_as_exit():
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffbir.cli.common import notes_as_lines
 
     with notes_as_lines():
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from diffbir.config.presets import release_for
     from diffbir.jobs.batch import RestoreJob
-    from diffbir.restore.factory import resolve_run
 
     args.version = release_for(args.model, args.version)
     _check_arguments(args)

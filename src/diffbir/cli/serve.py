@@ -6,7 +6,12 @@ import argparse
 import sys
 
 from diffbir.cli.common import add_model_source_args
+from diffbir.errors import ConfigError
+from diffbir.ui.app import build_app, check_address, display_url, launch, require_gradio
 from diffbir.ui.core import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,8 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffbir.errors import ConfigError
-    from diffbir.ui.app import build_app, check_address, display_url, launch, require_gradio
 
     require_gradio()
     if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.max_files < 1:

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+from diffbir.training.config import load_config, parse_overrides
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -65,7 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffbir.training.config import load_config, parse_overrides
     from diffbir.training.loop import train
     from diffbir.training.stage1 import make_stage1_task
     from diffbir.training.stage2 import make_stage2_task

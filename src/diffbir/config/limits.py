@@ -8,6 +8,9 @@ from __future__ import annotations
 #: (175 megapixels per buffer); images more elongated than 16:1 are raised less.
 MAX_DIFFUSION_SIDE = 8192
 
+#: Image pixels per latent pixel of Stable Diffusion's VAE (KL-f8), each way.
+LATENT_FACTOR = 8
+
 #: ``--tile-captions``: one caption for the whole image, one per latent tile, or none for
 #: the tiles (see :mod:`diffbir.restore.prompts`).
 TILE_CAPTIONS = ("whole", "each", "off")

@@ -25,6 +25,9 @@ from diffbir.config.limits import (
 from diffbir.config.presets import Preset
 from diffbir.errors import ConfigError, DiffBIRWarning
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 # The diffusion models were trained on 512x512 crops; smaller conditions degrade.
 MIN_DIFFUSION_SIDE = 512
 # Activation budget for choosing tile sizes when none is given: a fixed figure,

@@ -41,6 +41,9 @@ from diffbir.degradation.kernels import KERNEL_TYPES
 from diffbir.degradation.ops import RESIZE_MODES
 from diffbir.errors import ConfigError, printable
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 Range = tuple[float, float]
 
 #: Largest kernel size (blur, sinc, ``pad_to``) and unsharp-mask radius: a kernel of size K

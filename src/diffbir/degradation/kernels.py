@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 KERNEL_TYPES = (
     "iso",
     "aniso",

@@ -37,7 +37,8 @@ from .denoiser import VPDenoiser
 from .grids import from_step
 from .schedule import NoiseSchedule
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``model_fn(x, t)`` of the plain sampling API (no text context).
+PlainModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
@@ -131,7 +132,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 
 def sample(
     name: str,
-    model_fn: ModelFn,
+    model_fn: PlainModelFn,
     x: torch.Tensor,
     schedule: NoiseSchedule,
     steps: int,
@@ -170,7 +171,9 @@ def sample(
         return fn(denoiser, x, timesteps, noise=draw, callback=join_callbacks(bar, tell), **knobs)
 
 
-def sample_ddpm(model_fn: ModelFn, x: torch.Tensor, schedule: NoiseSchedule, steps: int, **options):
+def sample_ddpm(
+    model_fn: PlainModelFn, x: torch.Tensor, schedule: NoiseSchedule, steps: int, **options
+):
     """Spaced DDPM, the paper's sampler, from a bare ``model_fn``: ``sample("ddpm", ...)``."""
     return sample("ddpm", model_fn, x, schedule, steps, **options)
 

@@ -14,6 +14,9 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 __all__ = ["image_to_tensor", "tensor_to_image"]
 
 

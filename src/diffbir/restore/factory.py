@@ -8,16 +8,26 @@ module and one row to :data:`RESTORERS`.
 
 from __future__ import annotations
 
-from diffbir.config.presets import ALL_VERSIONS, FACE_WHOLE, HYPIR, TASK_CHOICES, TASKS, VERSIONS
+from diffbir.config.presets import (
+    ALL_VERSIONS,
+    FACE_WHOLE,
+    HYPIR,
+    TASK_CHOICES,
+    TASKS,
+    VERSIONS,
+    get_preset,
+)
 from diffbir.config.settings import RestoreOptions, RunConfig, resolve, resolve_whole_photo
 from diffbir.errors import ConfigError
 from diffbir.restore.base import Restorer, RestorerEntry
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 
 def _resolve_preset(
     version: str, task: str, options: RestoreOptions | None, device_type: str
 ) -> RunConfig:
-    from diffbir.config.presets import get_preset
 
     return resolve(get_preset(version, task), options, device_type=device_type)
 
@@ -68,7 +78,6 @@ def restorer_entry(version: str, task: str) -> RestorerEntry:
     for entry in RESTORERS:
         if version in entry.versions and task in entry.tasks:
             return entry
-    from diffbir.config.presets import get_preset
 
     get_preset(version, task)  # says why the pair does not exist
     raise ConfigError(f"no restorer for {version} {task}")

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffbir.config.limits import LATENT_FACTOR
 from diffbir.config.presets import Preset, get_preset
 from diffbir.config.settings import (
     DEFAULT_MAX_MEMORY,
@@ -54,6 +55,7 @@ from diffbir.models.lora import merge_lora
 from diffbir.models.stage2 import load_sd_base
 from diffbir.models.text_encoder import encode_tokens
 from diffbir.models.tokenizer import load_tokenizer
+from diffbir.models.vae import VAE_SCALE
 from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
@@ -70,9 +72,8 @@ from diffbir.restore.stages import concat_results, timed
 from diffbir.weights.checkpoint import load_state_dict
 from diffbir.weights.registry import resolve_many
 
-#: SD 2.1's latent scale factor and the VAE's downsampling.
-LATENT_SCALE = 0.18215
-VAE_FACTOR = 8
+#: The VAE's downsampling.
+VAE_FACTOR = LATENT_FACTOR
 
 
 class HypirModels(nn.Module):
@@ -416,10 +417,10 @@ class HypirRestorer:
         t = int(self.preset.extra["model_t"])
 
         def step(tile: torch.Tensor) -> torch.Tensor:
-            z_in = tile * LATENT_SCALE
+            z_in = tile * VAE_SCALE
             timesteps = torch.full((tile.shape[0],), t, dtype=torch.long, device=tile.device)
             eps = unet(z_in, timesteps, encoder_hidden_states=text).sample
-            return (z_in - sqrt_1ma * eps) / sqrt_a / LATENT_SCALE
+            return (z_in - sqrt_1ma * eps) / sqrt_a / VAE_SCALE
 
         size = patch // VAE_FACTOR
         # As published: the blended latent (float32) goes back to the weights' dtype.

@@ -15,13 +15,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from diffbir.config.limits import LATENT_FACTOR
+from diffbir.diffusion.denoiser import ModelFn
 from diffbir.diffusion.guidance import LatentGuidance, release_step_rescale
 from diffbir.diffusion.registry import grid_timesteps
 from diffbir.imaging.tiling import tiled_apply
 from diffbir.models.vae import decode_from_latent
 from diffbir.restore.plan import overlap_pixels
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TileContext = Callable[[tuple[int, int, int, int]], torch.Tensor]
 
 
@@ -64,9 +65,9 @@ def latent_network(
     def whole(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return denoise(x, t, cond_for(x.shape[0]), context)
 
-    if tile is None or max(cond_latent.shape[-2:]) * 8 <= tile:
+    if tile is None or max(cond_latent.shape[-2:]) * LATENT_FACTOR <= tile:
         return whole
-    latent_tile = tile // 8
+    latent_tile = tile // LATENT_FACTOR
     latent_overlap = overlap_pixels(latent_tile, overlap, 1)
 
     def tiled(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -133,7 +134,7 @@ def latent_guidance(
     mask = None
     if config.guidance_mask is not None:
         mask = _mask_for(config.guidance_mask, cond_img.shape[-2:], stage1_hw)
-    tile = plan.latent // 8 if pixel and plan.latent is not None else None
+    tile = plan.latent // LATENT_FACTOR if pixel and plan.latent is not None else None
     return LatentGuidance(
         cond_latent.float(),
         3000.0 * config.guidance_scale,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from diffbir.config.limits import LATENT_FACTOR
 from diffbir.config.presets import Preset, get_preset
 from diffbir.config.settings import (
     MIN_DIFFUSION_SIDE,
@@ -419,7 +420,7 @@ class DiffBIRPipeline:
                 )
             h0, w0 = cond_img.shape[-2:]
             tiled = plan.tiles.vae_encode is not None or plan.tiles.latent is not None
-            padded = pad_to_multiple(cond_img, 8 if tiled else 64)
+            padded = pad_to_multiple(cond_img, LATENT_FACTOR if tiled else 64)
             with timed(timings, "encode", self.device):
                 with self.offload.stage("encode"):
                     cond_latent = self.encode_condition(
@@ -487,11 +488,11 @@ class DiffBIRPipeline:
         tiled), CFG and the latent guidance."""
 
         h0, w0 = stage1_hw
-        network = self._network(
+        network = self.network(
             control,
             config.control_strength,
             tiles,
-            self._tile_contexts(groups, prompts, (h0 / 8, w0 / 8)),
+            self._tile_contexts(groups, prompts, (h0 / LATENT_FACTOR, w0 / LATENT_FACTOR)),
             unet_batch=config.unet_batch,
         )
         return Denoiser(
@@ -544,7 +545,7 @@ class DiffBIRPipeline:
 
         return context
 
-    def _network(
+    def network(
         self,
         cond_latent: torch.Tensor,
         strength: float,

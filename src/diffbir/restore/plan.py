@@ -17,9 +17,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from diffbir.config.limits import MAX_DIFFUSION_SIDE
+from diffbir.config.limits import LATENT_FACTOR, MAX_DIFFUSION_SIDE
 from diffbir.config.presets import DEFAULT_TILE_OVERLAP
 from diffbir.errors import ConfigError
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 #: Largest result, in pixels, that ``diffbir restore`` and the web UI accept (8192 x
 #: 8192, 67 megapixels); larger ones are refused before any model is loaded.
@@ -165,9 +168,9 @@ def latent_tiles(latent_hw: tuple[int, int], plan: TilePlan) -> list[tuple[int, 
 
     h, w = latent_hw
     tile = plan.latent
-    if tile is None or max(h, w) * 8 <= tile:
+    if tile is None or max(h, w) * LATENT_FACTOR <= tile:
         return [(0, h, 0, w)]
-    latent_tile = tile // 8
+    latent_tile = tile // LATENT_FACTOR
     overlap = overlap_pixels(latent_tile, plan.overlap, 1)
     return [
         (r0, r1, c0, c1)
@@ -193,9 +196,10 @@ class RunPlan:
         """Where each latent tile lies in the photo, as fractions of its height and width;
         one region over the whole image when sampling is not tiled."""
         cond_h, cond_w = self.cond_hw
-        latent_hw = (math.ceil(cond_h / 8), math.ceil(cond_w / 8))
+        f = LATENT_FACTOR
+        latent_hw = (math.ceil(cond_h / f), math.ceil(cond_w / f))
         return [
-            box_fraction(box, (cond_h / 8, cond_w / 8))
+            box_fraction(box, (cond_h / f, cond_w / f))
             for box in latent_tiles(latent_hw, self.tiles)
         ]
 

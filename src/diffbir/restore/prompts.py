@@ -28,12 +28,14 @@ from pathlib import Path
 
 from diffbir.captioning.prompt import join_prompt
 from diffbir.errors import ConfigError, printable
+from diffbir.restore.plan import Region, overlap_area, plan_run
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 # How large a sidecar or a prompts file may be; a prompt is at most 77 CLIP tokens anyway.
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_PROMPTS_FILE_BYTES = 256 * 1024 * 1024
-
-Region = tuple[float, float, float, float]  # (top, bottom, left, right), fractions of the image
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,6 @@ class ImagePrompt:
     def tile_prompt(self, region: Region) -> str:
         """The positive prompt of the latent tile covering ``region`` (fractions of the
         image): that of the planned tile it overlaps most, else the image's."""
-        from diffbir.restore.plan import overlap_area
 
         best, best_area = self.prompt, 0.0
         for tile_region, prompt in self.tiles:
@@ -249,7 +250,6 @@ def describe_images(
     else the run's prompt; plus tile prompts under ``config.tile_captions``, at the tiles
     of ``plan(hw, config)`` (the restorer's :class:`~diffbir.restore.plan.RunPlan`; by
     default planned here as the pipeline plans)."""
-    from diffbir.restore.plan import plan_run
 
     if plan is None:
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
+from diffbir.config.limits import LATENT_FACTOR
 from diffbir.imaging.color import adain_color_fix, wavelet_color_fix
 from diffbir.imaging.resize import bicubic, pad_to_multiple, pil_bicubic, resize_short_side
 from diffbir.imaging.tiled_vae import tiled_decode, tiled_encode
@@ -114,8 +115,8 @@ def decode(vae, z: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.
     image; tiles share GroupNorm statistics, so they cannot differ in tone."""
 
     z = z.to(dtype).contiguous()
-    if tile is not None and max(z.shape[-2:]) * 8 > tile:
-        return tiled_decode(vae, z, max(1, tile // 8), clamp=False).float()
+    if tile is not None and max(z.shape[-2:]) * LATENT_FACTOR > tile:
+        return tiled_decode(vae, z, max(1, tile // LATENT_FACTOR), clamp=False).float()
     return decode_from_latent(vae, z, clamp=False).float()
 
 

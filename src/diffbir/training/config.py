@@ -21,6 +21,9 @@ from typing import Any
 
 from diffbir.errors import ConfigError
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 STAGES = ("stage1", "stage2")
 OPTIMIZERS = ("adamw", "adam", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")

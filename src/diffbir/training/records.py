@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from diffbir.errors import ConfigError
+from diffbir.imaging.paths import IMAGE_EXTENSIONS
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 PATH_COLUMNS = ("image_path", "path", "image", "file_name")
 CAPTION_SUFFIX = ".txt"
@@ -214,7 +218,6 @@ def read_records(
 
 
 def _list_folder(root: Path, *, recursive: bool, sidecar: bool) -> RecordList:
-    from diffbir.imaging.paths import IMAGE_EXTENSIONS
 
     paths: list[str] = []
     flags: list[bool] = []

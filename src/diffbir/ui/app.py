@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from diffbir.config.presets import ALL_VERSIONS, TASK_CHOICES
+from diffbir.diffusion.names import sampler_names
 from diffbir.errors import DiffBIRError, printable
 from diffbir.ui.core import (
     DEFAULT_MAX_FILES,
@@ -26,6 +28,9 @@ from diffbir.ui.core import (
     released_pipeline_factory,
     restore_uploads,
 )
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +135,6 @@ _OPTIONAL_FIELDS = (
 
 def _input_controls(gr, defaults: FormValues) -> dict[str, Any]:
     """The uploads, the release and task, the upscale and the Restore button."""
-    from diffbir.config.presets import ALL_VERSIONS, TASK_CHOICES
 
     c: dict[str, Any] = {}
     c["files"] = gr.File(
@@ -155,7 +159,6 @@ def _input_controls(gr, defaults: FormValues) -> dict[str, Any]:
 
 def _sampling_controls(gr, defaults: FormValues) -> dict[str, Any]:
     """Steps, sampler, CFG, control strength, prompts, seed, colour fix."""
-    from diffbir.diffusion.names import sampler_names
 
     c: dict[str, Any] = {}
     with gr.Accordion("Sampling", open=False, elem_id="sampling"):

@@ -19,7 +19,11 @@ from typing import Any
 from diffbir.config.presets import FACE_WHOLE, get_preset
 from diffbir.config.settings import RestoreOptions
 from diffbir.errors import DiffBIRError, ImageReadError
+from diffbir.restore.factory import load_restorer
 from diffbir.restore.plan import MAX_OUTPUT_PIXELS
+
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
 
 #: Inputs larger than this many pixels are refused (2048 x 2048); the x4 result
 #: of such an image is already 67 megapixels.
@@ -193,7 +197,6 @@ class ReleasedModels:
         )
 
     def __call__(self, version: str, task: str):
-        from diffbir.restore.factory import load_restorer
 
         key = self.stage2_key(version, task)
         if key != self._stage2_key:
@@ -300,18 +303,11 @@ def restore_uploads(
     for the page) when the options are invalid, nothing was uploaded, no file is
     readable, the models cannot be loaded, or every image failed.
     """
-    from diffbir.config.presets import get_preset
-    from diffbir.jobs.loop import RunLoop, Work, size_problem
+    from diffbir.jobs.loop import RunLoop, Work
 
     report = report or (lambda fraction, text: None)
     started = time.perf_counter()
     options = form.to_options()
-    paths = [Path(p) for p in paths if p]
-    if not paths:
-        raise DiffBIRError("upload at least one image")
-    if len(paths) > max_files:
-        raise DiffBIRError(f"{len(paths)} images uploaded; at most {max_files} per run")
-
     run = RunReport()
 
     def failed(path: Path | str, reason: str) -> None:
@@ -319,17 +315,11 @@ def restore_uploads(
         shown = reason if reason.startswith((f"{name}: ", f"{path}: ")) else f"{name}: {reason}"
         run.failures.append(shown)
 
-    # Every file is checked from its header first: a bad one is reported before minutes
-    # of model loading.
     upscale = options.upscale or get_preset(form.version, form.task).upscale
-    limits = dict(max_pixels=max_pixels, max_output_pixels=max_output_pixels, knob="the upscale")
-    readable = []
-    for path in paths:
-        problem = size_problem(path, upscale, **limits)
-        if problem is None:
-            readable.append(path)
-        else:
-            failed(path, problem)
+    readable = _readable_uploads(
+        paths, upscale, failed, max_files=max_files, max_pixels=max_pixels,
+        max_output_pixels=max_output_pixels,
+    )  # fmt: skip
     if not readable:
         raise ImageReadError("; ".join(run.failures))
 
@@ -363,6 +353,29 @@ def restore_uploads(
         raise DiffBIRError("; ".join(run.failures))
     run.seconds = time.perf_counter() - started
     return run
+
+
+def _readable_uploads(
+    paths: Sequence[str | Path], upscale: float, failed, *, max_files: int, **limits
+) -> list[Path]:
+    """The uploads whose headers pass the size limits (the others reported to
+    ``failed``), checked before minutes of model loading; a :class:`DiffBIRError` for
+    none or too many uploads."""
+    from diffbir.jobs.loop import size_problem
+
+    paths = [Path(p) for p in paths if p]
+    if not paths:
+        raise DiffBIRError("upload at least one image")
+    if len(paths) > max_files:
+        raise DiffBIRError(f"{len(paths)} images uploaded; at most {max_files} per run")
+    readable = []
+    for path in paths:
+        problem = size_problem(path, upscale, **limits, knob="the upscale")
+        if problem is None:
+            readable.append(path)
+        else:
+            failed(path, problem)
+    return readable
 
 
 class UploadSink:

@@ -44,6 +44,9 @@ from diffbir.errors import (
     printable,
 )
 
+# Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
+# and of the models' libraries: they load with the command that needs them.
+
 _HF_DIFFBIR = "https://huggingface.co/lxq007/DiffBIR/resolve/main"
 _HF_DIFFBIR_V2 = "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main"
 _HF_SD21_BASE = "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main"
