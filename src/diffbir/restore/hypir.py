@@ -46,7 +46,7 @@ from diffbir.config.settings import (
     resolve,
     resolve_device,
 )
-from diffbir.diffusion.noise import BatchNoise, ImageStream
+from diffbir.diffusion.noise import BatchNoise
 from diffbir.errors import ConfigError
 from diffbir.imaging.resize import bicubic, pad_to_multiple, to_uint8_levels
 from diffbir.imaging.tiling import gaussian_tiled
@@ -68,7 +68,7 @@ from diffbir.restore.plan import (
     plan_tiles,
 )
 from diffbir.restore.prompts import ImagePrompt, describe_images
-from diffbir.restore.stages import concat_results, timed
+from diffbir.restore.stages import timed
 from diffbir.weights.checkpoint import load_state_dict
 from diffbir.weights.registry import resolve_many
 
@@ -305,27 +305,7 @@ class HypirRestorer:
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if config.model != self.preset.model:
             raise ConfigError(f"a {config.model} run's settings given to the HYPIR restorer")
-        if lq.dim() == 3:
-            lq = lq.unsqueeze(0)
-        if lq.dim() != 4 or lq.shape[1] != 3:
-            raise ConfigError(f"expected an RGB batch [B,3,H,W], got shape {tuple(lq.shape)}")
-        if prompts is None:
-            prompts = self.image_prompts(lq, config)
-            self.captioners.free_if_memory_is_short()
-        elif len(prompts) != lq.shape[0]:
-            raise ConfigError(f"{len(prompts)} prompts for {lq.shape[0]} images")
-        streams = [ImageStream.seeded(config.seed, self.device) for _ in range(lq.shape[0])]
-        if config.n_samples == 1:
-            return self._run(lq, [(1, s) for s in streams], config, prompts)
-        parts = []
-        for index, stream in enumerate(streams):
-            done = 0
-            while done < config.n_samples:
-                rows = min(config.samples_per_run, config.n_samples - done)
-                image = lq[index : index + 1].expand(rows, -1, -1, -1)
-                parts.append(self._run(image, [(rows, stream)], config, [prompts[index]]))
-                done += rows
-        return concat_results(parts, config)
+        return stages.restore_in_passes(self, lq, config, prompts, self._run)
 
     def _run(self, lq, groups, config: RunConfig, prompts: list[ImagePrompt]) -> RestoreResult:
         timings: dict[str, float] = {}

@@ -39,7 +39,7 @@ from diffbir.config.settings import (
     resolve_device,
 )
 from diffbir.diffusion.denoiser import Denoiser
-from diffbir.diffusion.noise import BatchNoise, ImageStream
+from diffbir.diffusion.noise import BatchNoise
 from diffbir.diffusion.registry import SamplerKnobs, run_sampler
 from diffbir.diffusion.samplers import default_spacing, prepare_start
 from diffbir.diffusion.schedule import NoiseSchedule
@@ -58,7 +58,7 @@ from diffbir.restore.loading import (
 from diffbir.restore.network import latent_guidance, latent_network
 from diffbir.restore.plan import RunPlan, TilePlan, box_fraction, plan_run, plan_tiles
 from diffbir.restore.prompts import ImagePrompt, describe_images
-from diffbir.restore.stages import concat_results, output_size, timed
+from diffbir.restore.stages import output_size, timed
 from diffbir.weights.registry import resolve_many
 
 __all__ = [
@@ -370,29 +370,7 @@ class DiffBIRPipeline:
         """
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
-        if lq.dim() == 3:
-            lq = lq.unsqueeze(0)
-        if lq.dim() != 4 or lq.shape[1] != 3:
-            raise ConfigError(f"expected an RGB batch [B,3,H,W], got shape {tuple(lq.shape)}")
-        if prompts is None:
-            prompts = self.image_prompts(lq, config)
-            self.captioners.free_if_memory_is_short()
-        elif len(prompts) != lq.shape[0]:
-            raise ConfigError(f"{len(prompts)} prompts for {lq.shape[0]} images")
-        streams = [ImageStream.seeded(config.seed, self.device) for _ in range(lq.shape[0])]
-        if config.n_samples == 1:
-            return self._run(lq, [(1, s) for s in streams], config, prompts)
-        parts = []
-        for index, stream in enumerate(streams):
-            done = 0
-            while done < config.n_samples:
-                rows = min(config.samples_per_run, config.n_samples - done)
-                image = lq[index : index + 1].expand(rows, -1, -1, -1)
-                parts.append(self._run(image, [(rows, stream)], config, [prompts[index]]))
-                done += rows
-        result = concat_results(parts, config)
-        result.prompts = list(prompts)
-        return result
+        return stages.restore_in_passes(self, lq, config, prompts, self._run)
 
     def plan(self, lq_hw: tuple[int, int], config: RunConfig) -> RunPlan:
         """The run's sizes and tiles for an input of ``lq_hw`` (planned once per size and

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from diffbir.config.limits import LATENT_FACTOR
+from diffbir.diffusion.noise import ImageStream
 from diffbir.imaging.color import adain_color_fix, wavelet_color_fix
 from diffbir.imaging.resize import bicubic, pad_to_multiple, pil_bicubic, resize_short_side
 from diffbir.imaging.tiled_vae import tiled_decode, tiled_encode
@@ -160,3 +161,36 @@ def timed(timings: dict[str, float], name: str, device: torch.device) -> Iterato
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def restore_in_passes(restorer, lq: torch.Tensor, config, prompts, run) -> RestoreResult:
+    """What every restorer's ``restore`` does around its model pass ``run(lq, groups,
+    config, prompts)``: check the batch, make the prompts (``restorer.image_prompts``)
+    when none are given, seed one stream per image, and with ``n_samples`` N > 1 make
+    each image's N results ``samples_per_run`` at a time from its one stream
+    (image-major order), as the release's ``--n_samples``/``--batch_size`` do."""
+    from diffbir.errors import ConfigError
+
+    if lq.dim() == 3:
+        lq = lq.unsqueeze(0)
+    if lq.dim() != 4 or lq.shape[1] != 3:
+        raise ConfigError(f"expected an RGB batch [B,3,H,W], got shape {tuple(lq.shape)}")
+    if prompts is None:
+        prompts = restorer.image_prompts(lq, config)
+        restorer.captioners.free_if_memory_is_short()
+    elif len(prompts) != lq.shape[0]:
+        raise ConfigError(f"{len(prompts)} prompts for {lq.shape[0]} images")
+    streams = [ImageStream.seeded(config.seed, restorer.device) for _ in range(lq.shape[0])]
+    if config.n_samples == 1:
+        return run(lq, [(1, s) for s in streams], config, prompts)
+    parts = []
+    for index, stream in enumerate(streams):
+        done = 0
+        while done < config.n_samples:
+            rows = min(config.samples_per_run, config.n_samples - done)
+            image = lq[index : index + 1].expand(rows, -1, -1, -1)
+            parts.append(run(image, [(rows, stream)], config, [prompts[index]]))
+            done += rows
+    result = concat_results(parts, config)
+    result.prompts = list(prompts)
+    return result
