@@ -20,7 +20,15 @@ from diffbir.errors import DiffBIRError
 # and of the models' libraries: they load with the command that needs them.
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS: tuple[str, ...] = ("restore", "download", "degrade", "caption", "train", "serve")
+COMMANDS: tuple[str, ...] = (
+    "restore",
+    "download",
+    "degrade",
+    "eval",
+    "caption",
+    "train",
+    "serve",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

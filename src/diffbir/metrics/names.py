@@ -1,0 +1,93 @@
+"""The metric names ``diffbir eval --metrics`` accepts, torch-free (read by ``--help``).
+
+Each :class:`MetricInfo` says which module computes it (``family``), whether it
+needs a reference image, which way is better, and which released weights files
+it loads (names of :data:`diffbir.weights.registry.REGISTRY`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from diffbir.errors import ConfigError, printable
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One metric: ``family`` is the module of :mod:`diffbir.metrics` that builds it."""
+
+    name: str
+    family: str
+    reference: bool
+    lower_better: bool
+    summary: str
+    weights: tuple[str, ...] = ()
+
+
+def _table(*infos: MetricInfo) -> MappingProxyType:
+    return MappingProxyType({info.name: info for info in infos})
+
+
+#: Every metric, in the order tables list them.
+METRICS = _table(
+    MetricInfo(
+        "psnr", "pixel", True, False, "peak signal-to-noise ratio in dB (RGB; Y with --y-channel)"
+    ),
+    MetricInfo(
+        "ssim",
+        "pixel",
+        True,
+        False,
+        "structural similarity, 11x11 Gaussian window (RGB; Y with --y-channel)",
+    ),
+    MetricInfo(
+        "lpips",
+        "perceptual",
+        True,
+        True,
+        "LPIPS v0.1 on AlexNet features",
+        ("alexnet-owt-7be5be79.pth", "lpips_v0.1_alex.pth"),
+    ),
+    MetricInfo(
+        "lpips-vgg",
+        "perceptual",
+        True,
+        True,
+        "LPIPS v0.1 on VGG16 features",
+        ("vgg16-397923af.pth", "lpips_v0.1_vgg.pth"),
+    ),
+    MetricInfo(
+        "dists",
+        "perceptual",
+        True,
+        True,
+        "DISTS (structure and texture similarity on VGG16 features)",
+        ("vgg16-397923af.pth", "dists_weights.pt"),
+    ),
+    MetricInfo("niqe", "niqe", False, True, "NIQE on the YIQ luma (pyiqa's default)"),
+    MetricInfo("niqe-y", "niqe", False, True, "NIQE on the Y of YCbCr (BasicSR's default)"),
+)
+
+
+def parse_metrics(text: str) -> list[MetricInfo]:
+    """The metrics named in ``text`` (comma-separated, case-insensitive), in order, once each.
+
+    Raises :class:`ConfigError` in one line for an unknown or empty name.
+    """
+    chosen: list[MetricInfo] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            raise ConfigError(f"--metrics {printable(text)!r}: an empty metric name")
+        info = METRICS.get(name)
+        if info is None:
+            close = difflib.get_close_matches(name, list(METRICS), n=2, cutoff=0.5)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigError(
+                f"unknown metric {printable(name)!r}; {hint}known: {', '.join(METRICS)}"
+            )
+        if info not in chosen:
+            chosen.append(info)
+    return chosen
