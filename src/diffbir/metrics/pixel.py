@@ -43,14 +43,15 @@ def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
 
 def ycbcr_y(x: torch.Tensor) -> torch.Tensor:
     """The Y of BT.601 YCbCr of an RGB batch in [0, 1], on the [0, 1] scale (16/255..235/255)."""
-    w = torch.tensor(YCBCR_Y_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return ((x * w).sum(dim=1, keepdim=True) + YCBCR_Y_OFFSET) / 255.0
+    w = torch.tensor(YCBCR_Y_WEIGHTS, dtype=x.dtype, device=x.device)
+    y = torch.matmul(x.permute(0, 2, 3, 1), w[:, None]).permute(0, 3, 1, 2)
+    return (y + YCBCR_Y_OFFSET) / 255.0
 
 
 def yiq_y(x: torch.Tensor) -> torch.Tensor:
     """The Y of YIQ (0.299 R + 0.587 G + 0.114 B) of an RGB batch, on ``x``'s scale."""
-    w = torch.tensor(YIQ_Y_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
+    w = torch.tensor(YIQ_Y_WEIGHTS, dtype=x.dtype, device=x.device)
+    return torch.matmul(x.permute(0, 2, 3, 1), w[:, None]).permute(0, 3, 1, 2)
 
 
 def psnr(
@@ -89,7 +90,9 @@ def ssim(
             f"got {w}x{h}"
         )
     if y_channel:
-        x, ref = ycbcr_y(x), ycbcr_y(ref)
+        # The luma in single precision, as pyiqa takes it (a level at .5 rounds the way
+        # float32 puts it), then widened.
+        x, ref = ycbcr_y(x.float()).double(), ycbcr_y(ref.float()).double()
     x = (x * 255.0).round()
     ref = (ref * 255.0).round()
     channels = x.shape[1]
