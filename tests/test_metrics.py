@@ -5,6 +5,7 @@ known blur) and the values recorded from pyiqa on the fixture images
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from diffbir.errors import DiffBIRError
 from diffbir.imaging.io import read_image
+from diffbir.metrics import niqe as niqe_mod
 from diffbir.metrics import pixel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
@@ -88,3 +90,51 @@ def test_basicsr_agrees_on_psnr_and_differs_slightly_on_ssim():
             assert RECORDED[f"basicsr_{key}"][item] == pytest.approx(value, rel=1e-5)
     for item, value in RECORDED["ssim_y_crop4"].items():
         assert RECORDED["basicsr_ssim_y_crop4"][item] == pytest.approx(value, rel=3e-3)
+
+
+# ------------------------------------------------------------------ NIQE
+
+
+@pytest.mark.parametrize("name", ["niqe", "niqe-y"])
+@pytest.mark.parametrize("crop", [0, 4])
+def test_niqe_matches_pyiqa(name, crop):
+    key = f"{name}_crop{crop}"
+    luma = "ycbcr" if name == "niqe-y" else "yiq"
+    for image, want in RECORDED[key].items():
+        got = float(niqe_mod.niqe(_image(image), crop=crop, luma=luma)[0])
+        assert got == pytest.approx(want, rel=1e-6), image
+
+
+def test_niqe_pristine_parameters_and_limits():
+    mu, cov = niqe_mod.pristine_model()
+    assert mu.shape == (36,) and cov.shape == (36, 36) and mu.dtype == torch.float64
+    assert torch.allclose(cov, cov.T)
+    with pytest.raises(DiffBIRError, match="at least 96x96"):
+        niqe_mod.niqe(torch.rand(1, 3, 95, 200))
+
+
+def test_matlab_half_resize():
+    # A constant stays constant, a linear ramp stays linear away from the edges.
+    flat = torch.full((1, 1, 20, 24), 7.0, dtype=torch.float64)
+    assert torch.allclose(niqe_mod.matlab_half(flat), flat[..., ::2, ::2], atol=1e-5)
+    ramp = torch.arange(24, dtype=torch.float64).repeat(20, 1)
+    half = niqe_mod.matlab_half(ramp)
+    assert half.shape == (10, 12)
+    assert torch.allclose(half[:, 3:-3], (ramp[::2, ::2] + 0.5)[:, 3:-3], atol=1e-4)
+
+
+def test_aggd_fit_of_a_gaussian_has_shape_two():
+    x = torch.from_numpy(np.random.default_rng(0).normal(0, 3, (1, 200_000)))
+    alpha, left, right = niqe_mod.aggd_fit(x)
+    assert float(alpha[0]) == pytest.approx(2.0, abs=0.05)
+    # The scale of a generalised Gaussian of shape 2 is sigma * sqrt(2).
+    assert float(left[0]) == pytest.approx(3.0 * math.sqrt(2), rel=0.02)
+    assert float(right[0]) == pytest.approx(3.0 * math.sqrt(2), rel=0.02)
+
+
+def test_niqe_through_the_command_line_builder():
+    from diffbir.metrics.evaluate import EvalOptions
+
+    metric = niqe_mod.build("niqe-y", EvalOptions(crop_border=4), torch.device("cpu"))
+    value = float(metric(_image("out_b_jpeg"), None)[0])
+    assert value == pytest.approx(RECORDED["niqe-y_crop4"]["out_b_jpeg"], rel=1e-6)
