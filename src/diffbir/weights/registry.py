@@ -64,6 +64,14 @@ _HYPIR_LICENSE = (
     "(https://github.com/XPixelGroup/HYPIR/blob/main/LICENSE)"
 )
 _OPEN_CLIP_LICENSE = "MIT (https://github.com/mlfoundations/open_clip/blob/main/LICENSE)"
+_TORCHVISION_LICENSE = (
+    "BSD-3-Clause (https://github.com/pytorch/vision/blob/main/LICENSE); trained on ImageNet, "
+    "whose terms of access apply to the data"
+)
+_LPIPS_LICENSE = (
+    "BSD-2-Clause (https://github.com/richzhang/PerceptualSimilarity/blob/master/LICENSE)"
+)
+_IQA_WEIGHTS = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main"
 
 #: Environment variables that switch downloads off (Hugging Face's and ours).
 OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "DIFFBIR_OFFLINE")
@@ -113,6 +121,14 @@ def _registry(*files: WeightFile) -> Mapping[str, WeightFile]:
 #   or size, and this project's machines cannot reach the file to measure one.
 # - None: no published value found for the DiffBIR Hugging Face files, BSRNet, HYPIR, or
 #   the HF tokenizer text files (they are not LFS files, so Hugging Face lists no sha256).
+# - Metrics of `diffbir eval` (LPIPS, DISTS): the LPIPS linear layers and the DISTS
+#   alpha/beta are the authors' files (richzhang/PerceptualSimilarity 082bb24,
+#   lpips/weights/v0.1/{alex,vgg}.pth, BSD-2-Clause; dingkeyan93/DISTS 1267d8c,
+#   DISTS_pytorch/weights.pt, MIT); sha256 and size measured on those blobs. The URLs are
+#   the Hugging Face copies under the names pyiqa gives them, whose sha256 prefixes are
+#   those same values (the registry's names must be the URLs' last part). torchvision's
+#   ImageNet backbones publish only the first 8 hex digits of their sha256, in the file
+#   name; the full value and the size are left unset.
 REGISTRY: Mapping[str, WeightFile] = _registry(
     # Base diffusion models.
     WeightFile(
@@ -257,6 +273,47 @@ REGISTRY: Mapping[str, WeightFile] = _registry(
         size=232_589,
         description="YuNet face detector (five landmarks) for whole-photo face restoration",
         license_note="MIT (https://github.com/opencv/opencv_zoo/blob/main/LICENSE)",
+    ),
+    # Metrics (diffbir eval): ImageNet backbones and the metrics' own layers.
+    WeightFile(
+        name="alexnet-owt-7be5be79.pth",
+        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        sha256=None,
+        size=None,
+        description="torchvision's ImageNet AlexNet (the backbone of LPIPS)",
+        license_note=_TORCHVISION_LICENSE,
+    ),
+    WeightFile(
+        name="vgg16-397923af.pth",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        sha256=None,
+        size=None,
+        description="torchvision's ImageNet VGG16 (the backbone of LPIPS-VGG and DISTS)",
+        license_note=_TORCHVISION_LICENSE,
+    ),
+    WeightFile(
+        name="LPIPS_v0.1_alex-df73285e.pth",
+        url=f"{_IQA_WEIGHTS}/LPIPS_v0.1_alex-df73285e.pth",
+        sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+        size=6009,
+        description="LPIPS v0.1 linear layers on AlexNet features",
+        license_note=_LPIPS_LICENSE,
+    ),
+    WeightFile(
+        name="LPIPS_v0.1_vgg-a78928a0.pth",
+        url=f"{_IQA_WEIGHTS}/LPIPS_v0.1_vgg-a78928a0.pth",
+        sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+        size=7289,
+        description="LPIPS v0.1 linear layers on VGG16 features",
+        license_note=_LPIPS_LICENSE,
+    ),
+    WeightFile(
+        name="DISTS_weights-f5e65c96.pth",
+        url=f"{_IQA_WEIGHTS}/DISTS_weights-f5e65c96.pth",
+        sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218",
+        size=12288,
+        description="DISTS alpha/beta weights of its texture and structure terms",
+        license_note="MIT (https://github.com/dingkeyan93/DISTS/blob/master/LICENSE)",
     ),
 )
 
