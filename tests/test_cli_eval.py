@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,37 @@ def test_too_small_for_ssim_names_the_image(tmp_path, capsys):
     assert main([*args, "--metrics", "ssim", "--crop-border", "1"]) == 1
     _, err = _lines_and_error(capsys)
     assert len(err) == 1 and "t: ssim: SSIM needs at least 11x11 pixels" in err[0]
+
+
+def test_learned_metrics_load_from_weights_dir(sets, tmp_path, capsys):
+    """LPIPS end to end: torchvision's backbone file name (a stand-in backbone in its
+    layout) and the published linear layers, in --weights-dir."""
+    import shutil
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_metrics import WEIGHTS, stand_in_backbone
+
+    hq, out = sets
+    weights = tmp_path / "w"
+    weights.mkdir()
+    torch.save(stand_in_backbone("alex"), weights / "alexnet-owt-7be5be79.pth")
+    shutil.copy(WEIGHTS / "LPIPS_v0.1_alex-df73285e.pth", weights)
+    json_path = tmp_path / "l.json"
+    args = ["eval", str(out), "--reference", str(hq), "--metrics", "lpips,psnr", "-q"]
+    assert main([*args, "--weights-dir", str(weights), "--json", str(json_path)]) == 0
+    data = json.loads(json_path.read_text())
+    assert data["images"][2]["lpips"] == pytest.approx(0.0, abs=1e-6)  # identical pair
+    assert data["images"][0]["lpips"] > 0
+    capsys.readouterr()
+    # Offline with the files absent: the error names each missing file and its URL.
+    empty = tmp_path / "none"
+    empty.mkdir()
+    no_net = ["--weights-dir", str(empty), "--no-download", "--metrics", "dists"]
+    assert main(["eval", str(out), "--reference", str(hq), "-q", *no_net]) == 1
+    err = capsys.readouterr().err
+    assert "2 weights files are missing" in err
+    assert "vgg16-397923af.pth  https://download.pytorch.org/models/vgg16-397923af.pth" in err
+    assert "DISTS_weights-f5e65c96.pth" in err

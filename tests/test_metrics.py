@@ -138,3 +138,99 @@ def test_niqe_through_the_command_line_builder():
     metric = niqe_mod.build("niqe-y", EvalOptions(crop_border=4), torch.device("cpu"))
     value = float(metric(_image("out_b_jpeg"), None)[0])
     assert value == pytest.approx(RECORDED["niqe-y_crop4"]["out_b_jpeg"], rel=1e-6)
+
+
+# ------------------------------------------------------------------ LPIPS / DISTS
+#
+# No ImageNet backbone can be downloaded here: the backbones are stand-ins made by the
+# function below (counter-based splitmix64, no RNG library, so the same tensors on every
+# machine and version), saved in torchvision's key layout; the LPIPS linear layers and
+# the DISTS alpha/beta are the published files (fixtures/metrics/weights). pyiqa was
+# given the same tensors when the values were recorded.
+
+WEIGHTS = FIXTURES / "weights"
+_ALEX = [(0, 64, 3, 11), (3, 192, 64, 5), (6, 384, 192, 3), (8, 256, 384, 3), (10, 256, 256, 3)]
+_VGG = [
+    (0, 64, 3), (2, 64, 64), (5, 128, 64), (7, 128, 128), (10, 256, 128), (12, 256, 256),
+    (14, 256, 256), (17, 512, 256), (19, 512, 512), (21, 512, 512), (24, 512, 512),
+    (26, 512, 512), (28, 512, 512),
+]  # fmt: skip
+
+
+def _uniform(n: int, seed: int) -> np.ndarray:
+    golden = 0x9E3779B97F4A7C15
+    z = np.arange(n, dtype=np.uint64) + np.uint64((seed * golden + golden) % 2**64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _tensor(key: str, shape: tuple[int, ...], scale: float) -> torch.Tensor:
+    import zlib
+
+    u = _uniform(int(np.prod(shape)), zlib.crc32(key.encode()))
+    return torch.from_numpy(((2 * u - 1) * scale).reshape(shape).astype(np.float32))
+
+
+def stand_in_backbone(kind: str) -> dict[str, torch.Tensor]:
+    """A torchvision-layout ``features.*`` state dict for ``alex`` or ``vgg``."""
+    layers = _ALEX if kind == "alex" else [(i, o, c, 3) for i, o, c in _VGG]
+    state = {}
+    for index, out, cin, k in layers:
+        scale = (6 / (cin * k * k)) ** 0.5
+        state[f"features.{index}.weight"] = _tensor(f"{kind}.{index}.w", (out, cin, k, k), scale)
+        state[f"features.{index}.bias"] = _tensor(f"{kind}.{index}.b", (out,), 0.05)
+    return state
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    return {"alex": stand_in_backbone("alex"), "vgg": stand_in_backbone("vgg")}
+
+
+def _perceptual(name, backbones):
+    from diffbir.metrics import perceptual
+    from diffbir.metrics.evaluate import EvalOptions
+    from diffbir.metrics.names import METRICS
+
+    kind = "alex" if name == "lpips" else "vgg"
+    files = [backbones[kind], WEIGHTS / METRICS[name].weights[1]]
+    return perceptual.build(name, EvalOptions(), torch.device("cpu"), *files)
+
+
+@pytest.mark.parametrize("name", ["lpips", "lpips-vgg", "dists"])
+def test_lpips_and_dists_match_pyiqa(name, backbones):
+    torch.manual_seed(0)
+    metric = _perceptual(name, backbones)
+    pairs = _pairs(name) if name == "lpips" else _pairs(name)[1:3]  # VGG is slow on CPU
+    for x, ref in pairs:
+        got = float(metric(_image(x), _image(ref))[0])
+        assert got == pytest.approx(RECORDED[name][f"{x}|{ref}"], rel=1e-4), (x, ref)
+
+
+@pytest.mark.parametrize("name", ["lpips", "dists"])
+def test_lpips_and_dists_of_identical_images_are_zero(name, backbones):
+    metric = _perceptual(name, backbones)
+    x = _levels(4, 64, 64)
+    assert abs(float(metric(x, x)[0])) < 1e-6
+    assert float(metric(_levels(5, 64, 64), x)[0]) > 0
+
+
+def test_published_layouts_load_strictly(backbones):
+    from diffbir.errors import CheckpointError
+    from diffbir.metrics import perceptual
+
+    model = perceptual.load_lpips(
+        "alex", backbones["alex"], WEIGHTS / "LPIPS_v0.1_alex-df73285e.pth"
+    )
+    assert model.lin0.model[1].weight.shape == (1, 64, 1, 1)
+    # torchvision's file also holds the classifier: it is ignored, not an error.
+    with_head = {**backbones["alex"], "classifier.1.weight": torch.zeros(2, 2)}
+    perceptual.load_lpips("alex", with_head, WEIGHTS / "LPIPS_v0.1_alex-df73285e.pth")
+    broken = dict(backbones["alex"])
+    del broken["features.3.bias"]
+    with pytest.raises(CheckpointError, match="missing: features.3.bias"):
+        perceptual.load_lpips("alex", broken, WEIGHTS / "LPIPS_v0.1_alex-df73285e.pth")
+    dists = perceptual.load_dists(backbones["vgg"], WEIGHTS / "DISTS_weights-f5e65c96.pth")
+    assert dists.alpha.shape == (1, 1475, 1, 1)

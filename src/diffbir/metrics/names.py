@@ -48,7 +48,7 @@ METRICS = _table(
         True,
         True,
         "LPIPS v0.1 on AlexNet features",
-        ("alexnet-owt-7be5be79.pth", "lpips_v0.1_alex.pth"),
+        ("alexnet-owt-7be5be79.pth", "LPIPS_v0.1_alex-df73285e.pth"),
     ),
     MetricInfo(
         "lpips-vgg",
@@ -56,7 +56,7 @@ METRICS = _table(
         True,
         True,
         "LPIPS v0.1 on VGG16 features",
-        ("vgg16-397923af.pth", "lpips_v0.1_vgg.pth"),
+        ("vgg16-397923af.pth", "LPIPS_v0.1_vgg-a78928a0.pth"),
     ),
     MetricInfo(
         "dists",
@@ -64,7 +64,7 @@ METRICS = _table(
         True,
         True,
         "DISTS (structure and texture similarity on VGG16 features)",
-        ("vgg16-397923af.pth", "dists_weights.pt"),
+        ("vgg16-397923af.pth", "DISTS_weights-f5e65c96.pth"),
     ),
     MetricInfo("niqe", "niqe", False, True, "NIQE on the YIQ luma (pyiqa's default)"),
     MetricInfo("niqe-y", "niqe", False, True, "NIQE on the Y of YCbCr (BasicSR's default)"),
