@@ -19,7 +19,6 @@ Both take ``[N, 3, H, W]`` batches in [0, 1] and return one float64 value per im
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from diffbir.errors import DiffBIRError
 
@@ -95,13 +94,18 @@ def ssim(
         x, ref = ycbcr_y(x.float()).double(), ycbcr_y(ref.float()).double()
     x = (x * 255.0).round()
     ref = (ref * 255.0).round()
-    channels = x.shape[1]
-    window = gaussian_window(SSIM_WINDOW, SSIM_SIGMA).to(x)
-    # pyiqa's window is float32 (MATLAB's fspecial in single precision), then widened.
-    window = window.float().double().expand(channels, 1, -1, -1)
+    # pyiqa's window is float32 (MATLAB's fspecial in single precision), then widened;
+    # the means over it are exact to float64 rounding through the FFT, which is many
+    # times faster than an 11x11 float64 convolution on the CPU and gives the same
+    # 'valid' part (the window is symmetric, so the circular convolution's wrapped
+    # border is exactly what 'valid' leaves out).
+    window = gaussian_window(SSIM_WINDOW, SSIM_SIGMA).float().to(x)
+    size = tuple(x.shape[-2:])
+    spectrum = torch.fft.rfft2(window, s=size)
+    edge = SSIM_WINDOW - 1
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)
+        return torch.fft.irfft2(torch.fft.rfft2(t) * spectrum, s=size)[..., edge:, edge:]
 
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
