@@ -27,8 +27,9 @@ def add_model_source_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (unset: cuda if available)")
     group.add_argument(
         "--dtype",
-        choices=("fp32", "fp16", "bf16"),
-        help="unset: fp16 on CUDA (bf16 with --model hypir, as its release), fp32 on CPU",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="unset: the release's (fp16 on CUDA, bf16 with --model hypir, fp32 on CPU); "
+        "auto: bf16 on GPUs and CPUs that compute it natively, else fp16 on GPUs, fp32 on CPUs",
     )
 
 

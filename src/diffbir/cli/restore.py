@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from diffbir.cli.common import add_model_source_args, notes_as_lines
+from diffbir.config.precision import bf16_hint, resolve_dtype
 from diffbir.config.presets import (
     FACE_WHOLE,
     MODELS,
@@ -521,10 +522,18 @@ def _run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     options = options_from_args(args)
     # The run's settings, resolved once here: every image (and face) of the run uses them.
-    config = resolve_run(args.version, args.task, options, device_type=_device_type(args))
+    device_type = _device_type(args)
+    config = resolve_run(
+        args.version, args.task, options, device_type=device_type, dtype=args.dtype
+    )
     if args.print_config:
         print(config.describe(), end="")
+        if args.dtype == "auto":
+            print(f"# dtype: {resolve_dtype('auto', device_type, config.model)[1]}")
         return 0
+    hint = bf16_hint(config.dtype, device_type) if args.dtype is None else None
+    if hint and not args.quiet:
+        print(f"diffbir: note: {hint}", file=sys.stderr)
     if config.captioner != "none" and not args.quiet:
         why = "" if args.captioner else f" ({config.version}'s default here)"
         print(
@@ -558,7 +567,7 @@ def _run(args: argparse.Namespace) -> int:
         lora=args.lora,
         cleaner=args.cleaner,
         device=args.device,
-        dtype=args.dtype,
+        dtype=config.dtype,
         download=not args.no_download,
         progress=not args.quiet,
         compile=args.compile and {"backend": args.compile_backend, "mode": args.compile_mode},

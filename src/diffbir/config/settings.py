@@ -22,6 +22,7 @@ from diffbir.config.limits import (
     ddim_steps_fit,
     ddim_steps_near,
 )
+from diffbir.config.precision import resolve_dtype
 from diffbir.config.presets import Preset
 from diffbir.errors import ConfigError, DiffBIRWarning
 
@@ -305,6 +306,8 @@ class RunConfig:
     max_memory: float
     unet_batch: int
     progress: bool
+    # The number format the models compute in (config.precision): fp32, fp16 or bf16.
+    dtype: str = "fp32"
     # Whole-photo runs (task face-whole): the faces' own settings, resolved with the
     # photo's (the same seed, x1); None for every other task.
     faces: RunConfig | None = field(default=None, compare=False, repr=False)
@@ -338,21 +341,27 @@ class RunConfig:
             "model version task upscale sampler steps cfg_scale cfg_rescale prompt negative_prompt "
             "seed control_strength start_point noise_aug s_churn s_tmin s_tmax s_noise eta "
             "order guidance_scale guidance_space guidance_loss guidance_start guidance_stop "
-            "guidance_repeat guidance_mask color_fix captioner"
+            "guidance_repeat guidance_mask color_fix captioner dtype"
         ).split()
         data = self.as_dict()
         return {key: str(data[key]) for key in keys if key in data}
 
 
 def resolve(
-    preset: Preset, options: RestoreOptions | None = None, *, device_type: str = "cpu"
+    preset: Preset,
+    options: RestoreOptions | None = None,
+    *,
+    device_type: str = "cpu",
+    dtype: str | None = None,
 ) -> RunConfig:
     """The run described by ``options`` for the release ``preset`` (its values for ``None``).
 
     A ``None`` seed is drawn here, once, so the run (and what it records) is
     reproducible. ``device_type`` (``"cpu"``, ``"cuda"``...) picks the default
     captioner (the release's where it can run, the light one elsewhere) and the rows
-    per UNet+ControlNet call (:func:`default_unet_batch`).
+    per UNet+ControlNet call (:func:`default_unet_batch`); ``dtype`` (what ``--dtype``
+    says: ``None``, ``"auto"`` or a name) the number format
+    (:func:`diffbir.config.precision.resolve_dtype`).
     """
     from diffbir.diffusion.names import canonical
 
@@ -385,6 +394,7 @@ def resolve(
         tile_overlap=float(pick(options.tile_overlap, preset.tile_overlap)),
         unused=preset.unused_options,
         unet_batch=int(pick(options.unet_batch, default_unet_batch(device_type))),
+        dtype=resolve_dtype(dtype, device_type, preset.model)[0],
     )
     config = RunConfig(**values)
     if config.sampler.startswith("edm_") and config.prediction == "eps":
@@ -440,7 +450,11 @@ def _refuse_unused(preset: Preset, options: RestoreOptions) -> None:
 
 
 def resolve_whole_photo(
-    version: str, options: RestoreOptions | None = None, *, device_type: str = "cpu"
+    version: str,
+    options: RestoreOptions | None = None,
+    *,
+    device_type: str = "cpu",
+    dtype: str | None = None,
 ) -> RunConfig:
     """A whole-photo run (task ``face-whole``): the photo's settings (the release's ``sr``
     models at its whole-photo upscale) with the faces' (``face`` models, x1) in
@@ -452,13 +466,14 @@ def resolve_whole_photo(
     options = options or RestoreOptions()
     if options.n_samples != 1:
         raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
-    photo = resolve(get_preset(version, FACE_WHOLE), options, device_type=device_type)
+    photo = resolve(get_preset(version, FACE_WHOLE), options, device_type=device_type, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the photo's resolve said it already
         faces = resolve(
             get_preset(version, "face"),
             replace(options, upscale=1.0, seed=photo.seed),
             device_type=device_type,
+            dtype=dtype,
         )
     return replace(photo, faces=faces)
 

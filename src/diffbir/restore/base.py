@@ -95,7 +95,7 @@ class RestorerEntry:
     name: str
     versions: tuple[str, ...]
     tasks: tuple[str, ...]
-    #: ``(version, task, options, device_type) -> RunConfig``
+    #: ``(version, task, options, device_type, dtype) -> RunConfig``
     resolve: Callable[..., RunConfig]
     #: ``(version, task, **loader) -> Restorer``
     load: Callable[..., Restorer]

@@ -26,17 +26,16 @@ from diffbir.restore.base import Restorer, RestorerEntry
 
 
 def _resolve_preset(
-    version: str, task: str, options: RestoreOptions | None, device_type: str
+    version: str, task: str, options: RestoreOptions | None, device_type: str, dtype: str | None
 ) -> RunConfig:
-
-    return resolve(get_preset(version, task), options, device_type=device_type)
+    return resolve(get_preset(version, task), options, device_type=device_type, dtype=dtype)
 
 
 def _resolve_whole_photo(
-    version: str, task: str, options: RestoreOptions | None, device_type: str
+    version: str, task: str, options: RestoreOptions | None, device_type: str, dtype: str | None
 ) -> RunConfig:
     del task  # always face-whole
-    return resolve_whole_photo(version, options, device_type=device_type)
+    return resolve_whole_photo(version, options, device_type=device_type, dtype=dtype)
 
 
 def _load_diffbir(version: str, task: str, **loader) -> Restorer:
@@ -89,10 +88,12 @@ def resolve_run(
     options: RestoreOptions | None = None,
     *,
     device_type: str = "cpu",
+    dtype: str | None = None,
 ) -> RunConfig:
     """The frozen settings of a run of ``version``/``task`` with ``options``, before any
-    model is loaded: what ``--print-config`` prints and every image of the run uses."""
-    return restorer_entry(version, task).resolve(version, task, options, device_type)
+    model is loaded: what ``--print-config`` prints and every image of the run uses.
+    ``dtype`` is what ``--dtype`` says (``None``: the release's, ``"auto"``, a name)."""
+    return restorer_entry(version, task).resolve(version, task, options, device_type, dtype)
 
 
 def load_restorer(

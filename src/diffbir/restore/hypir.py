@@ -59,7 +59,7 @@ from diffbir.models.vae import VAE_SCALE
 from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
-from diffbir.restore.loading import load_model_config, load_stage1, parse_dtype
+from diffbir.restore.loading import dtype_name, load_model_config, load_stage1, parse_dtype
 from diffbir.restore.plan import (
     MAX_DIFFUSION_SIDE,
     TilePlan,
@@ -189,9 +189,7 @@ class HypirRestorer:
             )
         preset = get_preset(version, task)
         device = resolve_device(device)
-        if dtype is None and device.type == "cuda":
-            dtype = "bf16"
-        dtype = parse_dtype(dtype, device)
+        dtype = parse_dtype(dtype, device, preset.model)
         configs = load_model_config(model_config)
         wanted = (
             [] if stage2 is not None else [str(sd or preset.sd), str(lora or preset.controlnet)]
@@ -253,7 +251,9 @@ class HypirRestorer:
 
     def resolve(self, options: RestoreOptions | None = None) -> RunConfig:
         """The frozen settings of a run with ``options`` (HYPIR's defaults for ``None``)."""
-        return resolve(self.preset, options, device_type=self.device.type)
+        return resolve(
+            self.preset, options, device_type=self.device.type, dtype=dtype_name(self.dtype)
+        )
 
     # --------------------------------------------------------------- prompts
     def image_prompts(

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from diffbir.config.precision import resolve_dtype
 from diffbir.errors import ConfigError
 from diffbir.models.cleaner import infer_arch, load_cleaner
 from diffbir.weights.checkpoint import load_state_dict
@@ -50,13 +51,22 @@ def load_model_config(source: Mapping | str | Path | None) -> dict:
     return {key: dict(value) for key, value in source.items()}
 
 
-def parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """``"fp32" | "fp16" | "bf16"`` (or a torch dtype) -> torch dtype; default by device."""
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(
+    dtype: torch.dtype | str | None, device: torch.device, model: str = "diffbir"
+) -> torch.dtype:
+    """``"fp32" | "fp16" | "bf16" | "auto"`` (or a torch dtype) -> torch dtype; ``None``:
+    the release's default on ``device`` (:func:`diffbir.config.precision.resolve_dtype`)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if dtype not in table:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose fp32, fp16 or bf16")
-    return table[dtype]
+    return _DTYPES[resolve_dtype(dtype, device.type, model)[0]]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16 -> "bf16"``: how ``--dtype`` and the run's settings spell it."""
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise ConfigError(f"unsupported dtype {dtype}; choose fp32, fp16 or bf16")

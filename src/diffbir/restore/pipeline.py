@@ -51,6 +51,7 @@ from diffbir.restore import stages
 from diffbir.restore.base import RestoreResult
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import (
+    dtype_name,
     load_model_config,
     load_stage1,
     parse_dtype,
@@ -246,7 +247,9 @@ class DiffBIRPipeline:
 
     def resolve(self, options: RestoreOptions | None = None) -> RunConfig:
         """The frozen settings of a run with ``options`` (this release's defaults for ``None``)."""
-        return resolve(self.preset, options, device_type=self.device.type)
+        return resolve(
+            self.preset, options, device_type=self.device.type, dtype=dtype_name(self.dtype)
+        )
 
     # ------------------------------------------------------------------- stages
     @property

@@ -21,6 +21,7 @@ from diffbir.faces import image_to_tensor, restore_faces_in_photo, tensor_to_ima
 from diffbir.faces.detect import YuNetDetector
 from diffbir.imaging.resize import resize_for_display
 from diffbir.restore.base import RestoreResult
+from diffbir.restore.loading import dtype_name
 from diffbir.restore.pipeline import DiffBIRPipeline
 from diffbir.weights.registry import resolve
 
@@ -138,7 +139,8 @@ class WholePhotoPipeline:
     def resolve(self, options: RestoreOptions | None = None) -> RunConfig:
         """The run's settings: the photo's, with the faces' in ``faces`` (one seed)."""
         version = self.background.preset.version
-        return resolve_whole_photo(version, options, device_type=self.device.type)
+        dtype = dtype_name(self.background.dtype)
+        return resolve_whole_photo(version, options, device_type=self.device.type, dtype=dtype)
 
     def _config(self, options: RunConfig | RestoreOptions | None) -> RunConfig:
         if not isinstance(options, RunConfig):
