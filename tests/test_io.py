@@ -419,7 +419,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
         fileobj.write(b"\x89PNG half an image")
         raise RuntimeError("disk pulled out mid-write")
 
-    monkeypatch.setattr(imio, "_encode_to", broken_encoder)
+    monkeypatch.setattr(imio.encoders, "encode", broken_encoder)
     with pytest.raises(RuntimeError, match="mid-write"):
         write_image(tmp_path / "new.png", torch.zeros(3, 4, 4))
     assert list(tmp_path.iterdir()) == []

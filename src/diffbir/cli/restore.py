@@ -17,7 +17,7 @@ from diffbir.config.presets import (
     get_preset,
     release_for,
 )
-from diffbir.config.settings import RestoreOptions, resolve_device
+from diffbir.config.settings import RestoreOptions, check_output_format, resolve_device
 from diffbir.diffusion.names import describe_samplers
 from diffbir.errors import ConfigError
 from diffbir.restore.factory import resolve_run
@@ -118,6 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _guidance_arguments(p)
     _output_arguments(p)
     _performance_arguments(p)
+    _video_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -326,8 +327,37 @@ def _output_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--no-color-fix", action="store_true", help="skip the wavelet colour fix")
     g.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default=None)
-    g.add_argument("--format", choices=("png", "jpg", "webp"), default="png")
-    g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    g.add_argument(
+        "-f",
+        "--format",
+        choices=("png", "jpg", "webp", "tiff", "avif"),
+        default="png",
+        help="output format (png and tiff hold 16 bits; JPEG at --quality >= 90 keeps "
+        "full-resolution chroma, 4:4:4)",
+    )
+    g.add_argument("--quality", type=int, default=95, help="JPEG/WebP/AVIF quality")
+    g.add_argument(
+        "--output-profile",
+        choices=("input", "srgb"),
+        default=None,
+        help="ICC profile of the results: the input's (embedded; untagged inputs are sRGB) "
+        "or sRGB; the models always work in sRGB",
+    )
+    g.add_argument(
+        "--bit-depth",
+        choices=("8", "16", "auto"),
+        default=None,
+        help="bits per sample of the results; auto: the input's (16-bit scans give 16-bit "
+        "PNG/TIFF)",
+    )
+    g.add_argument(
+        "--strip-metadata",
+        action="store_true",
+        help="do not copy the input's EXIF/XMP/IPTC (the run's settings are still recorded)",
+    )
+    g.add_argument(
+        "--keep-gps", action="store_true", help="keep the GPS position (dropped by default)"
+    )
     g.add_argument("--save-stage1", action="store_true", help="also write the stage-1 output")
     g.add_argument("--compare", action="store_true", help="also write input|result side by side")
     g.add_argument("--skip-existing", action="store_true", help="resume: skip finished outputs")
@@ -393,6 +423,104 @@ def _performance_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _seconds(text: str) -> float:
+    """'90', '1:30', '0:01:30.5' -> seconds."""
+    try:
+        value = 0.0
+        for part in text.strip().split(":"):
+            value = value * 60 + float(part)
+        return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (try 12.5 or 1:30)") from None
+
+
+def _video_arguments(p: argparse.ArgumentParser) -> None:
+    """Video inputs (mp4, mov, mkv, avi, webm; or --frames folders): kept consistent over
+    time, written with the source's timestamps and audio."""
+    from diffbir.config.settings import VIDEO_CAPTIONS, VIDEO_CODECS, VideoOptions
+
+    d = VideoOptions()
+    g = p.add_argument_group("video (needs the video extra: pip install 'diffbir[video]')")
+    g.add_argument(
+        "--frames", action="store_true", help="each input folder is one clip of numbered frames"
+    )
+    g.add_argument("--frames-rate", type=float, default=d.frames_rate, help="--frames' rate")
+    g.add_argument(
+        "--temporal",
+        choices=("on", "off"),
+        default="on",
+        help="off: frame by frame; on: the previous frame's latents follow the optical flow",
+    )
+    g.add_argument(
+        "--temporal-strength",
+        type=float,
+        default=d.temporal_strength,
+        help="share of the warped previous frame where the flow is reliable (0..1)",
+    )
+    g.add_argument(
+        "--temporal-start",
+        type=int,
+        default=d.temporal_start,
+        help="fuse the estimates of timesteps t < start...",
+    )
+    g.add_argument("--temporal-stop", type=int, default=d.temporal_stop, help="... and t > stop")
+    g.add_argument(
+        "--scene-threshold",
+        type=float,
+        default=d.scene_threshold,
+        help="a scene cut (propagation reset): fewer matched pixels than this after the warp",
+    )
+    g.add_argument(
+        "--video-codec",
+        choices=VIDEO_CODECS,
+        default=d.codec,
+        help="h264/h265 (CRF --video-quality), ffv1 (lossless, .mkv), png (a folder of frames)",
+    )
+    g.add_argument(
+        "--video-quality", type=int, default=None, help="CRF of h264 (18) and h265 (20), 0..51"
+    )
+    g.add_argument(
+        "--video-captions",
+        choices=VIDEO_CAPTIONS,
+        default=d.captions,
+        help="with a captioner: one caption per clip, or per scene",
+    )
+    g.add_argument("--max-frames", type=int, default=None, help="restore at most N frames")
+    g.add_argument("--start", type=_seconds, default=None, help="from this time (s or m:s)")
+    g.add_argument("--end", type=_seconds, default=None, help="up to this time")
+    g.add_argument("--fps", type=float, default=None, help="at most N frames a second (previews)")
+    g.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=d.chunk_frames,
+        help="frames per finished chunk (what --skip-existing resumes from)",
+    )
+
+
+def video_options_from_args(args: argparse.Namespace):
+    """The run's :class:`~diffbir.config.settings.VideoOptions`, checked."""
+    from diffbir.config.settings import VideoOptions
+
+    video = VideoOptions(
+        temporal=args.temporal == "on",
+        temporal_strength=args.temporal_strength,
+        temporal_start=args.temporal_start,
+        temporal_stop=args.temporal_stop,
+        scene_threshold=args.scene_threshold,
+        codec=args.video_codec,
+        quality=args.video_quality,
+        chunk_frames=args.chunk_frames,
+        max_frames=args.max_frames,
+        start=args.start,
+        end=args.end,
+        fps=args.fps,
+        captions=args.video_captions,
+        frames_rate=args.frames_rate,
+    )
+    video.validate()
+    return video
+
+
 def _prompt_table(path: Path | None):
     if path is None:
         return None
@@ -452,6 +580,10 @@ def options_from_args(args: argparse.Namespace):
         max_memory=args.max_memory,
         min_side=args.min_side,
         unet_batch=args.unet_batch,
+        output_profile=args.output_profile,
+        bit_depth=args.bit_depth,
+        strip_metadata=args.strip_metadata or None,
+        keep_gps=args.keep_gps or None,
         progress=args.verbose and not args.quiet,
     )
     return RestoreOptions(**{k: v for k, v in values.items() if v is not None})
@@ -521,11 +653,13 @@ def _run(args: argparse.Namespace) -> int:
     args.version = release_for(args.model, args.version)
     _check_arguments(args)
     options = options_from_args(args)
+    video = video_options_from_args(args)
     # The run's settings, resolved once here: every image (and face) of the run uses them.
     device_type = _device_type(args)
     config = resolve_run(
         args.version, args.task, options, device_type=device_type, dtype=args.dtype
     )
+    check_output_format(config, "." + args.format)
     if args.print_config:
         print(config.describe(), end="")
         if args.dtype == "auto":
@@ -557,6 +691,8 @@ def _run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         prompt_table=_prompt_table(args.prompts),
         sidecars=not args.no_sidecars,
+        video=video,
+        frames=args.frames,
     )
     loader = dict(
         version=args.version,

@@ -43,6 +43,10 @@ MAX_SEED = 2**64 - 1
 MAX_STEPS = 1000
 #: Results per input: each is a file, and a run plans every file before it starts.
 MAX_SAMPLES = 1000
+#: ``--output-profile``: results in the input's ICC profile, or in sRGB.
+OUTPUT_PROFILES = ("input", "srgb")
+#: ``--bit-depth``: of the written files; ``auto`` is the input's (16 for 16-bit inputs).
+BIT_DEPTHS = ("8", "16", "auto")
 
 
 @dataclass
@@ -100,6 +104,13 @@ class RestoreOptions:
     # UNet+ControlNet call; None: 1 on the CPU (faster there), the whole batch elsewhere.
     unet_batch: int | None = None
     progress: bool = False
+    # The written files (diffbir.imaging): the ICC profile results are written in ("input":
+    # the input's, "srgb"), their bit depth ("8", "16", "auto": the input's), and the
+    # photo's own metadata (EXIF/XMP/IPTC copied unless stripped; GPS only when kept).
+    output_profile: str = "input"
+    bit_depth: str = "auto"
+    strip_metadata: bool = False
+    keep_gps: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` (one line naming the option) for values that cannot
@@ -200,6 +211,14 @@ class RestoreOptions:
             (
                 self.unet_batch is None or self.unet_batch >= 1,
                 f"unet batch (--unet-batch) must be at least 1, got {self.unet_batch!r}",
+            ),
+            (
+                self.output_profile in OUTPUT_PROFILES,
+                "output profile (--output-profile): " + ", ".join(OUTPUT_PROFILES),
+            ),
+            (
+                str(self.bit_depth) in BIT_DEPTHS,
+                "bit depth (--bit-depth): " + ", ".join(BIT_DEPTHS),
             ),
             (
                 self.seed is None or 0 <= self.seed <= MAX_SEED,
@@ -306,6 +325,10 @@ class RunConfig:
     max_memory: float
     unet_batch: int
     progress: bool
+    output_profile: str = "input"
+    bit_depth: str = "auto"
+    strip_metadata: bool = False
+    keep_gps: bool = False
     # The number format the models compute in (config.precision): fp32, fp16 or bf16.
     dtype: str = "fp32"
     # Whole-photo runs (task face-whole): the faces' own settings, resolved with the
@@ -345,6 +368,23 @@ class RunConfig:
         ).split()
         data = self.as_dict()
         return {key: str(data[key]) for key in keys if key in data}
+
+    def output_bit_depth(self, input_bit_depth: int, suffix: str) -> int:
+        """Bits per sample of a written file: ``bit_depth``, or the input's for ``auto``;
+        8 where the format has no 16 bits (``auto`` only: an explicit 16 is refused
+        before the run, see :func:`check_output_format`)."""
+        depth = input_bit_depth if self.bit_depth == "auto" else int(self.bit_depth)
+        return depth if suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
+
+
+#: Output suffixes that hold 16 bits per sample.
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def check_output_format(config: RunConfig, suffix: str) -> None:
+    """Refuse ``--bit-depth 16`` with a format that has only 8 bits, in one line."""
+    if config.bit_depth == "16" and suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
+        raise ConfigError(f"--bit-depth 16 needs --format png or tiff, not {suffix.lstrip('.')}")
 
 
 def resolve(
@@ -394,6 +434,7 @@ def resolve(
         tile_overlap=float(pick(options.tile_overlap, preset.tile_overlap)),
         unused=preset.unused_options,
         unet_batch=int(pick(options.unet_batch, default_unet_batch(device_type))),
+        bit_depth=str(options.bit_depth),
         dtype=resolve_dtype(dtype, device_type, preset.model)[0],
     )
     config = RunConfig(**values)
@@ -476,6 +517,62 @@ def resolve_whole_photo(
             dtype=dtype,
         )
     return replace(photo, faces=faces)
+
+
+#: --video-codec names (diffbir.video.io.CODECS has their encoders).
+VIDEO_CODECS = ("h264", "h265", "ffv1", "png")
+#: --video-captions: one caption for the clip, or one per scene.
+VIDEO_CAPTIONS = ("clip", "scene")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How clips are read, kept consistent and written (the frames themselves are
+    restored with the run's :class:`RunConfig`). ``temporal`` False restores frame by
+    frame; the fusion knobs are :class:`diffbir.video.temporal.LatentPropagation`'s."""
+
+    temporal: bool = True
+    temporal_strength: float = 0.9  # how much of the warped previous frame, where reliable
+    temporal_start: int = 1001  # fuse the estimates of timesteps stop < t < start
+    temporal_stop: int = -1
+    scene_threshold: float = 0.3  # a cut: fewer matched pixels than this after the warp
+    codec: str = "h264"
+    quality: int | None = None  # x264/x265 CRF, 0..51; None: the codec's default
+    chunk_frames: int = 24  # frames per finished (resumable) chunk
+    max_frames: int | None = None
+    start: float | None = None  # seconds
+    end: float | None = None
+    fps: float | None = None  # at most this many frames per second (previews)
+    captions: str = "clip"
+    frames_rate: float = 24.0  # the rate of a folder of frames (--frames)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the flag of a value that cannot work."""
+        checks = [
+            (0 <= self.temporal_strength <= 1, "--temporal-strength must be in [0, 1]"),
+            (0 <= self.scene_threshold <= 1, "--scene-threshold must be in [0, 1]"),
+            (self.codec in VIDEO_CODECS, "--video-codec: " + ", ".join(VIDEO_CODECS)),
+            (
+                self.quality is None or 0 <= self.quality <= 51,
+                "--video-quality (CRF) must be within 0..51",
+            ),
+            (self.chunk_frames >= 1, "--chunk-frames must be at least 1"),
+            (self.max_frames is None or self.max_frames >= 1, "--max-frames must be at least 1"),
+            (self.start is None or self.start >= 0, "--start must be >= 0 seconds"),
+            (
+                self.end is None or self.end > (self.start or 0),
+                "--end must be after --start",
+            ),
+            (self.fps is None or self.fps > 0, "--fps must be positive"),
+            (self.frames_rate > 0, "--frames-rate must be positive"),
+            (self.captions in VIDEO_CAPTIONS, "--video-captions: clip or scene"),
+        ]
+        for value in (self.temporal_strength, self.scene_threshold, self.fps, self.start):
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"video options must be finite numbers, got {value!r}")
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
 
 def default_captioner(version: str, device_type: str) -> str:

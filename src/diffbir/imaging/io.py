@@ -6,7 +6,15 @@ Decisions, so that callers need not guess:
   repeated, palette images are expanded, CMYK/YCbCr/LAB are converted by Pillow.
   16-bit PNG/TIFF keep their precision (values are divided by 65535; colour
   16-bit files are decoded with OpenCV because Pillow truncates them to 8 bits).
-  ICC profiles are ignored: pixel values are taken as they are stored.
+* **Colour profiles.** An embedded ICC profile is applied: the tensor is sRGB, what
+  the models were trained on (:mod:`diffbir.imaging.profiles`; 16-bit images in
+  float). No profile means sRGB. The profile is kept in :attr:`LoadedImage.icc_profile`
+  and :func:`write_image` converts the result back into the profile it is given.
+* **Metadata.** EXIF, XMP and IPTC are kept in :attr:`LoadedImage.metadata` and
+  :func:`write_image` writes the blocks it is given where the format holds them
+  (:mod:`diffbir.imaging.metadata`, :mod:`diffbir.imaging.encoders`).
+* **HEIC/HEIF and AVIF** are read through :mod:`diffbir.imaging.heif` (pillow-heif,
+  the optional extra ``diffbir[heif]``; AVIF by Pillow where it can).
 * **Orientation.** The EXIF orientation tag is applied, so the tensor is the
   image as a viewer shows it.
 * **Transparency.** ``rgb`` is the colour composited over white, so whatever
@@ -49,9 +57,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from PIL.PngImagePlugin import PngInfo
 
 from diffbir.errors import DiffBIRError, ImageReadError, printable
+from diffbir.imaging import encoders, heif, profiles
+from diffbir.imaging.metadata import (
+    SourceMetadata,
+    exif_for_output,
+    read_metadata,
+    xmp_for_output,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -79,6 +93,7 @@ WRITE_FORMATS: dict[str, tuple[str, bool]] = {
     ".tif": ("TIFF", True),
     ".tiff": ("TIFF", True),
     ".bmp": ("BMP", False),
+    ".avif": ("AVIF", True),  # where the installed Pillow has AVIF
 }
 
 _EXIF_ORIENTATION = 0x0112
@@ -98,12 +113,17 @@ class LoadedImage:
             transparency (or it was not asked for).
         path: the file it came from.
         bit_depth: 8, or 16 when the file stores more than 8 bits per sample.
+        icc_profile: the file's embedded ICC profile (already applied to ``rgb``), or
+            ``None`` (sRGB).
+        metadata: the file's EXIF, XMP and IPTC blocks.
     """
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None
     path: Path
     bit_depth: int
+    icc_profile: bytes | None = None
+    metadata: SourceMetadata = SourceMetadata()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -240,7 +260,7 @@ def read_image(
     path = Path(path)
     try:
         _check_file(path)
-        array, bit_depth = _read_array(path, max_pixels)
+        array, bit_depth, icc, metadata = _read_array(path, max_pixels)
     except ImageReadError:
         raise
     except PermissionError:
@@ -258,7 +278,14 @@ def read_image(
     alpha_t = None
     if alpha is not None and keep_alpha:
         alpha_t = torch.from_numpy(np.ascontiguousarray(alpha.transpose(2, 0, 1), dtype=np.float32))
-    return LoadedImage(rgb=rgb.clamp_(0.0, 1.0), alpha=alpha_t, path=path, bit_depth=bit_depth)
+    return LoadedImage(
+        rgb=rgb.clamp_(0.0, 1.0),
+        alpha=alpha_t,
+        path=path,
+        bit_depth=bit_depth,
+        icc_profile=icc,
+        metadata=metadata,
+    )
 
 
 def _check_file(path: Path) -> None:
@@ -287,12 +314,19 @@ def read_image_size(
         _check_file(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                try:
-                    orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-                except Exception:  # noqa: BLE001 - a broken EXIF block is read as upright
-                    orientation = 1
+            if heif.needs_heif_plugin(path):
+                width, height = heif.heif_size(path)
+                orientation = 1  # libheif turns the image upright itself
+                img = None
+            else:
+                img = Image.open(path)
+            with img or contextlib.nullcontext():
+                if img is not None:
+                    width, height = img.size
+                    try:
+                        orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                    except Exception:  # noqa: BLE001 - a broken EXIF block is read as upright
+                        orientation = 1
     except ImageReadError:
         raise
     except Image.DecompressionBombError:
@@ -314,12 +348,16 @@ def read_image_size(
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def _read_array(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
+def _read_array(
+    path: Path, max_pixels: int
+) -> tuple[np.ndarray, int, bytes | None, SourceMetadata]:
+    """Decode ``path``: (sRGB pixels ``[H, W, C]`` in [0, 1], bit depth, the embedded
+    ICC profile, the metadata blocks)."""
     with warnings.catch_warnings():
         # We enforce our own limit below; Pillow's bomb warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = heif.open_heif(path) if heif.needs_heif_plugin(path) else Image.open(path)
         except Image.DecompressionBombError:
             raise _fail(path, "image is too large to decode safely") from None
         except Image.UnidentifiedImageError:
@@ -336,15 +374,33 @@ def _read_array(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
                 )
             wide_colour = _is_wide_colour(img)
             img.load()  # full decode: truncated or corrupt data fails here
+            icc = img.info.get("icc_profile") or None
+            metadata = read_metadata(img)
             if wide_colour:
                 orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
                 array = _decode_wide_colour(path, orientation).astype(np.float32) / 65535.0
-                return array, 16
+                return _wide_to_srgb(array, icc, path), 16, icc, metadata
             try:
                 oriented = ImageOps.exif_transpose(img)
             except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
                 oriented = img
-            return _pillow_to_array(oriented)
+            if icc and not oriented.mode.startswith(("I", "F")):
+                oriented = profiles.to_srgb_image(oriented, icc, printable(path.name))
+                array, bit_depth = _pillow_to_array(oriented)
+            else:
+                array, bit_depth = _pillow_to_array(oriented)
+                if icc:
+                    array = _wide_to_srgb(array, icc, path)
+            return array, bit_depth, icc, metadata
+
+
+def _wide_to_srgb(array: np.ndarray, icc: bytes | None, path: Path) -> np.ndarray:
+    """16-bit ``[H, W, C]`` (gray or RGB, with or without alpha) into sRGB, in float."""
+    if not icc:
+        return array
+    colour_channels = 1 if array.shape[2] in (1, 2) else 3
+    colour = profiles.to_srgb_array(array[:, :, :colour_channels], icc, printable(path.name))
+    return np.concatenate([colour, array[:, :, colour_channels:]], axis=2)
 
 
 # ---------------------------------------------------------------- writing
@@ -383,40 +439,6 @@ def _quantise(x: torch.Tensor, bit_depth: int) -> np.ndarray:
     return values.astype(np.uint16 if bit_depth == 16 else np.uint8)
 
 
-def _encode_to(
-    fileobj: IO[bytes],
-    pixels: np.ndarray,
-    pillow_format: str,
-    suffix: str,
-    quality: int,
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Encode ``[H, W, 3|4]`` pixels into ``fileobj`` in the given format (PNG: with
-    ``metadata`` as text chunks)."""
-    if pixels.dtype == np.uint16:
-        import cv2  # Pillow cannot write 16-bit colour
-
-        channel_order = [2, 1, 0, 3] if pixels.shape[2] == 4 else [2, 1, 0]
-        ok, buffer = cv2.imencode(suffix, np.ascontiguousarray(pixels[:, :, channel_order]))
-        if not ok:
-            raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
-        fileobj.write(buffer.tobytes())
-        return
-    image = Image.fromarray(pixels, mode="RGBA" if pixels.shape[2] == 4 else "RGB")
-    options: dict[str, object] = {}
-    if pillow_format == "JPEG":
-        # Full-resolution chroma at high quality: restored detail is the point.
-        options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
-    elif pillow_format == "WEBP":
-        options = {"quality": quality, "lossless": quality >= 100}
-    elif pillow_format == "PNG" and metadata:
-        info = PngInfo()
-        for key, value in metadata.items():
-            info.add_itxt(key, value)
-        options = {"pnginfo": info}
-    image.save(fileobj, format=pillow_format, **options)
-
-
 def write_image(
     path: str | os.PathLike[str],
     rgb: torch.Tensor,
@@ -425,11 +447,16 @@ def write_image(
     quality: int = 95,
     bit_depth: int = 8,
     metadata: dict[str, str] | None = None,
+    icc_profile: bytes | None = None,
+    carry: SourceMetadata | None = None,
 ) -> Path:
-    """Write ``rgb`` (``[3, H, W]`` or ``[1, 3, H, W]`` in [0, 1]) to ``path`` atomically.
+    """Write ``rgb`` (``[3, H, W]`` or ``[1, 3, H, W]`` sRGB in [0, 1]) to ``path`` atomically.
 
     ``metadata`` (how the image was made) goes into PNG text chunks; for
-    other formats into ``<path>.json`` beside the image.
+    other formats into ``<path>.json`` beside the image. The pixels are converted
+    from sRGB into ``icc_profile`` (an RGB ICC profile; ``None``: sRGB), which is
+    embedded (BMP: none); ``carry``'s EXIF, XMP and IPTC go where the format
+    holds them, the orientation set upright and the size tags to this image's.
 
     Args:
         path: output file; the suffix picks the format (``.png .jpg .jpeg .webp
@@ -440,6 +467,9 @@ def write_image(
             differ, and stored when the format has alpha (dropped otherwise).
         quality: JPEG/WebP quality (WebP at 100 is lossless).
         bit_depth: 8, or 16 for PNG/TIFF.
+        icc_profile: the profile to write the pixels in (see
+            :func:`diffbir.imaging.profiles.output_profile`).
+        carry: the input's metadata to carry over (``None``: none).
 
     Returns:
         The written path.
@@ -463,30 +493,47 @@ def write_image(
         raise ImageWriteError(
             f"{printable(path.name)}: 16-bit output needs .png or .tif, not {printable(suffix)}"
         )
+    if pillow_format == "AVIF" and not _has_avif():
+        raise ImageWriteError(
+            f"{printable(path.name)}: this Pillow cannot write AVIF; use .png, .jpg, .webp or .tif"
+        )
     if not 1 <= quality <= 100:
         raise ImageWriteError(
             f"{printable(path.name)}: quality must be within 1..100, got {quality}"
         )
 
-    rgb = _as_chw(rgb)
-    planes = rgb
+    rgb = _as_chw(rgb).detach().float().cpu()
+    colour = rgb
+    matte = None
     if alpha is not None and stores_alpha:
         matte = resize_alpha(
             alpha.detach().float().cpu().reshape(1, *alpha.shape[-2:]), tuple(rgb.shape[-2:])
         )
-        colour = rgb.detach().float().cpu().clamp(0.0, 1.0)
+        colour = rgb.clamp(0.0, 1.0)
         # Undo the composite over white, so the file looks right on any background.
         visible = matte > 0.5 / 255.0
         uncomposited = (colour - (1.0 - matte)) / matte.clamp_min(1e-6)
         colour = torch.where(visible, uncomposited, colour)
-        planes = torch.cat([colour, matte], dim=0)
-    pixels = _quantise(planes, bit_depth)
+    pixels = _in_profile(_quantise(colour, bit_depth) if bit_depth == 8 else colour, icc_profile)
+    if bit_depth == 16:
+        pixels = _quantise(torch.from_numpy(pixels).permute(2, 0, 1), 16)
+    if matte is not None:
+        pixels = np.concatenate([pixels, _quantise(matte, bit_depth)], axis=2)
+    height, width = pixels.shape[:2]
+    with_chunks = metadata if pillow_format == "PNG" else None
+    embedded = encoders.Embedded(
+        icc=None if pillow_format == "BMP" else (icc_profile or profiles.srgb_profile()),
+        exif=exif_for_output(carry.exif, width, height) if carry else None,
+        xmp=xmp_for_output(carry.xmp) if carry else None,
+        iptc=carry.iptc if carry and pillow_format in ("JPEG", "TIFF") else None,
+        text=with_chunks,
+    )
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with_chunks = metadata if pillow_format == "PNG" and pixels.dtype == np.uint8 else None
         _atomic_write(
-            path, lambda f: _encode_to(f, pixels, pillow_format, suffix, quality, with_chunks)
+            path,
+            lambda f: encoders.encode(f, pixels, pillow_format, suffix, quality, embedded),
         )
         if metadata and with_chunks is None:
             text = json.dumps(metadata, indent=1, ensure_ascii=False) + "\n"
@@ -494,10 +541,27 @@ def write_image(
             _atomic_write(sidecar, lambda f: f.write(text.encode("utf-8")))
     except ImageWriteError:
         raise
+    except encoders.EncodeError as err:
+        raise ImageWriteError(f"{printable(path.name)}: {err}") from None
     except OSError as err:
         reason = printable(err.strerror or err)
         raise ImageWriteError(f"{printable(path.name)}: cannot write ({reason})") from None
     return path
+
+
+def _has_avif() -> bool:
+    from PIL import features
+
+    return bool(features.check("avif"))
+
+
+def _in_profile(colour: np.ndarray | torch.Tensor, icc: bytes | None) -> np.ndarray:
+    """sRGB colour into ``icc``: uint8 ``[H, W, 3]`` through ImageCms, or a float
+    ``[3, H, W]`` tensor in float (returned ``[H, W, 3]`` float32)."""
+    if isinstance(colour, np.ndarray):
+        return profiles.from_srgb_image(colour, icc) if icc else colour
+    array = torch.nan_to_num(colour, nan=0.0).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
+    return profiles.from_srgb_array(array, icc) if icc else array
 
 
 # ".NAME.<pid>-<12 hex>.tmp" (and ".NAME.<12 hex>.tmp", written before the pid was added).

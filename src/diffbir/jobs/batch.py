@@ -32,10 +32,13 @@ from diffbir.errors import DiffBIRError, printable
 from diffbir.faces import image_to_tensor
 from diffbir.imaging.io import check_writable_folder, remove_stale_temp_files, write_image
 from diffbir.imaging.paths import collect_inputs, output_paths_for
+from diffbir.imaging.profiles import output_profile
 from diffbir.jobs.loop import RunLoop, Work, output_metadata, size_problem
 from diffbir.jobs.sharding import Shard
 from diffbir.restore.factory import load_restorer
 from diffbir.restore.prompts import prompt_for_file
+from diffbir.video import run as video_run
+from diffbir.video.io import VIDEO_EXTENSIONS
 
 
 @dataclass
@@ -99,6 +102,10 @@ class RestoreJob:
     # sidecars beside the images.
     prompt_table: object | None = None
     sidecars: bool = True
+    # Clips (diffbir.video): how they are restored and written; ``frames``: input folders
+    # are clips of numbered frames.
+    video: object | None = None
+    frames: bool = False
 
     def plan(self, problems: list[tuple[str, str]] | None = None) -> list[tuple[object, Path]]:
         """(input item, output path) for every input, in a stable order.
@@ -110,11 +117,59 @@ class RestoreJob:
             DiffBIRError: two inputs would write one file, or an output would overwrite
                 an input (both refuse the whole run: nothing has been written yet).
         """
-        items = collect_inputs(self.inputs, recursive=self.recursive, problems=problems)
+        sources = [s for s in self.inputs if not (self.frames and Path(s).is_dir())]
+        items = collect_inputs(
+            sources, recursive=self.recursive, problems=problems, extensions=self._extensions()
+        )
+        items = [item for item in items if not video_run.is_video(item.path)]
         # output_paths_for also refuses two inputs that would write one file.
         work = list(zip(items, output_paths_for(items, self.output, suffix=self.suffix)))
         self._refuse_overwriting_inputs(work)
         return work
+
+    def _extensions(self):
+        from diffbir.imaging.paths import IMAGE_EXTENSIONS
+
+        return IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+
+    def clips(self) -> list[tuple[video_run.ClipSource, Path]]:
+        """(clip, output) of every video input (and, with ``frames``, every input folder)."""
+        from diffbir.config.settings import VideoOptions
+
+        video = self.video or VideoOptions()
+        sources = [s for s in self.inputs if not (self.frames and Path(s).is_dir())]
+        found = collect_inputs(
+            sources, recursive=self.recursive, problems=[], extensions=self._extensions()
+        )
+        clips = [video_run.ClipSource(Path(i.path)) for i in found if video_run.is_video(i.path)]
+        if self.frames:
+            clips += [video_run.ClipSource(Path(s), True) for s in self.inputs if Path(s).is_dir()]
+        return [(c, video_run.output_for(c, self.output, video)) for c in clips]
+
+    def _run_clips(self, pipeline, clips, summary: JobSummary) -> int:
+        from diffbir.config.settings import VideoOptions
+
+        def prompt_of(path: Path):
+            config = self.config
+            return prompt_for_file(
+                path,
+                positive=config.prompt,
+                negative=config.negative_prompt,
+                table=self.prompt_table,
+                sidecars=self.sidecars,
+            )
+
+        return video_run.restore_clips(
+            pipeline,
+            self.config,
+            self.video or VideoOptions(),
+            clips,
+            resume=self.skip_existing,
+            progress=self.progress,
+            report=lambda path, reason: _report(summary, path, reason),
+            prompt_of=prompt_of,
+            verbose=self.verbose,
+        )
 
     def run(self, loader: dict, pipeline=None) -> JobSummary:
         """Restore every planned input. ``loader`` holds the arguments of
@@ -140,17 +195,23 @@ class RestoreJob:
             for source, reason in problems:
                 _report(summary, source, reason)
         todo = self._todo(shard.take(planned), summary)
-        if todo:
+        clips = []
+        for clip, out in shard.take(self.clips()):
+            if self.skip_existing and out.exists():
+                summary.skipped += 1
+            else:
+                clips.append((clip, out))
+        if todo or clips:
             check_writable_folder(self.output)  # before minutes of model loading
         if shard.rank == 0 and planned:
             self._remove_stale_temp_files(planned, started)
         try:
-            if todo and pipeline is None:
+            if (todo or clips) and pipeline is None:
                 try:
                     pipeline = _load_restorer(loader, shard)
                 except DiffBIRError as exc:
                     summary.fatal = str(exc)
-                    todo = []
+                    todo, clips = [], []
             loop = RunLoop(
                 pipeline,
                 self.config,
@@ -164,7 +225,9 @@ class RestoreJob:
                 try:
                     prompts = self._prompts_of(loop, todo, summary, shard)
                     # Every prompt of the run is known now: encode them, free the text encoder.
-                    pipeline.prepare_image_prompts(list(prompts.values()), drop_text_encoder=True)
+                    pipeline.prepare_image_prompts(
+                        list(prompts.values()), drop_text_encoder=not clips
+                    )
                 except DiffBIRError as exc:
                     summary.fatal = str(exc)
                     work = []
@@ -184,6 +247,8 @@ class RestoreJob:
                     on_done=self._done,
                 )
             summary.timings.update(loop.timings)
+            if clips:
+                summary.restored += self._run_clips(pipeline, clips, summary)
         except (KeyboardInterrupt, SystemExit) as stop:
             if shard.world > 1:
                 raise  # the other processes stop too; no summary to gather
@@ -324,16 +389,18 @@ class RestoreJob:
         out = work.key
         n_samples = self.config.n_samples
         metadata = output_metadata(result, work.source, index)
+        # Every file of this input: in its profile, at its depth, with its metadata.
+        as_input = file_options(self.config, image, self.suffix, quality=self.quality)
         for sample, path in enumerate(self.sample_paths(out)):
             restored = result.image[index * n_samples + sample]
-            write_image(path, restored, alpha=image.alpha, quality=self.quality, metadata=metadata)
+            write_image(path, restored, alpha=image.alpha, metadata=metadata, **as_input)
         if self.save_stage1:
             stage1_path = self.output / "stage1" / out.relative_to(self.output)
-            write_image(stage1_path, result.stage1[index * n_samples], quality=self.quality)
+            write_image(stage1_path, result.stage1[index * n_samples], **as_input)
         if self.compare:
             compare_path = self.output / "compare" / out.relative_to(self.output)
             first = result.image[index * n_samples]
-            write_image(compare_path, side_by_side(image.rgb, first), quality=self.quality)
+            write_image(compare_path, side_by_side(image.rgb, first), **as_input)
         if self.save_faces:
             self._write_faces(result, index, out)
         if metadata:
@@ -350,6 +417,21 @@ class RestoreJob:
             for kind, crop in (("cropped", face.crop), ("restored", face.restored)):
                 path = self.output / "faces" / kind / name
                 write_image(path, image_to_tensor(crop)[0], quality=self.quality)
+
+
+def file_options(config: RunConfig, image, suffix: str, *, quality: int) -> dict:
+    """:func:`write_image`'s arguments for the files of one input: the ICC profile
+    (``--output-profile``), the bit depth (``--bit-depth``) and the metadata carried
+    (none with ``--strip-metadata``; GPS only with ``--keep-gps``)."""
+    carry = None
+    if not config.strip_metadata and not image.metadata.empty:
+        carry = image.metadata if config.keep_gps else image.metadata.without_gps()
+    return dict(
+        quality=quality,
+        icc_profile=output_profile(image.icc_profile, config.output_profile),
+        bit_depth=config.output_bit_depth(image.bit_depth, suffix),
+        carry=carry,
+    )
 
 
 def side_by_side(lq: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:

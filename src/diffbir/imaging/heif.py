@@ -1,0 +1,79 @@
+"""HEIC/HEIF (phones' default format) and AVIF inputs.
+
+HEIC/HEIF files are decoded by ``pillow-heif`` (the optional extra
+``diffbir[heif]``), called directly rather than registered as a Pillow plugin, so
+nothing global changes. libheif applies the file's rotation and mirroring
+(``irot``/``imir``) when it decodes, and pillow-heif then sets the EXIF orientation
+to 1, so the image comes upright and is not turned twice. AVIF is read by Pillow's
+own plugin where the installed Pillow has one, else by pillow-heif.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, features
+
+from diffbir.errors import ImageReadError, printable
+
+__all__ = ["HEIF_EXTRA", "container_kind", "open_heif", "heif_size", "needs_heif_plugin"]
+
+#: What to install for HEIC/HEIF (and AVIF where Pillow lacks it).
+HEIF_EXTRA = "pip install 'diffbir[heif]'"
+
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
+_HEIF_BRANDS |= {b"mif1", b"msf1", b"heif", b"mif2"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def container_kind(path: Path) -> str | None:
+    """``'heif'`` or ``'avif'`` from the file's ``ftyp`` box, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if len(head) < 16 or head[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(head[:4], "big")
+    brands = [head[8:12]] + [head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)]
+    if brands[0] in _AVIF_BRANDS or (
+        brands[0] not in _HEIF_BRANDS - {b"mif1", b"msf1"}
+        and any(b in _AVIF_BRANDS for b in brands)
+    ):
+        return "avif"
+    if any(b in _HEIF_BRANDS for b in brands):
+        return "heif"
+    return None
+
+
+def needs_heif_plugin(path: Path) -> bool:
+    """Whether ``path`` is a HEIF/AVIF file that Pillow alone cannot open here."""
+    kind = container_kind(path)
+    return kind == "heif" or (kind == "avif" and not features.check("avif"))
+
+
+def _plugin(path: Path):
+    try:
+        import pillow_heif  # optional: only HEIC/HEIF (or AVIF without Pillow's plugin)
+    except ImportError:
+        kind = "an AVIF" if container_kind(path) == "avif" else "a HEIC/HEIF"
+        raise ImageReadError(
+            f"{printable(path.name)}: {kind} image; reading it needs pillow-heif: {HEIF_EXTRA}"
+        ) from None
+    return pillow_heif
+
+
+def open_heif(path: Path) -> Image.Image:
+    """The decoded, upright primary image of a HEIF/AVIF file as a Pillow image, with
+    its ICC profile, EXIF and XMP in ``info``."""
+    heif = _plugin(path).open_heif(path, convert_hdr_to_8bit=True)
+    image = heif.to_pillow()
+    image.format = "HEIF"
+    return image
+
+
+def heif_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of the upright primary image, from the header."""
+    heif = _plugin(path).open_heif(path, convert_hdr_to_8bit=True)
+    return heif.size
