@@ -39,6 +39,31 @@ class RestoreResult:
     faces: list[list] = field(default_factory=list)  # per image: list[RestoredFace]
 
 
+class LatentHook(Protocol):
+    """Called by a restorer on every clean-latent estimate ``x0`` ([B,4,h,w], scaled by
+    0.18215) it forms, at model timestep ``t``; returns the estimate to go on with.
+    ``content_hw`` is the part of the latent grid the image covers (top-left; the rest is
+    padding). Video runs fuse the previous frame's latents here
+    (:class:`diffbir.video.temporal.LatentPropagation`); ``None`` changes nothing."""
+
+    def __call__(self, x0: torch.Tensor, t: int, content_hw: tuple[int, int]) -> torch.Tensor: ...
+
+
+def hooked_guidance(guidance: Callable | None, hook: LatentHook | None, content_hw):
+    """``guidance(x0, t[, step_scale])`` followed by ``hook`` (the denoiser's one seam
+    for corrections of the x0 estimate, which every sampler calls once per step), or
+    ``guidance`` itself without a hook."""
+    if hook is None:
+        return guidance
+
+    def guided(x0, t, *step_scale):
+        if guidance is not None:
+            x0 = guidance(x0, t, *step_scale)
+        return hook(x0, int(t), content_hw)
+
+    return guided
+
+
 @runtime_checkable
 class Restorer(Protocol):
     """A loaded model family that restores batches of images.
@@ -74,8 +99,11 @@ class Restorer(Protocol):
         lq: torch.Tensor,
         config: RunConfig | RestoreOptions | None = None,
         prompts: list[ImagePrompt] | None = None,
+        *,
+        latent_hook: LatentHook | None = None,
     ) -> RestoreResult:
-        """Restore a batch ``lq`` ([B,3,H,W] RGB in [0,1])."""
+        """Restore a batch ``lq`` ([B,3,H,W] RGB in [0,1]); ``latent_hook`` sees (and may
+        change) every clean-latent estimate."""
         ...
 
     def compile(self, backend: str = "inductor", *, mode: str | None = None) -> Any:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ from diffbir.models.text_encoder import encode_tokens
 from diffbir.models.tokenizer import load_tokenizer
 from diffbir.models.vae import VAE_SCALE
 from diffbir.restore import stages
-from diffbir.restore.base import RestoreResult
+from diffbir.restore.base import LatentHook, RestoreResult
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import dtype_name, load_model_config, load_stage1, parse_dtype
 from diffbir.restore.plan import (
@@ -298,16 +299,22 @@ class HypirRestorer:
         lq: torch.Tensor,
         options: RestoreOptions | RunConfig | None = None,
         prompts: list[ImagePrompt] | None = None,
+        *,
+        latent_hook: LatentHook | None = None,
     ) -> RestoreResult:
         """Restore a batch ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1]); each image as if
         alone with the run's seed, ``n_samples`` results per image (``samples_per_run``
-        per pass, from the image's one stream)."""
+        per pass, from the image's one stream). ``latent_hook`` sees the one step's clean
+        latent (video runs fuse the previous frame there)."""
         config = options if isinstance(options, RunConfig) else self.resolve(options)
         if config.model != self.preset.model:
             raise ConfigError(f"a {config.model} run's settings given to the HYPIR restorer")
-        return stages.restore_in_passes(self, lq, config, prompts, self._run)
+        run = self._run if latent_hook is None else partial(self._run, latent_hook=latent_hook)
+        return stages.restore_in_passes(self, lq, config, prompts, run)
 
-    def _run(self, lq, groups, config: RunConfig, prompts: list[ImagePrompt]) -> RestoreResult:
+    def _run(
+        self, lq, groups, config: RunConfig, prompts: list[ImagePrompt], latent_hook=None
+    ) -> RestoreResult:
         timings: dict[str, float] = {}
         noise = BatchNoise(groups)
         target_hw = check_output_size(tuple(lq.shape[-2:]), config.upscale)
@@ -325,6 +332,10 @@ class HypirRestorer:
                 text = self.embeddings.rows(groups, [p.prompt for p in prompts])
             with timed(timings, "sample", self.device), self.offload.stage("sample"):
                 z = self.generate(z_lq, text, tiles.patch, tiles.stride)
+                if latent_hook is not None:  # on the latent scaled as the other restorers'
+                    content = (-(-h1 // VAE_FACTOR), -(-w1 // VAE_FACTOR))
+                    t = int(self.preset.extra["model_t"])
+                    z = latent_hook(z.float() * VAE_SCALE, t, content) / VAE_SCALE
             with timed(timings, "decode", self.device), self.offload.stage("decode"):
                 image = self.decode(z, *tiles.vae_decode)[..., :h1, :w1]
                 image = (image + 1) / 2

@@ -25,6 +25,7 @@ its order, so the same weights, photo, options and seed give its image:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ from diffbir.imaging.resize import bicubic, pad_to_multiple, to_uint8_levels
 from diffbir.models.stage2 import load_stage2
 from diffbir.models.tokenizer import load_tokenizer
 from diffbir.restore import stages
-from diffbir.restore.base import RestoreResult
+from diffbir.restore.base import LatentHook, RestoreResult, hooked_guidance
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import (
     dtype_name,
@@ -361,6 +362,8 @@ class DiffBIRPipeline:
         lq: torch.Tensor,
         options: RestoreOptions | RunConfig | None = None,
         prompts: list[ImagePrompt] | None = None,
+        *,
+        latent_hook: LatentHook | None = None,
     ) -> RestoreResult:
         """Restore a batch of images ``lq`` ([B,3,H,W] or [3,H,W], RGB in [0,1]).
 
@@ -369,11 +372,13 @@ class DiffBIRPipeline:
         made ``samples_per_run`` at a time from the image's one random stream,
         as the release's ``--n_samples``/``--batch_size`` do. ``prompts`` gives
         each image its own (see :meth:`image_prompts`, which makes them when
-        None: the run's captioner, or the run's prompt).
+        None: the run's captioner, or the run's prompt). ``latent_hook`` sees every
+        step's x0 estimate after the guidance (video runs fuse the previous frame there).
         """
 
         config = options if isinstance(options, RunConfig) else self.resolve(options)
-        return stages.restore_in_passes(self, lq, config, prompts, self._run)
+        run = self._run if latent_hook is None else partial(self._run, latent_hook=latent_hook)
+        return stages.restore_in_passes(self, lq, config, prompts, run)
 
     def plan(self, lq_hw: tuple[int, int], config: RunConfig) -> RunPlan:
         """The run's sizes and tiles for an input of ``lq_hw`` (planned once per size and
@@ -385,8 +390,9 @@ class DiffBIRPipeline:
         return self._plans[key]
 
     def _run(
-        self, lq: torch.Tensor, groups, config: RunConfig, prompts: list[ImagePrompt]
-    ) -> RestoreResult:
+        self, lq: torch.Tensor, groups, config: RunConfig, prompts: list[ImagePrompt],
+        latent_hook: LatentHook | None = None,
+    ) -> RestoreResult:  # fmt: skip
         """One pass of the models over ``lq``'s rows; ``groups`` gives each row's stream,
         ``prompts`` each group's prompts."""
 
@@ -412,7 +418,7 @@ class DiffBIRPipeline:
             x_T, control, start_step = self._start(cond_latent, noise, config)
             denoiser = self._denoiser(
                 config, groups, prompts, plan.tiles, control, cond_text, uncond_text,
-                cond_latent, padded, (h0, w0),
+                cond_latent, padded, (h0, w0), latent_hook,
             )  # fmt: skip
             with timed(timings, "sample", self.device):
                 z = self._sample(config, denoiser, x_T, noise, start_step)
@@ -463,7 +469,7 @@ class DiffBIRPipeline:
 
     def _denoiser(
         self, config, groups, prompts, tiles, control, cond_text, uncond_text, cond_latent,
-        padded, stage1_hw,
+        padded, stage1_hw, latent_hook=None,
     ):  # fmt: skip
         """The run's :class:`~diffbir.diffusion.denoiser.Denoiser`: the network (whole or
         tiled), CFG and the latent guidance."""
@@ -485,7 +491,11 @@ class DiffBIRPipeline:
             cfg_scale=config.cfg_scale,
             rescale_cfg=config.cfg_rescale,
             rescale_needs_cfg_above_one=config.sampler != "dpm++_m2",
-            guidance=self._guidance(config, cond_latent, padded, tiles, stage1_hw),
+            guidance=hooked_guidance(
+                self._guidance(config, cond_latent, padded, tiles, stage1_hw),
+                latent_hook,
+                (-(-h0 // LATENT_FACTOR), -(-w0 // LATENT_FACTOR)),
+            ),
         )
 
     def _sample(self, config: RunConfig, denoiser, x_T, noise, start_step: int) -> torch.Tensor:

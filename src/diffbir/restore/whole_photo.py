@@ -171,12 +171,18 @@ class WholePhotoPipeline:
         self.face.free_captioner()
 
     def restore(
-        self, lq: torch.Tensor, options: RunConfig | RestoreOptions | None = None, prompts=None
+        self,
+        lq: torch.Tensor,
+        options: RunConfig | RestoreOptions | None = None,
+        prompts=None,
+        *,
+        latent_hook=None,
     ) -> RestoreResult:
         """Restore each image of the batch ``lq`` ([B,3,H,W] in [0,1]) with the run's
         settings (``options`` resolved once when not already a run config); ``prompts``:
         each photo's :class:`~diffbir.restore.prompts.ImagePrompt` (made when None).
-        The result's ``faces`` lists, per photo, the faces pasted in."""
+        The result's ``faces`` lists, per photo, the faces pasted in. ``latent_hook``
+        (video) sees the background's estimates; faces are restored each on its own."""
 
         config = self._config(options)
         if lq.dim() == 3:
@@ -203,7 +209,9 @@ class WholePhotoPipeline:
 
         for index in range(lq.shape[0]):
             face_prompt = replace(prompts[index], tiles=())
-            background = self.background(lq[index : index + 1], config, [prompts[index]])
+            background = self.background.restore(
+                lq[index : index + 1], config, [prompts[index]], latent_hook=latent_hook
+            )
             _add(timings, background.timings, "")
             size = tuple(background.image.shape[-2:])
             detection = tensor_to_image(resize_for_display(lq[index : index + 1].float(), size))
