@@ -147,9 +147,10 @@ def _fail(path: Path, reason: str) -> ImageReadError:
 
 def _rawmode(img: Image.Image) -> str:
     """The packing Pillow decodes from, e.g. ``'RGB;16B'`` for a 16-bit RGB PNG."""
-    if not img.tile:
+    tile = getattr(img, "tile", None)  # a decoded image (HEIF) has none
+    if not tile:
         return ""
-    args = img.tile[0][3]
+    args = tile[0][3]
     if isinstance(args, tuple):
         args = args[0] if args else ""
     return args if isinstance(args, str) else ""

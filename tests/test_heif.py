@@ -1,0 +1,105 @@
+"""HEIC/HEIF inputs (pillow-heif, the diffbir[heif] extra) and AVIF (Pillow's own plugin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from icc_builder import make_profile
+from PIL import Image, features
+
+from diffbir.cli import main
+from diffbir.errors import ImageReadError
+from diffbir.imaging import heif, profiles
+from diffbir.imaging.io import read_image, read_image_size
+
+RED_SRGB = np.array([[[200, 40, 40]]], dtype=np.uint8)
+
+
+def _iphone_heic(path, pillow_heif):
+    """A phone's HEIC: Display P3, stored sideways with EXIF orientation 6, camera EXIF."""
+    p3 = make_profile("Display P3")
+    pixels = np.zeros((24, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = profiles.from_srgb_image(RED_SRGB, p3)[0, 0]  # left: red, the top once upright
+    pixels[:, 20:] = profiles.from_srgb_image(np.array([[[40, 40, 200]]], np.uint8), p3)[0, 0]
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Apple", "iPhone 15", 6
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"
+    pillow_heif.from_pillow(Image.fromarray(pixels)).save(
+        path, exif=exif.tobytes(), icc_profile=p3, quality=100
+    )
+    return path, p3
+
+
+def test_iphone_heic_restores_upright_with_its_colours(release, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    src, p3 = _iphone_heic(tmp_path / "IMG_0001.HEIC", pillow_heif)
+    assert heif.container_kind(src) == "heif"
+    assert read_image_size(src) == (40, 24)
+    image = read_image(src)
+    assert image.size == (40, 24) and image.icc_profile == p3
+    top = np.round(image.rgb[:, 5, 12].numpy() * 255)
+    bottom = np.round(image.rgb[:, 35, 12].numpy() * 255)
+    assert np.abs(top - RED_SRGB[0, 0]).max() <= 6  # HEVC is lossy even at quality 100
+    assert bottom[2] > 150 and bottom[0] < 90
+    weights, config = release
+    out = tmp_path / "out"
+    code = main(
+        [
+            "restore",
+            str(src),
+            "-o",
+            str(out),
+            "--weights-dir",
+            str(weights),
+            "--model-config",
+            str(config),
+            "--steps",
+            "2",
+            "--min-side",
+            "64",
+            "--no-download",
+            "-q",
+            "--version",
+            "v2",
+            "--upscale",
+            "1",
+            "-f",
+            "jpg",
+        ]
+    )
+    assert code == 0
+    with Image.open(out / "IMG_0001.jpg") as result:
+        assert result.size == (24, 40)
+        assert result.info["icc_profile"] == p3
+        exif = result.getexif()
+        assert exif.get(0x0112, 1) == 1 and exif[0x0110] == "iPhone 15"
+        assert exif.get_ifd(0x8769)[0x9003] == "2024:05:06 07:08:09"
+
+
+def test_missing_plugin_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    src, _ = _iphone_heic(tmp_path / "a.heic", pillow_heif)
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_heif(name, *args, **kwargs):
+        if name == "pillow_heif":
+            raise ImportError("no pillow_heif")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_heif)
+    with pytest.raises(ImageReadError) as err:
+        read_image(src)
+    message = str(err.value)
+    assert "\n" not in message and "diffbir[heif]" in message and message.startswith("a.heic:")
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF plugin")
+def test_avif_is_read_by_pillow(tmp_path):
+    src = tmp_path / "photo.avif"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.repeat(np.repeat(RED_SRGB, 8, 0), 16, 1)).save(src, exif=exif, quality=100)
+    assert heif.container_kind(src) == "avif" and not heif.needs_heif_plugin(src)
+    assert read_image(src).size == (16, 8)  # upright
