@@ -320,7 +320,10 @@ class FrameWriter:
             pix_fmt = "bgr0"
         fmt = container_format or _FORMAT_OF.get(self.path.suffix.lower(), "matroska")
         try:
-            self.container = av.open(str(self.path), "w", format=fmt)
+            # Matroska would shift every stream to make the audio's priming (negative
+            # timestamps) non-negative, moving the video's timestamps; mp4 uses edit lists.
+            options = {"avoid_negative_ts": "disabled"} if fmt == "matroska" else {}
+            self.container = av.open(str(self.path), "w", format=fmt, options=options)
         except (av.FFmpegError, OSError) as exc:
             raise VideoError(f"{printable(self.path)}: cannot write ({_why(exc)})") from None
         stream = self.container.add_stream(encoder, rate=rate or fractions.Fraction(24))

@@ -142,7 +142,7 @@ def _frames(source: ClipSource, video: VideoOptions, header: _Header) -> Iterato
             continue
         try:
             with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
+                rgb = np.array(image.convert("RGB"))
         except OSError as exc:
             raise vio.VideoError(f"{printable(path)}: cannot read the frame ({exc})") from None
         if rgb.shape[:2] != (header.height, header.width):
