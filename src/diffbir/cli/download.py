@@ -30,6 +30,9 @@ examples:
   diffbir download v2.pth BSRNet.pth        fetch two files into the cache
   diffbir download --all --weights-dir W    fetch every released file into the folder W
   diffbir download git                      fetch the light captioner's model folder
+  diffbir download --for v2.1 sr            fetch exactly what a v2.1 sr run needs here
+                                            (weights and the captioner of this machine)
+  diffbir download --for v2 face-whole --captioner none
 """
 
 
@@ -56,6 +59,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder to look in and download into (default: DIFFBIR_WEIGHTS_DIR, "
         "else the Hugging Face cache)",
     )
+    parser.add_argument(
+        "--for",
+        dest="run_for",
+        nargs=2,
+        metavar=("RELEASE", "TASK"),
+        help="fetch every file a `diffbir restore --version RELEASE --task TASK` run needs "
+        "(weights, its captioner, the face detector for face-whole)",
+    )
+    parser.add_argument(
+        "--captioner",
+        metavar="NAME",
+        help="with --for: the run's captioner (default: the release's choice on this "
+        "machine, as diffbir restore picks it; none for no captioner)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
     parser.set_defaults(handler=run)
 
@@ -64,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     """List the registry, or make sure the named files are present locally."""
 
     with notes_as_lines():
+        if args.run_for:
+            args.names = list(args.names) + _names_for(args.run_for, args.captioner)
         if not args.names and not args.all:
             _print_listing(weights, args.weights_dir)
             return 0
@@ -92,6 +111,23 @@ def run(args: argparse.Namespace) -> int:
             urls = {name: entry.url for name, entry in weights_folders.MODEL_FOLDERS.items()}
             raise weights.missing_files_error(failures, urls=urls)
     return 0
+
+
+def _names_for(run_for: list[str], captioner: str | None) -> list[str]:
+    """Registry names and captioner folders a run of (release, task) needs."""
+    from diffbir.config.presets import get_preset
+    from diffbir.config.settings import default_captioner, resolve_device
+    from diffbir.errors import ConfigError
+    from diffbir.weights.needs import run_needs
+
+    version, task = run_for
+    try:
+        get_preset(version, task)
+    except ConfigError as exc:
+        raise ConfigError(f"--for {printable(version)} {printable(task)}: {exc}") from None
+    if captioner is None:
+        captioner = default_captioner(version, resolve_device(None).type)
+    return [need.name for need in run_needs(version, task, captioner=captioner)]
 
 
 def _print_listing(weights, weights_dir: Path | None) -> None:

@@ -608,6 +608,40 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
 
 
+def _first_run_stops(args: argparse.Namespace, config) -> bool:
+    """Before any model loads: name every file the run needs that is not here (weights,
+    captioner, face detector) with sizes and the one command that fetches them; True
+    when they cannot be downloaded now (the run stops with that message)."""
+    from diffbir.weights import needs as run_files
+    from diffbir.weights.registry import offline_from_env
+
+    needed = run_files.run_needs(
+        args.version,
+        args.task,
+        captioner=config.captioner,
+        given={
+            "sd": args.sd,
+            "controlnet": args.controlnet,
+            "cleaner": args.cleaner,
+            "lora": args.lora,
+            "face_detector": args.face_detector,
+        },
+    )
+    absent = run_files.missing(needed, weights_dir=args.weights_dir)
+    if not absent:
+        return False
+    offline = args.no_download or offline_from_env() is not None
+    text = run_files.first_run_message(
+        absent, args.version, args.task, captioner=config.captioner, offline=offline
+    )
+    if offline:
+        print(f"diffbir: error: {text}", file=sys.stderr)
+        return True
+    if not args.quiet:
+        print(f"diffbir: {text}", file=sys.stderr)
+    return False
+
+
 def _device_type(args: argparse.Namespace) -> str:
     """``cpu``/``cuda``... of the run's device (picks the default captioner)."""
 
@@ -675,6 +709,8 @@ def _run(args: argparse.Namespace) -> int:
             "prompt alone",
             file=sys.stderr,
         )
+    if _first_run_stops(args, config):
+        return 1
     job = RestoreJob(
         inputs=args.inputs,
         output=args.output,
