@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "download",
     "degrade",
     "eval",
+    "bench",
     "caption",
     "train",
     "serve",
