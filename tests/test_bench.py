@@ -154,3 +154,32 @@ def test_missing_metric_weights_are_named_before_restoring(release, tmp_path, ca
     err = capsys.readouterr().err
     assert "alexnet-owt-7be5be79.pth" in err
     assert not (out / "data").exists()
+
+
+def test_given_lq_images_give_the_same_results(bench, release, tmp_path):
+    _, out = bench
+    other = tmp_path / "B2"
+    args = _args(release, out / "data" / "hq", other, "--configs", "v2.1:steps=1:guidance=0")
+    assert main([*args, "--lq", str(out / "data" / "lq"), "--no-plots"]) == 0
+    ours = json.loads((other / NAMES[0] / "result.json").read_text())
+    before = json.loads((out / NAMES[0] / "result.json").read_text())
+    assert ours["eval"]["mean"] == before["eval"]["mean"]
+    assert ours["settings"]["upscale"] == 1.0
+
+
+def test_ctrl_c_leaves_nothing_half_written(release, single_thread, tmp_path, monkeypatch):
+    from diffbir.jobs.batch import RestoreJob
+
+    def stop(self, *args):
+        raise KeyboardInterrupt
+
+    hq = _hq(tmp_path / "hq", n=1)
+    out = tmp_path / "B"
+    monkeypatch.setattr(RestoreJob, "write", stop)
+    assert main(_args(release, hq, out, "--configs", "v2.1:steps=1")) == 130
+    folder = out / "v2.1_steps1"
+    assert not (folder / "result.json").exists() and not (out / "report.md").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert main(_args(release, hq, out, "--configs", "v2.1:steps=1", "--no-plots")) == 0
+    assert (folder / "result.json").is_file() and (folder / "images" / "img0.png").is_file()
