@@ -50,7 +50,7 @@ from diffbir.config.settings import (
 from diffbir.diffusion.noise import BatchNoise
 from diffbir.errors import ConfigError
 from diffbir.imaging.resize import bicubic, pad_to_multiple, to_uint8_levels
-from diffbir.imaging.tiling import gaussian_tiled
+from diffbir.imaging.tiling import gaussian_tiled, stride_starts
 from diffbir.models import vae_cpu
 from diffbir.models.lora import merge_lora
 from diffbir.models.stage2 import load_sd_base
@@ -59,6 +59,7 @@ from diffbir.models.tokenizer import load_tokenizer
 from diffbir.models.vae import VAE_SCALE
 from diffbir.restore import stages
 from diffbir.restore.base import LatentHook, RestoreResult
+from diffbir.restore.estimate import cpu_seconds, warn_if_long
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import dtype_name, load_model_config, load_stage1, parse_dtype
 from diffbir.restore.plan import (
@@ -319,6 +320,7 @@ class HypirRestorer:
         noise = BatchNoise(groups)
         target_hw = check_output_size(tuple(lq.shape[-2:]), config.upscale)
         tiles = self.tiles(target_hw, config)
+        self._say_if_long(target_hw, tiles, config, lq.shape[0])
         with torch.no_grad():
             with timed(timings, "stage1", self.device), self.offload.stage("stage1"):
                 reference = self.reference(lq, config, tiles.plan)
@@ -354,6 +356,30 @@ class HypirRestorer:
             notes=[tiles.note] * lq.shape[0],
             prompts=list(prompts),
         )
+
+    def _say_if_long(self, target_hw, tiles: HypirTiles, config: RunConfig, rows: int) -> None:
+        """A note before a CPU run that will take long (:mod:`diffbir.restore.estimate`)."""
+        if self.device.type != "cpu":
+            return
+        short = min(target_hw)
+        scale = max(1.0, tiles.min_side / short) if short else 1.0
+        h, w = (math.ceil(side * scale) for side in target_hw)
+        # patch x patch tiles ``stride`` apart: each pixel sampled (patch / stride)^2 times
+        spans = [
+            len(stride_starts(side, tiles.patch, tiles.stride)) if side >= tiles.patch else 1
+            for side in (h, w)
+        ]
+        sampled = min(tiles.patch, h) * min(tiles.patch, w) * spans[0] * spans[1]
+        images = config.n_samples if config.n_samples > 1 else rows
+        threads = torch.get_num_threads()
+        seconds = cpu_seconds(
+            sampled_pixels=sampled,
+            vae_pixels=h * w * images,
+            unet_calls=images,
+            controlnet=False,
+            threads=threads,
+        )
+        warn_if_long(self.device.type, seconds, target_hw, threads)
 
     # ---------------------------------------------------------------- stages
     def tiles(self, target_hw: tuple[int, int], config: RunConfig) -> HypirTiles:

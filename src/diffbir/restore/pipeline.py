@@ -50,6 +50,7 @@ from diffbir.models.stage2 import load_stage2
 from diffbir.models.tokenizer import load_tokenizer
 from diffbir.restore import stages
 from diffbir.restore.base import LatentHook, RestoreResult, hooked_guidance
+from diffbir.restore.estimate import cpu_seconds, warn_if_long
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import (
     dtype_name,
@@ -58,7 +59,14 @@ from diffbir.restore.loading import (
     parse_dtype,
 )
 from diffbir.restore.network import latent_guidance, latent_network
-from diffbir.restore.plan import RunPlan, TilePlan, box_fraction, plan_run, plan_tiles
+from diffbir.restore.plan import (
+    RunPlan,
+    TilePlan,
+    box_fraction,
+    latent_tiles,
+    plan_run,
+    plan_tiles,
+)
 from diffbir.restore.prompts import ImagePrompt, describe_images
 from diffbir.restore.stages import output_size, timed
 from diffbir.weights.registry import resolve_many
@@ -399,6 +407,7 @@ class DiffBIRPipeline:
         timings: dict[str, float] = {}
         noise = BatchNoise(groups)
         plan = self.plan(tuple(lq.shape[-2:]), config)  # sizes before any memory is spent
+        self._say_if_long(plan, config, lq.shape[0])
         with torch.no_grad():
             with timed(timings, "stage1", self.device), self.offload.stage("stage1"):
                 run_input = self.run_input(lq, config.upscale)
@@ -438,6 +447,26 @@ class DiffBIRPipeline:
             notes=[plan.note] * lq.shape[0],
             prompts=list(prompts),
         )
+
+    def _say_if_long(self, plan: RunPlan, config: RunConfig, rows: int) -> None:
+        """A note before a CPU run that will take long (:mod:`diffbir.restore.estimate`)."""
+        if self.device.type != "cpu":
+            return
+        cond_h, cond_w = plan.cond_hw
+        latent_hw = (-(-cond_h // LATENT_FACTOR), -(-cond_w // LATENT_FACTOR))
+        boxes = latent_tiles(latent_hw, plan.tiles)
+        sampled = sum((b - t) * (r - left) for t, b, left, r in boxes) * LATENT_FACTOR**2
+        images = config.n_samples if config.n_samples > 1 else rows
+        calls = config.steps * (1 if config.cfg_scale == 1 else 2) * images
+        threads = torch.get_num_threads()
+        seconds = cpu_seconds(
+            sampled_pixels=sampled,
+            vae_pixels=cond_h * cond_w * images,
+            unet_calls=calls,
+            controlnet=True,
+            threads=threads,
+        )
+        warn_if_long(self.device.type, seconds, plan.target_hw, threads)
 
     def _start(self, cond_latent: torch.Tensor, noise, config: RunConfig):
         """The sampler's start ``x_T``, the ControlNet's condition (noise-augmented when
