@@ -87,3 +87,12 @@ def test_hypir_says_it_too(release, single_thread, monkeypatch):
     monkeypatch.setattr(estimate, "LONG_RUN_SECONDS", 0.0)
     (note,) = _notes(lambda: hypir.restore(x))
     assert note.startswith("a 128x128 result")
+
+
+def test_a_tiled_cpu_step_shows_its_tiles(pipe, capsys):
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    base = dict(upscale=2, steps=1, captioner="none", seed=1, latent_tile=64)
+    pipe(x, RestoreOptions(**base, progress=True))
+    assert "tiles" in capsys.readouterr().err
+    pipe(x, RestoreOptions(**base, progress=False))
+    assert "tiles" not in capsys.readouterr().err

@@ -36,6 +36,7 @@ def latent_network(
     overlap: float = 0.0,
     tile_context: TileContext | None = None,
     unet_batch: int = 0,
+    progress: bool = False,
 ) -> ModelFn:
     """``model(x, t, context)`` over the whole latent, or over blended latent tiles of
     ``tile`` image pixels (``tile // 8`` latent pixels, ``overlap`` a fraction) when the
@@ -44,7 +45,8 @@ def latent_network(
     ``tile_context(box)`` gives a tile's own conditional text rows; they replace the
     first rows of ``context``, which the :class:`~diffbir.diffusion.denoiser.Denoiser`
     puts first. Each UNet+ControlNet call takes at most ``unet_batch`` rows (``0``: all
-    of them). ``strength`` scales the ControlNet's residuals.
+    of them). ``strength`` scales the ControlNet's residuals. With ``progress``, a tiled
+    call shows a bar of its tiles (a step over a large photo takes minutes on a CPU).
     """
 
     def call(x: torch.Tensor, t, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -80,7 +82,10 @@ def latent_network(
                 text = torch.cat([own, context[own.shape[0] :]])
             return denoise(xt, t, ct, text)
 
-        return tiled_apply(one, x, cond, tile=latent_tile, overlap=latent_overlap, with_box=True)
+        return tiled_apply(
+            one, x, cond, tile=latent_tile, overlap=latent_overlap, with_box=True,
+            progress=progress,
+        )  # fmt: skip
 
     return tiled
 

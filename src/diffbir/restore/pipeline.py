@@ -510,6 +510,8 @@ class DiffBIRPipeline:
             tiles,
             self._tile_contexts(groups, prompts, (h0 / LATENT_FACTOR, w0 / LATENT_FACTOR)),
             unet_batch=config.unet_batch,
+            # a bar per step over the tiles where a step is slow: on the CPU
+            progress=config.progress and self.device.type == "cpu",
         )
         return Denoiser(
             model=network,
@@ -573,6 +575,7 @@ class DiffBIRPipeline:
         tile_context: Callable[[tuple[int, int, int, int]], torch.Tensor] | None = None,
         *,
         unet_batch: int = 0,
+        progress: bool = False,
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """``model(x, t, context)`` for the samplers: see :func:`diffbir.restore.network.latent_network`."""
 
@@ -585,6 +588,7 @@ class DiffBIRPipeline:
             overlap=plan.overlap,
             tile_context=tile_context,
             unet_batch=unet_batch,
+            progress=progress,
         )
 
     def _guidance(
