@@ -130,7 +130,10 @@ def test_missing_captioner_weights_name_the_files_and_the_way_out(tmp_path, caps
     assert main(args) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error" in line]
-    assert len(lines) == 1 and "--captioner none" in lines[0] and "git" in lines[0]
+    # one error, the first-run list: the captioner named with its size, the command that
+    # fetches it and the way out
+    assert len(lines) == 1 and "708 MB" in lines[0], err
+    assert "git" in err and "diffbir download --for v2.1 sr" in err and "--captioner none" in err
 
 
 @pytest.mark.slow

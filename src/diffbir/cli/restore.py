@@ -608,10 +608,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError("--task face-whole makes one result per photo: drop --n-samples")
 
 
-def _first_run_stops(args: argparse.Namespace, config) -> bool:
-    """Before any model loads: name every file the run needs that is not here (weights,
-    captioner, face detector) with sizes and the one command that fetches them; True
-    when they cannot be downloaded now (the run stops with that message)."""
+def _first_run_stops(args: argparse.Namespace, config) -> str | None:
+    """Before any model loads (after the inputs and the output folder are checked): name
+    every file the run needs that is not here (weights, captioner, face detector) with
+    sizes and the one command that fetches them; that message when they cannot be
+    downloaded now (the run stops with it), else None."""
     from diffbir.weights import needs as run_files
     from diffbir.weights.registry import offline_from_env
 
@@ -629,17 +630,16 @@ def _first_run_stops(args: argparse.Namespace, config) -> bool:
     )
     absent = run_files.missing(needed, weights_dir=args.weights_dir)
     if not absent:
-        return False
+        return None
     offline = args.no_download or offline_from_env() is not None
     text = run_files.first_run_message(
         absent, args.version, args.task, captioner=config.captioner, offline=offline
     )
     if offline:
-        print(f"diffbir: error: {text}", file=sys.stderr)
-        return True
+        return text
     if not args.quiet:
         print(f"diffbir: {text}", file=sys.stderr)
-    return False
+    return None
 
 
 def _device_type(args: argparse.Namespace) -> str:
@@ -709,8 +709,6 @@ def _run(args: argparse.Namespace) -> int:
             "prompt alone",
             file=sys.stderr,
         )
-    if _first_run_stops(args, config):
-        return 1
     job = RestoreJob(
         inputs=args.inputs,
         output=args.output,
@@ -727,6 +725,7 @@ def _run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         prompt_table=_prompt_table(args.prompts),
         sidecars=not args.no_sidecars,
+        before_load=lambda: _first_run_stops(args, config),
         video=video,
         frames=args.frames,
     )

@@ -20,7 +20,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,9 @@ class RestoreJob:
     # are clips of numbered frames.
     video: object | None = None
     frames: bool = False
+    # Called once the inputs and the output folder are checked, just before the models
+    # load: a message to stop the run with (the files a first run lacks, offline), or None.
+    before_load: Callable[[], str | None] | None = None
 
     def plan(self, problems: list[tuple[str, str]] | None = None) -> list[tuple[object, Path]]:
         """(input item, output path) for every input, in a stable order.
@@ -207,7 +210,10 @@ class RestoreJob:
             self._remove_stale_temp_files(planned, started)
         try:
             if (todo or clips) and pipeline is None:
+                stop = self.before_load() if self.before_load is not None else None
                 try:
+                    if stop is not None:
+                        raise DiffBIRError(stop)
                     pipeline = _load_restorer(loader, shard)
                 except DiffBIRError as exc:
                     summary.fatal = str(exc)
