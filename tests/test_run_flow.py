@@ -77,9 +77,9 @@ def test_an_unset_seed_is_drawn_once_for_every_image_and_face(release, tmp_path,
     for part in (restorer.background, restorer.face):
         original = part.restore
 
-        def spy(lq, options=None, prompts=None, original=original):
+        def spy(lq, options=None, prompts=None, original=original, **hooks):
             seen.append(options.seed)
-            return original(lq, options, prompts)
+            return original(lq, options, prompts, **hooks)
 
         monkeypatch.setattr(part, "restore", spy)
     face = np.zeros((48, 64, 3), np.uint8)
