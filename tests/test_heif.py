@@ -103,3 +103,43 @@ def test_avif_is_read_by_pillow(tmp_path):
     Image.fromarray(np.repeat(np.repeat(RED_SRGB, 8, 0), 16, 1)).save(src, exif=exif, quality=100)
     assert heif.container_kind(src) == "avif" and not heif.needs_heif_plugin(src)
     assert read_image(src).size == (16, 8)  # upright
+
+
+def test_ten_bit_heic_keeps_its_levels_upright_and_restores_to_16_bits(release, tmp_path):
+    """A 10-bit HEIC (phones' HDR/"HEIF 10-bit" captures) is read with its 1024 levels,
+    not cut to 256, turned upright by libheif, converted from Display P3, and restored
+    to a 16-bit PNG by ``--bit-depth auto``."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    p3 = make_profile("Display P3")
+    # 24 rows x 40 columns of 960 distinct 10-bit values, stored sideways (orientation 6).
+    ten_bit = np.arange(960, dtype=np.uint16).reshape(24, 40)
+    stored = np.repeat(ten_bit[:, :, None], 3, axis=2) << 6  # pillow-heif's 16-bit packing
+    exif = Image.Exif()
+    exif[0x0112], exif[0x0110] = 6, "iPhone 15"
+    src = tmp_path / "IMG_0002.HEIC"
+    heif_file = pillow_heif.from_bytes(mode="RGB;16", size=(40, 24), data=stored.tobytes())
+    heif_file.save(src, quality=-1, exif=exif.tobytes(), icc_profile=p3)  # lossless
+    assert pillow_heif.open_heif(src, convert_hdr_to_8bit=False).info["bit_depth"] == 10
+
+    image = read_image(src)
+    assert image.size == (40, 24) and image.bit_depth == 16 and image.icc_profile == p3
+    levels = np.unique(np.round(image.rgb[0].numpy() * 65535))
+    assert len(levels) == 960  # 8-bit decoding would leave at most 256
+    # Upright: orientation 6 turns the stored top row into the right-hand column.
+    upright = np.rot90(ten_bit, k=-1) / 1023.0
+    gray_p3 = np.repeat(np.round(upright * 65535).astype(np.uint16)[:, :, None], 3, axis=2)
+    expected = profiles.to_srgb_array(gray_p3.astype(np.float32) / 65535, p3, "ramp")
+    assert np.abs(image.rgb.numpy().transpose(1, 2, 0) - expected).max() < 2 / 1023
+
+    weights, config = release
+    out = tmp_path / "out"
+    args = ["restore", str(src), "-o", str(out), "--weights-dir", str(weights)]
+    args += ["--model-config", str(config), "--steps", "2", "--min-side", "64"]
+    args += ["--no-download", "-q", "--version", "v2", "--upscale", "1", "-f", "png"]
+    assert main(args) == 0
+    with Image.open(out / "IMG_0002.png") as result:
+        assert result.size == (24, 40) and result.info["icc_profile"] == p3
+        assert result.getexif().get(0x0112, 1) == 1
+    import cv2
+
+    assert cv2.imread(str(out / "IMG_0002.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16

@@ -6,12 +6,17 @@ nothing global changes. libheif applies the file's rotation and mirroring
 (``irot``/``imir``) when it decodes, and pillow-heif then sets the EXIF orientation
 to 1, so the image comes upright and is not turned twice. AVIF is read by Pillow's
 own plugin where the installed Pillow has one, else by pillow-heif.
+
+HEIC from phones and cameras is often 10-bit (HDR captures, "HEIF 10-bit" modes):
+such files keep their precision, like 16-bit PNG/TIFF, as samples divided by
+``2**bits - 1``; their outputs default to 16 bits (``--bit-depth auto``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, features
 
 from diffbir.errors import ImageReadError, printable
@@ -64,13 +69,33 @@ def _plugin(path: Path):
     return pillow_heif
 
 
-def open_heif(path: Path) -> Image.Image:
-    """The decoded, upright primary image of a HEIF/AVIF file as a Pillow image, with
-    its ICC profile, EXIF and XMP in ``info``."""
-    heif = _plugin(path).open_heif(path, convert_hdr_to_8bit=True)
-    image = heif.to_pillow()
+def open_heif(path: Path) -> tuple[Image.Image, np.ndarray | None]:
+    """The decoded, upright primary image of a HEIF/AVIF file.
+
+    Returns a Pillow image with the file's ICC profile, EXIF (orientation reset to 1)
+    and XMP in ``info``, and, for files of more than 8 bits per sample, those samples
+    as float32 ``[H, W, C]`` in [0, 1] (RGB or RGBA; the Pillow image then holds their
+    top 8 bits, for its metadata and header checks); ``None`` for 8-bit files.
+    """
+    plugin = _plugin(path)
+    heif = plugin.open_heif(path, convert_hdr_to_8bit=False)
+    bits = int(heif.info.get("bit_depth", 8) or 8)
+    if bits <= 8:
+        image = heif.to_pillow()
+        image.format = "HEIF"
+        return image, None
+    width, height = heif.size
+    # pillow-heif hands more-than-8-bit samples over shifted into the top of 16 bits.
+    samples = np.asarray(heif)[:height, :width]
+    if samples.ndim == 2:  # monochrome
+        samples = samples[:, :, None]
+    wide = (samples >> (16 - bits)).astype(np.float32) / float((1 << bits) - 1)
+    top = (samples >> 8).astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(top[:, :, 0] if top.shape[2] == 1 else top))
+    image.info = dict(heif.info)
+    plugin.set_orientation(image.info)  # libheif turned the pixels upright already
     image.format = "HEIF"
-    return image
+    return image, wide
 
 
 def heif_size(path: Path) -> tuple[int, int]:

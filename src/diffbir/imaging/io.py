@@ -358,7 +358,9 @@ def _read_array(
         # We enforce our own limit below; Pillow's bomb warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = heif.open_heif(path) if heif.needs_heif_plugin(path) else Image.open(path)
+            img, wide = (
+                heif.open_heif(path) if heif.needs_heif_plugin(path) else (Image.open(path), None)
+            )
         except Image.DecompressionBombError:
             raise _fail(path, "image is too large to decode safely") from None
         except Image.UnidentifiedImageError:
@@ -377,6 +379,8 @@ def _read_array(
             img.load()  # full decode: truncated or corrupt data fails here
             icc = img.info.get("icc_profile") or None
             metadata = read_metadata(img)
+            if wide is not None:  # a 10/12-bit HEIF, already upright
+                return _wide_to_srgb(wide, icc, path), 16, icc, metadata
             if wide_colour:
                 orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
                 array = _decode_wide_colour(path, orientation).astype(np.float32) / 65535.0
