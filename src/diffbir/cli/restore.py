@@ -359,6 +359,14 @@ def _output_arguments(p: argparse.ArgumentParser) -> None:
         "--keep-gps", action="store_true", help="keep the GPS position (dropped by default)"
     )
     g.add_argument("--save-stage1", action="store_true", help="also write the stage-1 output")
+    g.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write NAME.uncertainty.png (heat map, 0..32 levels) and "
+        "NAME.uncertainty-raw.png (16-bit, levels x 256): where the result depends on the "
+        "seed (the spread of --n-samples >= 2), or with one sample where its detail departs "
+        "from the stage-1 image",
+    )
     g.add_argument("--compare", action="store_true", help="also write input|result side by side")
     g.add_argument("--skip-existing", action="store_true", help="resume: skip finished outputs")
     g.add_argument("-r", "--recursive", action="store_true", help="search folders recursively")
@@ -584,6 +592,7 @@ def options_from_args(args: argparse.Namespace):
         bit_depth=args.bit_depth,
         strip_metadata=args.strip_metadata or None,
         keep_gps=args.keep_gps or None,
+        uncertainty=args.uncertainty or None,
         progress=args.verbose and not args.quiet,
     )
     return RestoreOptions(**{k: v for k, v in values.items() if v is not None})

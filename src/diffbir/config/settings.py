@@ -111,6 +111,10 @@ class RestoreOptions:
     bit_depth: str = "auto"
     strip_metadata: bool = False
     keep_gps: bool = False
+    # Also write, beside each output, a map of where the model invented
+    # (diffbir.restore.uncertainty): the spread of the n_samples results, or with one
+    # sample the departure of its detail from the stage-1 image.
+    uncertainty: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` (one line naming the option) for values that cannot
@@ -329,6 +333,7 @@ class RunConfig:
     bit_depth: str = "auto"
     strip_metadata: bool = False
     keep_gps: bool = False
+    uncertainty: bool = False  # write the map of where the model invented
     # The number format the models compute in (config.precision): fp32, fp16 or bf16.
     dtype: str = "fp32"
     # Whole-photo runs (task face-whole): the faces' own settings, resolved with the
@@ -367,7 +372,15 @@ class RunConfig:
             "guidance_repeat guidance_mask color_fix captioner dtype"
         ).split()
         data = self.as_dict()
-        return {key: str(data[key]) for key in keys if key in data}
+        recorded = {key: str(data[key]) for key in keys if key in data}
+        if self.uncertainty:  # which map was written beside the output
+            recorded["uncertainty"] = self.uncertainty_kind
+        return recorded
+
+    @property
+    def uncertainty_kind(self) -> str:
+        """The uncertainty map's measure: ``spread`` of several samples, else ``detail``."""
+        return "spread" if self.n_samples >= 2 else "detail"
 
     def output_bit_depth(self, input_bit_depth: int, suffix: str) -> int:
         """Bits per sample of a written file: ``bit_depth``, or the input's for ``auto``;

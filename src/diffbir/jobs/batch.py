@@ -37,6 +37,7 @@ from diffbir.jobs.loop import RunLoop, Work, output_metadata, size_problem
 from diffbir.jobs.sharding import Shard
 from diffbir.restore.factory import load_restorer
 from diffbir.restore.prompts import prompt_for_file
+from diffbir.restore.uncertainty import map_paths, uncertainty_map, write_maps
 from diffbir.video import run as video_run
 from diffbir.video.io import VIDEO_EXTENSIONS
 
@@ -128,6 +129,7 @@ class RestoreJob:
         # output_paths_for also refuses two inputs that would write one file.
         work = list(zip(items, output_paths_for(items, self.output, suffix=self.suffix)))
         self._refuse_overwriting_inputs(work)
+        self._refuse_maps_over_outputs(work)
         return work
 
     def _extensions(self):
@@ -190,6 +192,7 @@ class RestoreJob:
             raise DiffBIRError(
                 f"-o {printable(self.output)}: exists and is not a folder; name a folder"
             )
+        self._refuse_uncertainty_for_clips()
         shard = Shard.current()
         summary = JobSummary()
         problems: list[tuple[str, str]] = []
@@ -268,7 +271,7 @@ class RestoreJob:
         those whose header says they cannot be restored reported."""
         todo = []
         for item, out in planned:
-            if self.skip_existing and all(p.exists() for p in self.sample_paths(out)):
+            if self.skip_existing and all(p.exists() for p in self.finished_paths(out)):
                 summary.skipped += 1
                 continue
             reason = size_problem(Path(item.path), self.config.upscale)
@@ -285,6 +288,14 @@ class RestoreJob:
         if n == 1:
             return [out]
         return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+
+    def finished_paths(self, out: Path) -> list[Path]:
+        """The files whose presence means the input is done (resuming): its samples, and
+        with ``--uncertainty`` its two map files (one per input, named after ``out``)."""
+        paths = self.sample_paths(out)
+        if self.config.uncertainty:
+            paths += list(map_paths(out))
+        return paths
 
     # ---------------------------------------------------------------- internals
     def _prompts_of(self, loop: RunLoop, todo: list, summary: JobSummary, shard) -> dict:
@@ -333,6 +344,8 @@ class RestoreJob:
         paths = list(self.sample_paths(out))
         if self.suffix.lower() != ".png":
             paths += [p.with_name(p.name + ".json") for p in paths]  # metadata sidecars
+        if self.config.uncertainty:
+            paths += list(map_paths(out))
         relative = out.relative_to(self.output)
         if self.save_stage1:
             paths.append(self.output / "stage1" / relative)
@@ -368,6 +381,35 @@ class RestoreJob:
                     f"{printable(source)}; choose an output folder that holds no input"
                 )
 
+    def _refuse_maps_over_outputs(self, work: list) -> None:
+        """With ``--uncertainty``, refuse a run where one input's map would be another's
+        output (``a.png`` beside ``a.uncertainty.png``), before anything is written."""
+        if not self.config.uncertainty:
+            return
+        outputs = {}
+        for item, out in work:
+            for path in self.sample_paths(out):
+                outputs[path.as_posix().lower()] = item
+        for item, out in work:
+            for path in map_paths(out):
+                other = outputs.get(path.as_posix().lower())
+                if other is not None:
+                    raise DiffBIRError(
+                        f"--uncertainty: the map of {printable(item.path)} would overwrite the "
+                        f"restoration of {printable(other.path)} ({printable(path)}); rename one"
+                    )
+
+    def _refuse_uncertainty_for_clips(self) -> None:
+        """``--uncertainty`` maps photos; a clip among the inputs refuses the run."""
+        if not self.config.uncertainty:
+            return
+        clips = self.clips()
+        if clips:
+            raise DiffBIRError(
+                f"--uncertainty maps photos, not video ({printable(clips[0][0].path)}): "
+                "restore clips without it"
+            )
+
     def _remove_stale_temp_files(self, work: list, started: float) -> None:
         """Remove the hidden temporary files a killed run left beside this run's outputs
         (only our own pattern, older than this run, of no live process)."""
@@ -400,6 +442,10 @@ class RestoreJob:
         for sample, path in enumerate(self.sample_paths(out)):
             restored = result.image[index * n_samples + sample]
             write_image(path, restored, alpha=image.alpha, metadata=metadata, **as_input)
+        if self.config.uncertainty:  # after the samples: its files mark the input done
+            rows = slice(index * n_samples, (index + 1) * n_samples)
+            umap = uncertainty_map(result.image[rows], result.stage1[index * n_samples])
+            write_maps(out, umap, metadata)
         if self.save_stage1:
             stage1_path = self.output / "stage1" / out.relative_to(self.output)
             write_image(stage1_path, result.stage1[index * n_samples], **as_input)

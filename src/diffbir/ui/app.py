@@ -27,6 +27,7 @@ from diffbir.ui.core import (
     release_defaults,
     released_pipeline_factory,
     restore_uploads,
+    uncertainty_overlay,
 )
 
 # Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
@@ -106,9 +107,11 @@ def build_app(
                 form |= _caption_controls(gr)
                 form |= _guidance_controls(gr)
                 form |= _tiling_controls(gr, defaults)
+                form |= _uncertainty_controls(gr, defaults)
             with gr.Column(scale=3, min_width=400):
                 shown = _result_panel(gr)
         shown["results"] = gr.State([])
+        shown["current"] = gr.State(0)  # the gallery's image in the before/after view
         _wire_release_change(gr, form)
         _wire_runs(gr, form, shown, cache, out_root, limits)
 
@@ -122,7 +125,7 @@ _FORM_FIELDS = (
     "version task upscale steps sampler cfg_scale prompt negative_prompt control_strength "
     "guidance_scale guidance_space guidance_loss guidance_mask guidance_start guidance_stop "
     "color_fix seed cleaner_tile vae_tile latent_tile tile_overlap captioner caption "
-    "tile_captions"
+    "tile_captions uncertainty uncertainty_samples overlay_opacity"
 ).split()
 #: Controls whose values a release's defaults set (version or task changes).
 _RELEASE_FIELDS = "upscale steps sampler cfg_scale prompt negative_prompt tile_overlap".split()
@@ -261,6 +264,37 @@ def _tiling_controls(gr, defaults: FormValues) -> dict[str, Any]:
     return c
 
 
+def _uncertainty_controls(gr, defaults: FormValues) -> dict[str, Any]:
+    """The map of where the model invented: on/off, its samples, the overlay's opacity."""
+    from diffbir.restore.uncertainty import SCALE_LEVELS
+
+    c: dict[str, Any] = {}
+    with gr.Accordion("Where the model invented (uncertainty map)", open=False):
+        gr.Markdown(
+            "Shows over the result where it depends on chance. With 1 sample: where its "
+            "detail departs from the stage-1 image; with 2 or more: how much that many "
+            "restorations with different noise differ (each is a full run). Scale 0 to "
+            f"{SCALE_LEVELS:g} levels: black, purple, red, orange, pale yellow. Low values "
+            "do not mean faithful: every draw can invent the same thing."
+        )
+        c["uncertainty"] = gr.Checkbox(
+            value=defaults.uncertainty, label="Compute the uncertainty map", elem_id="uncertainty"
+        )
+        with gr.Row():
+            c["uncertainty_samples"] = gr.Number(
+                value=defaults.uncertainty_samples,
+                precision=0,
+                minimum=1,
+                maximum=16,
+                label="Samples (1: detail vs stage 1; 2+: spread)",
+            )
+            c["overlay_opacity"] = gr.Slider(
+                0, 1, value=defaults.overlay_opacity, step=0.05, label="Overlay opacity",
+                elem_id="overlay_opacity",
+            )  # fmt: skip
+    return c
+
+
 def _result_panel(gr) -> dict[str, Any]:
     """Before/after, the stage-1 output, the gallery, the downloads, the status line."""
     c: dict[str, Any] = {}
@@ -288,6 +322,14 @@ def _result_panel(gr) -> dict[str, Any]:
             elem_id="gallery",
             interactive=False,
         )
+    c["uncertainty"] = gr.Image(
+        label="Uncertainty map (0..32 levels; with the toggle on, also laid over the result)",
+        type="filepath",
+        format="png",
+        interactive=False,
+        elem_id="uncertainty_map",
+        height=260,
+    )
     c["download"] = gr.File(
         label="Download (full-size PNG)",
         file_count="multiple",
@@ -370,20 +412,42 @@ def _wire_runs(gr, form, shown, cache: PipelineCache, out_root: Path, limits: di
             gr.Warning(failure)
         return _shown_results(run, shown)
 
-    outputs = [shown[n] for n in ("compare", "stage1", "gallery", "download", "status", "results")]
+    names = ("compare", "stage1", "gallery", "uncertainty", "download", "status", "results")
+    outputs = [shown[n] for n in (*names, "current")]
     form["run_button"].click(
         on_run, {files, *fields}, outputs, concurrency_limit=1, concurrency_id="gpu"
     )
 
-    def on_select(table: list[dict[str, Any]], event: gr.SelectData):
+    def on_select(table: list[dict[str, Any]], opacity: float, event: gr.SelectData):
         if not table or event.index is None or event.index >= len(table):
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         row = table[event.index]
-        return (row["before"], row["result"]), row["stage1"]
+        return _after(row, opacity), row["stage1"], row["uncertainty"], event.index
 
     shown["gallery"].select(
-        on_select, [shown["results"]], [shown["compare"], shown["stage1"]], queue=False
+        on_select,
+        [shown["results"], form["overlay_opacity"]],
+        [shown["compare"], shown["stage1"], shown["uncertainty"], shown["current"]],
+        queue=False,
     )
+
+    def on_opacity(table: list[dict[str, Any]], current: int, opacity: float):
+        if not table or current >= len(table) or table[current]["raw"] is None:
+            return gr.skip()
+        return _after(table[current], opacity)
+
+    form["overlay_opacity"].release(
+        on_opacity,
+        [shown["results"], shown["current"], form["overlay_opacity"]],
+        [shown["compare"]],
+    )
+
+
+def _after(row: dict[str, Any], opacity: float) -> tuple[str, str]:
+    """The before/after pair of a result row: with a map, the result under it at ``opacity``."""
+    if row["raw"] is None:
+        return row["before"], row["result"]
+    return row["before"], str(uncertainty_overlay(row["result"], row["raw"], opacity))
 
 
 def _shown_results(run, shown: dict[str, Any]) -> dict:
@@ -392,17 +456,34 @@ def _shown_results(run, shown: dict[str, Any]) -> dict:
     lines = [f"**{run.summary()}**; result {first.size[1]}x{first.size[0]} px."]
     lines += [f"- {i.name}: caption *{i.caption}*" for i in run.images if i.caption]
     lines += [f"- {failure}" for failure in run.failures]
-    table = [
-        {"before": str(i.before), "result": str(i.result), "stage1": str(i.stage1)}
-        for i in run.images
-    ]
+    table = [results_row(i) for i in run.images]
     return {
-        shown["compare"]: (str(first.before), str(first.result)),
+        shown["compare"]: (table[0]["before"], table[0]["after"]),
         shown["stage1"]: str(first.stage1),
         shown["gallery"]: [(str(i.result), i.name) for i in run.images],
-        shown["download"]: [str(i.result) for i in run.images],
+        shown["uncertainty"]: table[0]["uncertainty"],
+        shown["download"]: [p for row in table for p in row["downloads"]],
         shown["status"]: "\n".join(lines),
         shown["results"]: table,
+        shown["current"]: 0,
+    }
+
+
+def results_row(image) -> dict[str, Any]:
+    """What the page keeps of one :class:`~diffbir.ui.core.RestoredImage` (paths as text)."""
+
+    def text(path) -> str | None:
+        return None if path is None else str(path)
+
+    maps = [p for p in (image.uncertainty, image.uncertainty_raw) if p is not None]
+    return {
+        "before": str(image.before),
+        "result": str(image.result),
+        "after": str(image.overlay or image.result),
+        "stage1": str(image.stage1),
+        "uncertainty": text(image.uncertainty),
+        "raw": text(image.uncertainty_raw),
+        "downloads": [str(image.result), *map(str, maps)],
     }
 
 

@@ -82,6 +82,12 @@ class FormValues:
     captioner: str = "auto"  # "auto": the release's choice for this device (see settings)
     caption: str = ""  # edited caption used for every uploaded image; "" = caption each
     tile_captions: str = _OPTIONS.tile_captions
+    # The map of where the model invented (diffbir.restore.uncertainty): with 1 sample the
+    # detail's departure from stage 1, with 2+ the spread of that many restorations
+    # (each a full run); shown over the result at ``overlay_opacity``.
+    uncertainty: bool = False
+    uncertainty_samples: int = 1
+    overlay_opacity: float = 0.6
 
     def to_options(self):
         """The :class:`RestoreOptions` these values describe (validated)."""
@@ -111,6 +117,8 @@ class FormValues:
             tile_overlap=None if self.tile_overlap is None else float(self.tile_overlap),
             captioner=None if self.captioner in (None, "", "auto") else self.captioner,
             tile_captions=self.tile_captions or "whole",
+            uncertainty=bool(self.uncertainty),
+            n_samples=int(self.uncertainty_samples or 1) if self.uncertainty else 1,
             # The sampler's tqdm bar is what the page's progress bar follows.
             progress=True,
         )
@@ -266,6 +274,11 @@ class RestoredImage:
     before: Path  # the input resized to the result's size, for the before/after slider
     size: tuple[int, int]  # (height, width) of the result
     caption: str = ""  # what the captioner (or the page's edit) said of it
+    # With the uncertainty toggle: the heat map, its raw 16-bit values and the result
+    # with the map laid over it (diffbir.restore.uncertainty).
+    uncertainty: Path | None = None
+    uncertainty_raw: Path | None = None
+    overlay: Path | None = None
 
 
 @dataclass
@@ -327,7 +340,7 @@ def restore_uploads(
     restorer = cache.get(form.version, form.task, on_load=lambda text: report(0.0, text))
     config = restorer.resolve(options)  # once for the whole click
     given = edited_prompt(form, config)
-    sink = UploadSink(new_run_folder(out_root))
+    sink = UploadSink(new_run_folder(out_root), opacity=float(form.overlay_opacity))
     loop = RunLoop(
         restorer,
         config,
@@ -383,8 +396,9 @@ class UploadSink:
     the input resized to the result's size (for the before/after slider), as PNGs that
     record how the result was made, in one run folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, opacity: float = 0.6) -> None:
         self.folder = folder
+        self.opacity = opacity
         self.images: list[RestoredImage] = []
         self.prompts: dict = {}
 
@@ -394,24 +408,47 @@ class UploadSink:
 
         name = work.source.name
         stem = f"{work.key + 1:02d}_{safe_stem(name)}"
-        restored = result.image[index].float().cpu()
+        n_samples = result.config.n_samples if result.config is not None else 1
+        first = index * n_samples  # the page shows an input's first sample
+        restored = result.image[first].float().cpu()
         size = (int(restored.shape[-2]), int(restored.shape[-1]))
         metadata = output_metadata(result, work.source, index)
         folder = self.folder
-        self.images.append(
-            RestoredImage(
-                name=name,
-                result=write_image(
-                    folder / f"{stem}_diffbir.png", restored, alpha=image.alpha, metadata=metadata
-                ),
-                stage1=write_image(
-                    folder / f"{stem}_stage1.png", result.stage1[index].float().cpu()
-                ),
-                before=write_image(folder / f"{stem}_input.png", resized_like(image.rgb, size)),
-                size=size,
-                caption=result.prompts[index].caption if result.prompts else "",
-            )
+        shown = RestoredImage(
+            name=name,
+            result=write_image(
+                folder / f"{stem}_diffbir.png", restored, alpha=image.alpha, metadata=metadata
+            ),
+            stage1=write_image(folder / f"{stem}_stage1.png", result.stage1[first].float().cpu()),
+            before=write_image(folder / f"{stem}_input.png", resized_like(image.rgb, size)),
+            size=size,
+            caption=result.prompts[index].caption if result.prompts else "",
         )
+        if result.config is not None and result.config.uncertainty:
+            from diffbir.restore.uncertainty import uncertainty_map, write_maps
+
+            rows = result.image[first : first + n_samples]
+            umap = uncertainty_map(rows, result.stage1[first])
+            shown.uncertainty, shown.uncertainty_raw = write_maps(shown.result, umap, metadata)
+            shown.overlay = uncertainty_overlay(shown.result, shown.uncertainty_raw, self.opacity)
+        self.images.append(shown)
+
+
+def uncertainty_overlay(result: str | Path, raw: str | Path, opacity: float) -> Path:
+    """The restored image ``result`` with the heat map of the raw map ``raw`` laid over
+    it at ``opacity`` (0: the photo, 1: the map where it is high), written beside
+    ``result`` as ``NAME_overlay_OPACITY.png`` (one file per opacity: the page's
+    slider shows each without re-running anything)."""
+    from diffbir.imaging.io import read_image, write_image
+    from diffbir.restore.uncertainty import overlay, read_raw
+
+    result = Path(result)
+    opacity = min(1.0, max(0.0, float(opacity)))
+    path = result.with_name(f"{result.stem}_overlay_{round(opacity * 100):03d}.png")
+    if not path.exists():
+        image = read_image(result, max_pixels=DEFAULT_MAX_OUTPUT_PIXELS)
+        write_image(path, overlay(image.rgb, read_raw(raw), opacity))
+    return path
 
 
 def edited_prompt(form: FormValues, config):
