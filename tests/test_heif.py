@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from icc_builder import make_profile
+from diffbir.imaging.icc_build import make_profile
 from PIL import Image, features
 
 from diffbir.cli import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from icc_builder import make_profile
+from diffbir.imaging.icc_build import make_profile
 from PIL import Image, JpegImagePlugin
 
 from diffbir.cli import main

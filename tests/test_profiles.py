@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from icc_builder import SPACES, make_profile
+from diffbir.imaging.icc_build import SPACES, make_profile
 from PIL import Image, ImageCms
 
 from diffbir.errors import DiffBIRWarning

@@ -21,7 +21,14 @@ from PIL import Image, features
 
 from diffbir.errors import ImageReadError, printable
 
-__all__ = ["HEIF_EXTRA", "container_kind", "open_heif", "heif_size", "needs_heif_plugin"]
+__all__ = [
+    "HEIF_EXTRA",
+    "cicp",
+    "container_kind",
+    "heif_size",
+    "needs_heif_plugin",
+    "open_heif",
+]
 
 #: What to install for HEIC/HEIF (and AVIF where Pillow lacks it).
 HEIF_EXTRA = "pip install 'diffbir[heif]'"
@@ -102,3 +109,33 @@ def heif_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of the upright primary image, from the header."""
     heif = _plugin(path).open_heif(path, convert_hdr_to_8bit=True)
     return heif.size
+
+
+#: How far into a HEIF/AVIF file its ``colr`` box is looked for (the ``meta`` box,
+#: which holds it, comes before the image data in the files phones and encoders write).
+_HEADER_BYTES = 1 << 18
+
+
+def cicp(img: Image.Image, path: Path) -> tuple[int, int] | None:
+    """The CICP (nclx) colour primaries and transfer curve a HEIF/AVIF file declares
+    instead of an ICC profile, or None: from pillow-heif's ``nclx_profile``, else (an
+    AVIF read by Pillow, which does not report it) from the file's ``colr`` box."""
+    nclx = img.info.get("nclx_profile")
+    if isinstance(nclx, dict):
+        try:
+            return int(nclx["color_primaries"]), int(nclx["transfer_characteristics"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    if container_kind(path) is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER_BYTES)
+    except OSError:
+        return None
+    at = head.find(b"colrnclx")
+    if at < 4 or at + 14 > len(head):
+        return None
+    primaries = int.from_bytes(head[at + 8 : at + 10], "big")
+    transfer = int.from_bytes(head[at + 10 : at + 12], "big")
+    return primaries, transfer

@@ -60,6 +60,7 @@ from PIL import Image, ImageOps
 
 from diffbir.errors import DiffBIRError, ImageReadError, printable
 from diffbir.imaging import encoders, heif, profiles
+from diffbir.imaging.icc_build import implied_profile
 from diffbir.imaging.metadata import (
     SourceMetadata,
     exif_for_output,
@@ -377,7 +378,7 @@ def _read_array(
                 )
             wide_colour = _is_wide_colour(img)
             img.load()  # full decode: truncated or corrupt data fails here
-            icc = img.info.get("icc_profile") or None
+            icc = img.info.get("icc_profile") or implied_profile(img, path)
             metadata = read_metadata(img)
             if wide is not None:  # a 10/12-bit HEIF, already upright
                 return _wide_to_srgb(wide, icc, path), 16, icc, metadata
@@ -528,7 +529,11 @@ def write_image(
     with_chunks = metadata if pillow_format == "PNG" else None
     embedded = encoders.Embedded(
         icc=None if pillow_format == "BMP" else (icc_profile or profiles.srgb_profile()),
-        exif=exif_for_output(carry.exif, width, height) if carry else None,
+        exif=(
+            exif_for_output(carry.exif, width, height, srgb=profiles.is_srgb(icc_profile))
+            if carry
+            else None
+        ),
         xmp=xmp_for_output(carry.xmp) if carry else None,
         iptc=carry.iptc if carry and pillow_format in ("JPEG", "TIFF") else None,
         text=with_chunks,

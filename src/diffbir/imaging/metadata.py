@@ -13,6 +13,12 @@ What is carried, and how it changes on the way:
   output format has a place for it: JPEG (a Photoshop APP13 block) and TIFF (tag
   33723). PNG, WebP and AVIF have none; it is dropped there.
 
+The EXIF colour space (``ColorSpace``, and the DCF interoperability index ``R98``
+for sRGB, ``R03`` for Adobe RGB) is made to say what the output is written in: sRGB,
+or "uncalibrated" (the ICC profile embedded says which). :func:`exif_colour_space`
+reads it from inputs that name Adobe RGB this way without embedding a profile, as
+many cameras' JPEGs do.
+
 TIFF inputs keep their EXIF in the image's own first directory, among the tags that
 describe the pixels; those (size, samples, compression, strips...) are left out, since
 the output describes its own pixels.
@@ -25,13 +31,21 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-__all__ = ["SourceMetadata", "exif_for_output", "read_metadata", "xmp_for_output"]
+__all__ = [
+    "SourceMetadata",
+    "exif_colour_space",
+    "exif_for_output",
+    "read_metadata",
+    "xmp_for_output",
+]
 
 _ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
 _GPS_IFD = 0x8825
 _IMAGE_WIDTH, _IMAGE_LENGTH = 0x0100, 0x0101
 _PIXEL_X, _PIXEL_Y = 0xA002, 0xA003
+_COLOR_SPACE, _INTEROP_IFD, _INTEROP_INDEX = 0xA001, 0xA005, 0x0001
+_SRGB, _UNCALIBRATED, _ADOBE_RGB_NONSTANDARD = 1, 0xFFFF, 2
 _XMP_TAG, _IPTC_TAG, _ICC_TAG = 700, 33723, 34675
 
 #: TIFF tags that describe a file's pixels and layout, not the photo.
@@ -129,14 +143,38 @@ def _read_iptc(img: Image.Image) -> bytes | None:
     return bytes(value) if value else None
 
 
-def exif_for_output(exif: bytes | None, width: int, height: int) -> Image.Exif | None:
+def exif_colour_space(img: Image.Image) -> str | None:
+    """``'Adobe RGB (1998)'`` when the EXIF names that space without an ICC profile: the
+    DCF rule (``ColorSpace`` "uncalibrated" with interoperability index ``R03``), or the
+    ``ColorSpace`` value 2 some cameras write; else None (sRGB or not said)."""
+    try:
+        exif = img.getexif()
+        colour_space = exif.get_ifd(_EXIF_IFD).get(_COLOR_SPACE)
+        if colour_space == _ADOBE_RGB_NONSTANDARD:
+            return "Adobe RGB (1998)"
+        if colour_space != _UNCALIBRATED:
+            return None
+        index = exif.get_ifd(_INTEROP_IFD).get(_INTEROP_INDEX)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF says nothing about colour
+        return None
+    if isinstance(index, bytes):
+        index = index.decode("latin-1")
+    return "Adobe RGB (1998)" if isinstance(index, str) and index.strip("\0 ") == "R03" else None
+
+
+def exif_for_output(
+    exif: bytes | None, width: int, height: int, *, srgb: bool = True
+) -> Image.Exif | None:
     """The input's EXIF for an upright output of ``width`` x ``height``: orientation 1,
-    size tags updated, no thumbnail. None when there is none (or it is unreadable)."""
+    size tags updated, no thumbnail, and the colour space tags saying sRGB (``srgb``)
+    or "uncalibrated" (another profile, embedded). None when there is none (or it is
+    unreadable)."""
     if not exif:
         return None
     data = _load_exif(exif)
     if data is None:
         return None
+    _set_colour_space(data, srgb)
     if _ORIENTATION in data:
         data[_ORIENTATION] = 1
     for tag, value in ((_IMAGE_WIDTH, width), (_IMAGE_LENGTH, height)):
@@ -146,6 +184,23 @@ def exif_for_output(exif: bytes | None, width: int, height: int) -> Image.Exif |
     if sub:
         sub[_PIXEL_X], sub[_PIXEL_Y] = width, height
     return data
+
+
+def _set_colour_space(data: Image.Exif, srgb: bool) -> None:
+    sub = data.get_ifd(_EXIF_IFD)
+    if _COLOR_SPACE in sub:
+        sub[_COLOR_SPACE] = _SRGB if srgb else _UNCALIBRATED
+    if _INTEROP_IFD not in sub:
+        return
+    interop = data.get_ifd(_INTEROP_IFD)
+    index = interop.get(_INTEROP_INDEX)
+    if isinstance(index, bytes):
+        index = index.decode("latin-1")
+    if isinstance(index, str) and index.strip("\0 ") in ("R98", "R03"):
+        if srgb:
+            interop[_INTEROP_INDEX] = "R98"
+        elif index.strip("\0 ") == "R98":
+            del interop[_INTEROP_INDEX]  # no longer sRGB: the embedded profile says what
 
 
 _XMP_ORIENTATION = re.compile(

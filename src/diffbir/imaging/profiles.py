@@ -40,6 +40,7 @@ __all__ = [
     "from_srgb_array",
     "from_srgb_image",
     "is_rgb_profile",
+    "is_srgb",
     "output_profile",
     "srgb_profile",
     "to_srgb_array",
@@ -87,6 +88,21 @@ def is_rgb_profile(icc: bytes | None) -> bool:
     if not icc or _colour_space(icc) != "RGB" or _open(icc) is None:
         return False
     return icc[12:16] in (b"mntr", b"scnr", b"spac")
+
+
+def is_srgb(icc: bytes | None) -> bool:
+    """Whether ``icc`` is sRGB (none, or a matrix/TRC profile with sRGB's colorants and
+    curve within 1/500): what the EXIF colour space tag may then say."""
+    if not icc:
+        return True
+    model, srgb = _model(icc), _model(srgb_profile())
+    if model is None or model.matrix is None or srgb is None:
+        return False
+    if np.abs(model.matrix - srgb.matrix).max() > 2e-3:
+        return False
+    x = np.linspace(0.0, 1.0, 33, dtype=np.float32)
+    reference = srgb.curves[0].forward(x)
+    return all(np.abs(c.forward(x) - reference).max() <= 2e-3 for c in model.curves)
 
 
 def output_profile(input_icc: bytes | None, choice: str) -> bytes | None:
