@@ -68,6 +68,14 @@ METRICS = _table(
     ),
     MetricInfo("niqe", "niqe", False, True, "NIQE on the YIQ luma (pyiqa's default)"),
     MetricInfo("niqe-y", "niqe", False, True, "NIQE on the Y of YCbCr (BasicSR's default)"),
+    MetricInfo(
+        "musiq",
+        "musiq",
+        False,
+        False,
+        "MUSIQ (KonIQ-10k): a multi-scale transformer's predicted opinion score, about 0..100",
+        ("musiq_koniq_ckpt-e95806b9.pth",),
+    ),
 )
 
 
