@@ -8,7 +8,7 @@ in the middle), each frame degraded with the project's degradation model (the
 optics would be, and its noise drawn anew for every frame, like film grain). Restores it
 with each restorer (DiffBIR v2.1 and HYPIR) frame by frame and with temporal
 consistency, through :func:`diffbir.video.run.restore_clip` (lossless FFV1 outputs), and
-measures, against the clean clip:
+measures, against the clean clip (:mod:`diffbir.video.consistency`):
 
 * ``E_warp``: the warping error of the video restoration papers, the mean squared
   difference between each output frame and the previous output frame warped onto it
@@ -23,11 +23,15 @@ measures, against the clean clip:
 * ``PSNR``: the mean per-frame PSNR against the clean frames.
 
 Without full-size weights it runs on the tests' tiny random-weight release
-(``tests/tiny_release.py``): the figures then say how much the propagation removes of
+(``tests/tiny_release.py``), or with ``--full-size-random`` on the released
+architectures with random weights (``benchmarks/bench_pipeline.py``'s v2.1 ``sr``
+pipeline, ``benchmarks/bench_hypir.py``'s HYPIR; on a CPU keep the clip small:
+``--size 128 --seconds 1``): the figures then say how much the temporal methods remove of
 what random weights make flicker, not what a trained model does. Run from the
 repository root::
 
-    python benchmarks/bench_video.py --threads 2
+    python benchmarks/bench_video.py --threads 2 --steps 4
+    python benchmarks/bench_video.py --threads 2 --steps 4 --full-size-random --seconds 1
 """
 
 from __future__ import annotations
@@ -130,48 +134,34 @@ def decode(path: Path):
 
 def clean_motion(clean, cut: int):
     """Per pair (t-1, t) but the cut: the clean clip's backward flow and occlusion mask."""
-    from diffbir.video.flow import consistency_mask, dis_flow
+    from diffbir.video.consistency import reference_motion
 
-    motions = {}
-    for t in range(1, len(clean)):
-        if t == cut:
-            continue
-        a = cv2.cvtColor(clean[t - 1], cv2.COLOR_RGB2GRAY)
-        b = cv2.cvtColor(clean[t], cv2.COLOR_RGB2GRAY)
-        backward, forward = dis_flow(b, a), dis_flow(a, b)
-        motions[t] = (backward, consistency_mask(backward, forward))
-    return motions
+    return reference_motion(clean, (cut,))
 
 
 def measure(frames, clean, motions) -> dict[str, float]:
-    from diffbir.video.flow import dis_flow, warp_image
+    from diffbir.video import consistency as c
 
-    f = [x.astype(np.float32) / 255.0 for x in frames]
-    c = [x.astype(np.float32) / 255.0 for x in clean]
-    ewarp, flicker, tof = [], [], []
-    for t, (backward, mask) in motions.items():
-        m = mask[..., None]
-        area = max(float(mask.sum()) * 3, 1.0)
-        out_w = warp_image(f[t - 1], backward)
-        ref_w = warp_image(c[t - 1], backward)
-        ewarp.append(float((((f[t] - out_w) ** 2) * m).sum() / area))
-        flicker.append(float((np.abs((f[t] - out_w) - (c[t] - ref_w)) * m).sum() / area))
-        a = cv2.cvtColor(frames[t - 1], cv2.COLOR_RGB2GRAY)
-        b = cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY)
-        tof.append(float(np.linalg.norm(dis_flow(b, a) - backward, axis=-1).mean()))
-    psnr = [
-        float(10 * np.log10(1.0 / max(np.mean((x - y) ** 2), 1e-12)))
-        for x, y in zip(f, c, strict=True)
-    ]
     return {
-        "E_warp": 1e3 * float(np.mean(ewarp)),
-        "flicker": 1e3 * float(np.mean(flicker)),
-        "tOF": float(np.mean(tof)),
-        "PSNR": float(np.mean(psnr)),
+        "E_warp": 1e3 * c.warping_error(frames, motions),
+        "flicker": 1e3 * c.flicker(frames, clean, motions),
+        "tOF": c.flow_difference(frames, motions),
+        "PSNR": c.mean_psnr(frames, clean),
     }
 
 
-def load(name: str, weights: Path, models: Path):
+def load(name: str, weights: Path | None, models: Path | None):
+    """The restorer ``name`` (diffbir or hypir): the tiny release in ``weights``, or with
+    ``weights`` None the full-size architectures with random weights."""
+    if weights is None:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_hypir import build_hypir
+        from bench_pipeline import build_pipeline
+
+        cpu = torch.device("cpu")
+        if name == "hypir":
+            return build_hypir(cpu, torch.float32)
+        return build_pipeline("v2.1", "sr", cpu, torch.float32)
     from diffbir import load_restorer
 
     version = "hypir" if name == "hypir" else "v2.1"
@@ -191,6 +181,12 @@ def main() -> int:
     parser.add_argument("--min-side", type=int, default=128, help="DiffBIR's diffusion side")
     parser.add_argument("--steps", type=int, default=None, help="DiffBIR steps (release's)")
     parser.add_argument("--strength", type=float, default=None, help="--temporal-strength")
+    parser.add_argument("--output", type=float, default=None, help="--temporal-output")
+    parser.add_argument(
+        "--full-size-random",
+        action="store_true",
+        help="the released architectures with random weights (not the tiny release)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the clips in this folder")
     args = parser.parse_args()
@@ -209,12 +205,16 @@ def main() -> int:
     write_clip(source, lq, args.fps)
     write_clip(work / "clean.mkv", clean, args.fps)
     motions = clean_motion(clean, cut)
-    weights = work / "weights"
-    weights.mkdir(exist_ok=True)
-    models = make_tiny_release(weights)
+    weights = models = None
+    if not args.full_size_random:
+        weights = work / "weights"
+        weights.mkdir(exist_ok=True)
+        models = make_tiny_release(weights)
+    kind = "full-size random weights" if args.full_size_random else "tiny release"
     print(
         f"# {len(clean)} frames {args.size}x{args.size} at {args.fps} fps, cut at frame {cut}; "
-        f"{platform.node()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{kind}; {platform.node()} ({platform.processor() or platform.machine()}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(f"# degradation (one plan for the clip, new noise per frame): {describe_plan(plan)}")
     rows = [("degraded input", "-", measure(lq, clean, motions), None)]
@@ -230,11 +230,12 @@ def main() -> int:
             options.update(latent_tile=256)  # the tiny clip fits one 256 patch
         config = restorer.resolve(RestoreOptions(**options))
         for temporal in (False, True):
-            video = VideoOptions(temporal=temporal, codec="ffv1")
+            knobs = {}
             if args.strength is not None:
-                video = VideoOptions(
-                    temporal=temporal, codec="ffv1", temporal_strength=args.strength
-                )
+                knobs["temporal_strength"] = args.strength
+            if args.output is not None:
+                knobs["temporal_output"] = args.output
+            video = VideoOptions(temporal=temporal, codec="ffv1", **knobs)
             out = work / f"{name}_{'on' if temporal else 'off'}.mkv"
             start = time.perf_counter()
             result = restore_clip(restorer, config, video, ClipSource(source), out, progress=False)

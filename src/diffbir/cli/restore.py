@@ -473,6 +473,13 @@ def _video_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--temporal-stop", type=int, default=d.temporal_stop, help="... and t > stop")
     g.add_argument(
+        "--temporal-output",
+        type=float,
+        default=d.temporal_output,
+        help="share of the previous output frame, warped, kept in each frame where the flow "
+        "is reliable (0..1; 0: the latents only)",
+    )
+    g.add_argument(
         "--scene-threshold",
         type=float,
         default=d.scene_threshold,
@@ -514,6 +521,7 @@ def video_options_from_args(args: argparse.Namespace):
         temporal_strength=args.temporal_strength,
         temporal_start=args.temporal_start,
         temporal_stop=args.temporal_stop,
+        temporal_output=args.temporal_output,
         scene_threshold=args.scene_threshold,
         codec=args.video_codec,
         quality=args.video_quality,

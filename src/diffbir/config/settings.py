@@ -548,6 +548,8 @@ class VideoOptions:
     temporal_strength: float = 0.9  # how much of the warped previous frame, where reliable
     temporal_start: int = 1001  # fuse the estimates of timesteps stop < t < start
     temporal_stop: int = -1
+    # how much of the previous output frame, warped, in each decoded frame where reliable
+    temporal_output: float = 0.5
     scene_threshold: float = 0.3  # a cut: fewer matched pixels than this after the warp
     codec: str = "h264"
     quality: int | None = None  # x264/x265 CRF, 0..51; None: the codec's default
@@ -563,6 +565,7 @@ class VideoOptions:
         """Raise :class:`ConfigError` naming the flag of a value that cannot work."""
         checks = [
             (0 <= self.temporal_strength <= 1, "--temporal-strength must be in [0, 1]"),
+            (0 <= self.temporal_output <= 1, "--temporal-output must be in [0, 1]"),
             (0 <= self.scene_threshold <= 1, "--scene-threshold must be in [0, 1]"),
             (self.codec in VIDEO_CODECS, "--video-codec: " + ", ".join(VIDEO_CODECS)),
             (
@@ -580,7 +583,8 @@ class VideoOptions:
             (self.frames_rate > 0, "--frames-rate must be positive"),
             (self.captions in VIDEO_CAPTIONS, "--video-captions: clip or scene"),
         ]
-        for value in (self.temporal_strength, self.scene_threshold, self.fps, self.start):
+        values = (self.temporal_strength, self.temporal_output, self.scene_threshold)
+        for value in (*values, self.fps, self.start):
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f"video options must be finite numbers, got {value!r}")
         for ok, message in checks:

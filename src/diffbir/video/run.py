@@ -4,7 +4,8 @@
 each with the run's :class:`~diffbir.config.settings.RunConfig` (so with every frame's
 own seeded stream from the run's seed: the same noise for every frame) and, unless
 ``temporal`` is off, the previous frame's latents propagated along the input's optical
-flow (:mod:`diffbir.video.temporal`, :mod:`diffbir.video.flow`), reset at scene cuts.
+flow (:mod:`diffbir.video.temporal`, :mod:`diffbir.video.flow`), and each decoded frame
+fused with the previous output along the same flow, both reset at scene cuts.
 
 Memory stays bounded: one frame in, one frame out, and the last frame's latents. Every
 ``chunk_frames`` restored frames are written losslessly (FFV1, RGB) as one chunk
@@ -37,10 +38,10 @@ from diffbir.errors import ConfigError, printable
 from diffbir.restore.prompts import ImagePrompt
 from diffbir.video import flow as vflow
 from diffbir.video import io as vio
-from diffbir.video.temporal import LatentPropagation
+from diffbir.video.temporal import LatentPropagation, OutputFusion
 
 #: Bumped when the chunks' format changes (older work folders are then started over).
-PARTS_FORMAT = 1
+PARTS_FORMAT = 2
 
 
 @dataclass
@@ -260,9 +261,12 @@ def restore_clip(
         if video.temporal
         else None
     )
+    fusion = OutputFusion(video.temporal_output) if video.temporal else None
     state = _load_state(parts, done_chunks - 1) if done_chunks else None
     if state is not None and propagation is not None and state["latents"]:
         propagation.load_state(state["latents"], device)
+    if state is not None and fusion is not None:
+        fusion.load_state(state.get("frame"))
     prompts: list[ImagePrompt] = []
     scene_prompt = None
     if state is not None and state.get("prompt"):
@@ -307,17 +311,22 @@ def restore_clip(
                 propagation.next_frame(motion)
             result = restorer.restore(lq, config, [scene_prompt], latent_hook=propagation)
             image = result.image[0].clamp(0, 1).mul(255).round().byte()
-            chunk.append((frame.pts, image.permute(1, 2, 0).cpu().numpy()))
+            image = image.permute(1, 2, 0).cpu().numpy()
+            if fusion is not None:
+                image = fusion(image, motion)
+            chunk.append((frame.pts, image))
             count += 1
             restored += 1
             bar.update(1)
             if on_frame is not None:
                 on_frame(count)
             if len(chunk) == video.chunk_frames:
-                _write_chunk(parts, number, chunk, header, propagation, scene_prompt, cuts)
+                _write_chunk(
+                    parts, number, chunk, header, (propagation, fusion), scene_prompt, cuts
+                )
                 chunk, number = [], number + 1
         if chunk:
-            _write_chunk(parts, number, chunk, header, propagation, scene_prompt, cuts)
+            _write_chunk(parts, number, chunk, header, (propagation, fusion), scene_prompt, cuts)
             number += 1
     if count == 0:
         raise vio.VideoError(f"{printable(source.path)}: no frames in the chosen range")
@@ -333,9 +342,11 @@ def _frame_prompt(restorer, lq, config: RunConfig, given: ImagePrompt | None) ->
     return prompt
 
 
-def _write_chunk(parts, number, frames, header, propagation, prompt, cuts) -> None:
-    """One finished chunk: FFV1 (RGB, lossless) and the state after its last frame,
-    each written under a hidden name and renamed (the chunk last: its name marks it done)."""
+def _write_chunk(parts, number, frames, header, temporal, prompt, cuts) -> None:
+    """One finished chunk: FFV1 (RGB, lossless) and the state after its last frame
+    (``temporal``: the clip's latent propagation and output fusion, or Nones), each
+    written under a hidden name and renamed (the chunk last: its name marks it done)."""
+    propagation, fusion = temporal
     h, w = frames[0][1].shape[:2]
     target = _chunk_path(parts, number)
     temp = parts / f".{target.name}"
@@ -354,6 +365,7 @@ def _write_chunk(parts, number, frames, header, propagation, prompt, cuts) -> No
             writer.write(rgb, pts)
     state = {
         "latents": propagation.state() if propagation is not None else {},
+        "frame": fusion.state() if fusion is not None else None,
         "prompt": None if prompt is None else asdict(prompt),
         "cuts": list(cuts),
         # the source's timestamps (Matroska would round them to milliseconds)
