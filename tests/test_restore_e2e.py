@@ -164,7 +164,12 @@ def test_faces_in_whole_photos(release, tmp_path, capsys):
     # The stand-in detector fires on bright 8x8 cells: one white block is one "face".
     face = np.zeros((48, 64, 3), np.uint8)
     face[16:24, 24:32] = 255
-    Image.fromarray(face).save(tmp_path / "face.png")
+    from diffbir.imaging.icc_build import make_profile
+
+    adobe = make_profile("Adobe RGB (1998)")
+    exif = Image.Exif()
+    exif[0x0110] = "Kodak Brownie"
+    Image.fromarray(face).save(tmp_path / "face.png", icc_profile=adobe, exif=exif)
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "empty.png")
     out = tmp_path / "out"
     code = _restore(
@@ -189,6 +194,10 @@ def test_faces_in_whole_photos(release, tmp_path, capsys):
     assert crops and [p.name for p in crops] == [p.name for p in restored]
     assert all(p.name.startswith("face_face") for p in crops)
     assert Image.open(crops[0]).size == (512, 512)
+    # The crops are written like the photo's result: in its profile, with its metadata.
+    for crop in (crops[0], restored[0]):
+        with Image.open(crop) as img:
+            assert img.info["icc_profile"] == adobe and img.getexif()[0x0110] == "Kodak Brownie"
     assert "empty.png: no face found" in capsys.readouterr().err
 
 

@@ -30,11 +30,17 @@ from tqdm.auto import tqdm
 from diffbir.config.settings import RunConfig
 from diffbir.errors import DiffBIRError, printable
 from diffbir.faces import image_to_tensor
-from diffbir.imaging.io import check_writable_folder, remove_stale_temp_files, write_image
+from diffbir.imaging.io import (
+    check_writable_folder,
+    read_image,
+    remove_stale_temp_files,
+    write_image,
+)
 from diffbir.imaging.paths import collect_inputs, output_paths_for
 from diffbir.imaging.profiles import output_profile
 from diffbir.jobs.loop import RunLoop, Work, output_metadata, size_problem
 from diffbir.jobs.sharding import Shard
+from diffbir.restore.plan import MAX_OUTPUT_PIXELS
 from diffbir.restore.factory import load_restorer
 from diffbir.restore.prompts import prompt_for_file
 from diffbir.restore.uncertainty import map_paths, uncertainty_map, write_maps
@@ -200,18 +206,20 @@ class RestoreJob:
         if shard.rank == 0:
             for source, reason in problems:
                 _report(summary, source, reason)
-        todo = self._todo(shard.take(planned), summary)
+        remap: list = []  # done but for their maps, made from the samples written
+        todo = self._todo(shard.take(planned), summary, remap)
         clips = []
         for clip, out in shard.take(self.clips()):
             if self.skip_existing and out.exists():
                 summary.skipped += 1
             else:
                 clips.append((clip, out))
-        if todo or clips:
+        if todo or clips or remap:
             check_writable_folder(self.output)  # before minutes of model loading
         if shard.rank == 0 and planned:
             self._remove_stale_temp_files(planned, started)
         try:
+            self._maps_from_samples(remap, summary)
             if (todo or clips) and pipeline is None:
                 stop = self.before_load() if self.before_load is not None else None
                 try:
@@ -266,13 +274,23 @@ class RestoreJob:
         total.main_process = shard.rank == 0
         return total
 
-    def _todo(self, planned, summary: JobSummary) -> list:
+    def _todo(self, planned, summary: JobSummary, remap: list | None = None) -> list:
         """The planned inputs still to restore: finished ones skipped when resuming, and
-        those whose header says they cannot be restored reported."""
+        those whose header says they cannot be restored reported. With ``remap``, inputs
+        whose samples are all written but whose ``--uncertainty`` maps are not, with two
+        samples or more, go there instead: their spread is made from the files."""
         todo = []
         for item, out in planned:
             if self.skip_existing and all(p.exists() for p in self.finished_paths(out)):
                 summary.skipped += 1
+                continue
+            if (
+                remap is not None
+                and self.skip_existing
+                and self.config.n_samples >= 2
+                and all(p.exists() for p in self.sample_paths(out))
+            ):
+                remap.append((item, out))
                 continue
             reason = size_problem(Path(item.path), self.config.upscale)
             if reason is not None:
@@ -296,6 +314,33 @@ class RestoreJob:
         if self.config.uncertainty:
             paths += list(map_paths(out))
         return paths
+
+    def _maps_from_samples(self, remap: list, summary: JobSummary) -> None:
+        """The ``--uncertainty`` maps of inputs whose samples an earlier run wrote (the
+        spread needs nothing else): read back, no model loaded, counted as skipped."""
+        made = 0
+        for item, out in remap:
+            paths = self.sample_paths(out)
+            try:
+                images = [read_image(p, max_pixels=MAX_OUTPUT_PIXELS).rgb for p in paths]
+                if len({tuple(image.shape) for image in images}) != 1:
+                    raise DiffBIRError(
+                        f"--uncertainty: its samples ({printable(paths[0].name)}...) differ in "
+                        "size; remove them to restore again"
+                    )
+                metadata = {"software": "diffbir", "source": Path(item.path).name}
+                metadata.update(self.config.metadata(), uncertainty_from="the written samples")
+                write_maps(out, uncertainty_map(torch.stack(images), None), metadata)
+            except DiffBIRError as exc:
+                _report(summary, item.path, str(exc))
+                continue
+            made += 1
+        summary.skipped += made
+        if made and self.progress:
+            print(
+                f"diffbir: {made} uncertainty map(s) made from the samples already written",
+                file=sys.stderr,
+            )
 
     # ---------------------------------------------------------------- internals
     def _prompts_of(self, loop: RunLoop, todo: list, summary: JobSummary, shard) -> dict:
@@ -454,12 +499,13 @@ class RestoreJob:
             first = result.image[index * n_samples]
             write_image(compare_path, side_by_side(image.rgb, first), **as_input)
         if self.save_faces:
-            self._write_faces(result, index, out)
+            self._write_faces(result, index, out, as_input)
         if metadata:
             _append_prompt_csv(self.output, out, metadata)
 
-    def _write_faces(self, result, index: int, out: Path) -> None:
-        """Aligned input crops and restored crops of a whole-photo result."""
+    def _write_faces(self, result, index: int, out: Path, as_input: dict) -> None:
+        """Aligned input crops and restored crops of a whole-photo result, in the
+        photo's output profile with its metadata (8 bits: the crops are 8-bit)."""
         faces = result.faces
         if not faces:
             return
@@ -468,7 +514,7 @@ class RestoreJob:
             name = relative.with_name(f"{relative.stem}_face{number:02d}{relative.suffix}")
             for kind, crop in (("cropped", face.crop), ("restored", face.restored)):
                 path = self.output / "faces" / kind / name
-                write_image(path, image_to_tensor(crop)[0], quality=self.quality)
+                write_image(path, image_to_tensor(crop)[0], **{**as_input, "bit_depth": 8})
 
 
 def file_options(config: RunConfig, image, suffix: str, *, quality: int) -> dict:
