@@ -18,7 +18,9 @@ Measure restored images: full-reference metrics against the images of --referenc
 with hq/0001.jpg), no-reference metrics on the restored images alone. Prints a table
 (each image, then the mean); --csv and --json write the same values in full precision.
 Every image must have its partner, and paired images must have the same size unless
---resize-to says how to bring them to one.
+--resize-to says how to bring them to one. FID is one value for the run (the table's
+"set" row): the restored set against the --reference set, which need not pair by name
+unless a per-image full-reference metric is chosen too.
 
 The metrics are this project's own code (Apache-2.0) and follow pyiqa's conventions,
 the values restoration papers report; see README for each one. Learned metrics load
@@ -43,7 +45,8 @@ metrics (FR: needs --reference, NR: does not):
 examples:
   diffbir eval restored/ --reference hq/ --metrics psnr,ssim,lpips --y-channel --crop-border 4
   diffbir eval 'out/*.png' --reference hq/ --metrics psnr,dists --csv scores.csv --json scores.json
-  diffbir eval restored/ --metrics niqe
+  diffbir eval restored/ --metrics niqe,clipiqa
+  diffbir eval restored/ --reference hq/ --metrics fid
 """
 
 
@@ -138,9 +141,17 @@ def run(args: argparse.Namespace) -> int:
             "(or choose only no-reference metrics)"
         )
     device = resolve_device(args.device)
-    pairs = evaluate.pair_files(args.inputs, args.reference, recursive=args.recursive)
-    evaluate.check_sizes(pairs, options)
-    result = evaluate.evaluate(pairs, metrics, options, device=device, progress=not args.quiet)
+    references = None
+    if args.reference and needs_ref and not evaluate.needs_pairing(metrics):
+        # Only set metrics (FID) use the references: two sets, compared as they are.
+        pairs = evaluate.pair_files(args.inputs, None, recursive=args.recursive)
+        references = evaluate.reference_files(args.reference, recursive=args.recursive)
+    else:
+        pairs = evaluate.pair_files(args.inputs, args.reference, recursive=args.recursive)
+        evaluate.check_sizes(pairs, options)
+    result = evaluate.evaluate(
+        pairs, metrics, options, device=device, progress=not args.quiet, references=references
+    )
     print(report.format_table(result, per_image=not args.mean_only))
     settings = {
         "crop_border": options.crop_border,

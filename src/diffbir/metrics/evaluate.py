@@ -4,6 +4,11 @@
 they were found under, without the suffix: ``out/0001.png`` pairs with
 ``hq/0001.jpg``, ``out/a/b.png`` with ``hq/a/b.png``. :func:`evaluate` reads each
 pair once, brings it to the size asked for, and runs every metric on it.
+
+Set metrics (``scope="set"``: FID) give one value for the run, of the restored set
+against the reference set. Images pair by name only when a per-image full-reference
+metric is chosen; otherwise ``references`` is a set of its own (other names, another
+count), read beside the restored images.
 """
 
 from __future__ import annotations
@@ -58,16 +63,22 @@ class Pair:
 
 @dataclass
 class EvalResult:
-    """Per-image values (``rows[i][metric]``) and their means, in the metrics' order."""
+    """Per-image values (``rows[i][metric]``) and their means, in the metrics' order;
+    ``sets`` holds the set metrics' one value each, ``set_counts`` the number of
+    restored and reference images they saw."""
 
     metrics: list[MetricInfo]
     pairs: list[Pair]
     rows: list[dict[str, float]] = field(default_factory=list)
+    sets: dict[str, float] = field(default_factory=dict)
+    set_counts: tuple[int, int] = (0, 0)
 
     def mean(self) -> dict[str, float]:
-        """The mean of each metric over the images (NaN for none)."""
+        """The mean of each per-image metric over the images (NaN for none)."""
         out = {}
         for info in self.metrics:
+            if info.scope != "image":
+                continue
             values = [row[info.name] for row in self.rows]
             out[info.name] = math.fsum(values) / len(values) if values else math.nan
         return out
@@ -148,6 +159,17 @@ def pair_files(
     return [Pair(name=k, restored=i.path, reference=refs[k].path) for k, i in items.items()]
 
 
+def needs_pairing(metrics: Sequence[MetricInfo]) -> bool:
+    """Whether the restored images must pair with references by name (a per-image
+    full-reference metric is chosen); set metrics alone compare two sets as they are."""
+    return any(m.reference and m.scope == "image" for m in metrics)
+
+
+def reference_files(reference: Sequence[str], *, recursive: bool = False) -> list[Path]:
+    """The reference set of an unpaired run (set metrics only), in name order."""
+    return [item.path for item in collect_inputs(list(reference), recursive=recursive)]
+
+
 def check_sizes(pairs: Sequence[Pair], options: EvalOptions) -> None:
     """Refuse, before any metric runs, a pair whose sizes differ when nothing resizes them."""
     if options.resize_to is not None:
@@ -192,6 +214,13 @@ def build_metrics(
     return built
 
 
+def _read_reference(path: Path, options: EvalOptions) -> torch.Tensor:
+    ref = read_image(path, keep_alpha=False).rgb[None]
+    if isinstance(options.resize_to, tuple):
+        ref = pil_bicubic(ref, options.resize_to)
+    return ref
+
+
 def _prepare(pair: Pair, options: EvalOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
     x = read_image(pair.restored, keep_alpha=False).rgb[None]
     ref = None if pair.reference is None else read_image(pair.reference, keep_alpha=False).rgb[None]
@@ -215,15 +244,25 @@ def evaluate(
     *,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    references: Sequence[Path] | None = None,
 ) -> EvalResult:
-    """Every metric on every pair; full-reference metrics need pairs with a reference."""
+    """Every metric on every pair; full-reference metrics need pairs with a reference.
+
+    ``references``: the reference set of an unpaired run, for set metrics (FID) only;
+    then no pair may hold a reference and no per-image metric may need one.
+    """
     device = torch.device(device)
-    needs_ref = [m.name for m in metrics if m.reference]
+    per_image = [m for m in metrics if m.scope == "image"]
+    set_metrics = [m for m in metrics if m.scope != "image"]
+    unpaired = references is not None
+    needs_ref = [m.name for m in (per_image if unpaired else metrics) if m.reference]
     if needs_ref and any(p.reference is None for p in pairs):
         raise ConfigError(
             f"{', '.join(needs_ref)} need a reference: pass --reference HQ "
             "(or choose only no-reference metrics)"
         )
+    if set_metrics:
+        _check_set_sizes(set_metrics, pairs, references)
     built = build_metrics(metrics, options, device)
     result = EvalResult(metrics=list(metrics), pairs=list(pairs))
     with torch.inference_mode():
@@ -232,11 +271,35 @@ def evaluate(
             x = x.to(device)
             ref = None if ref is None else ref.to(device)
             row = {}
-            for info in metrics:
+            for info in per_image:
                 try:
                     value = built[info.name](x, ref)
                 except DiffBIRError as exc:
                     raise DiffBIRError(f"{printable(pair.name)}: {info.name}: {exc}") from None
                 row[info.name] = float(value.reshape(-1)[0])
+            for info in set_metrics:
+                built[info.name].add(x, ref)
             result.rows.append(row)
+        for path in tqdm(references or [], desc="eval ref", unit="img", disable=not progress):
+            ref = _read_reference(path, options).to(device)
+            for info in set_metrics:
+                built[info.name].add(None, ref)
+    for info in set_metrics:
+        result.sets[info.name] = built[info.name].value()
+        result.set_counts = built[info.name].counts()
     return result
+
+
+def _check_set_sizes(
+    metrics: Sequence[MetricInfo], pairs: Sequence[Pair], references: Sequence[Path] | None
+) -> None:
+    restored = len(pairs)
+    refs = (
+        len(references) if references is not None else sum(p.reference is not None for p in pairs)
+    )
+    if restored < 2 or refs < 2:
+        names = ", ".join(m.name for m in metrics)
+        raise DiffBIRError(
+            f"{names} compare two sets and need at least 2 images on each side: "
+            f"got {restored} restored and {refs} reference image(s)"
+        )

@@ -24,6 +24,9 @@ class MetricInfo:
     lower_better: bool
     summary: str
     weights: tuple[str, ...] = ()
+    #: ``"image"``: one value per image (the table's mean); ``"set"``: one value for the
+    #: restored set against the reference set (FID), needing no pairing by name.
+    scope: str = "image"
 
 
 def _table(*infos: MetricInfo) -> MappingProxyType:
@@ -68,6 +71,24 @@ METRICS = _table(
     ),
     MetricInfo("niqe", "niqe", False, True, "NIQE on the YIQ luma (pyiqa's default)"),
     MetricInfo("niqe-y", "niqe", False, True, "NIQE on the Y of YCbCr (BasicSR's default)"),
+    MetricInfo(
+        "clipiqa",
+        "clipiqa",
+        False,
+        False,
+        "CLIP-IQA on OpenAI's CLIP RN50, five antonym prompt pairs (pyiqa's clipiqa)",
+        ("RN50.pt",),
+    ),
+    MetricInfo(
+        "fid",
+        "fid",
+        True,
+        True,
+        "FID of the restored set against the reference set (InceptionV3, clean resize); "
+        "one value per run, at least 2 images a side",
+        ("pt_inception-2015-12-05-6726825d.pth",),
+        scope="set",
+    ),
     MetricInfo(
         "musiq",
         "musiq",

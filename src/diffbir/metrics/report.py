@@ -14,23 +14,41 @@ from diffbir.errors import DiffBIRError, printable
 _DECIMALS = 4
 
 
-def _cell(value: float) -> str:
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
     return "nan" if math.isnan(value) else f"{value:.{_DECIMALS}f}"
 
 
+def _per_image(result) -> list[str]:
+    return [m.name for m in result.metrics if m.scope == "image"]
+
+
+def set_label(result) -> str:
+    """The label of the set metrics' row: ``set (restored vs reference images)``."""
+    restored, reference = result.set_counts
+    return f"set ({restored} vs {reference})"
+
+
 def format_table(result, *, per_image: bool = True) -> str:
-    """A plain-text table: one row per image (unless ``per_image`` is false), then the mean."""
+    """A plain-text table: one row per image (unless ``per_image`` is false), then the mean,
+    then (with a set metric such as FID) the ``set`` row of the one value per run."""
     names = [m.name for m in result.metrics]
     header = ["image", *[f"{m.name} {'↓' if m.lower_better else '↑'}" for m in result.metrics]]
     body = []
-    if per_image:
+    has_images = bool(_per_image(result))
+    if per_image and has_images:
         body = [
-            [printable(pair.name), *[_cell(row[n]) for n in names]]
+            [printable(pair.name), *[_cell(row.get(n)) for n in names]]
             for pair, row in zip(result.pairs, result.rows)
         ]
     mean = result.mean()
-    footer = [f"mean ({len(result.rows)})", *[_cell(mean[n]) for n in names]]
-    widths = [max(len(r[i]) for r in [header, *body, footer]) for i in range(len(header))]
+    footer = []
+    if has_images:
+        footer.append([f"mean ({len(result.rows)})", *[_cell(mean.get(n)) for n in names]])
+    if result.sets:
+        footer.append([set_label(result), *[_cell(result.sets.get(n)) for n in names]])
+    widths = [max(len(r[i]) for r in [header, *body, *footer]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         first = cells[0].ljust(widths[0])
@@ -40,12 +58,13 @@ def format_table(result, *, per_image: bool = True) -> str:
     rows = [line(header), rule, *[line(r) for r in body]]
     if body:
         rows.append(rule)
-    rows.append(line(footer))
+    rows.extend(line(r) for r in footer)
     return "\n".join(rows)
 
 
 def to_json(result, options: dict) -> dict:
-    """The results as a JSON-ready mapping: options, metrics, mean, and one entry per image."""
+    """The results as a JSON-ready mapping: options, metrics, mean, one entry per image, and
+    (with a set metric) ``set``: its values and the images counted on each side."""
     images = []
     for pair, row in zip(result.pairs, result.rows):
         entry = {"name": pair.name, "restored": os.fspath(pair.restored)}
@@ -53,7 +72,7 @@ def to_json(result, options: dict) -> dict:
             entry["reference"] = os.fspath(pair.reference)
         entry.update(row)
         images.append(entry)
-    return {
+    data = {
         "metrics": {
             m.name: {"reference": m.reference, "lower_better": m.lower_better, "summary": m.summary}
             for m in result.metrics
@@ -63,6 +82,10 @@ def to_json(result, options: dict) -> dict:
         "mean": result.mean(),
         "images": images,
     }
+    if result.sets:
+        restored, reference = result.set_counts
+        data["set"] = {**result.sets, "restored": restored, "reference": reference}
+    return data
 
 
 def _writable(path: Path) -> None:
@@ -73,7 +96,8 @@ def _writable(path: Path) -> None:
 
 
 def write_csv(path: Path, result) -> None:
-    """One row per image (name, restored, reference, each metric), then a ``mean`` row."""
+    """One row per image (name, restored, reference, each metric), then a ``mean`` row and,
+    with a set metric, a ``set`` row (its values; empty cells for per-image metrics)."""
     _writable(path)
     names = [m.name for m in result.metrics]
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -82,10 +106,16 @@ def write_csv(path: Path, result) -> None:
         for pair, row in zip(result.pairs, result.rows):
             reference = "" if pair.reference is None else os.fspath(pair.reference)
             writer.writerow(
-                [pair.name, os.fspath(pair.restored), reference, *[repr(row[n]) for n in names]]
+                [pair.name, os.fspath(pair.restored), reference, *[_csv(row.get(n)) for n in names]]
             )
         mean = result.mean()
-        writer.writerow(["mean", "", "", *[repr(mean[n]) for n in names]])
+        writer.writerow(["mean", "", "", *[_csv(mean.get(n)) for n in names]])
+        if result.sets:
+            writer.writerow(["set", "", "", *[_csv(result.sets.get(n)) for n in names]])
+
+
+def _csv(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 def write_json(path: Path, result, options: dict) -> None:

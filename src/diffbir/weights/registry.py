@@ -315,6 +315,32 @@ REGISTRY: Mapping[str, WeightFile] = _registry(
         description="DISTS alpha/beta weights of its texture and structure terms",
         license_note="MIT (https://github.com/dingkeyan93/DISTS/blob/master/LICENSE)",
     ),
+    # CLIP-IQA's backbone: OpenAI's CLIP RN50, a TorchScript archive whose URL's folder is
+    # its sha256 (OpenAI's own loader checks the file against it); size not published.
+    WeightFile(
+        name="RN50.pt",
+        url=(
+            "https://openaipublic.azureedge.net/clip/models/"
+            "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt"
+        ),
+        sha256="afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
+        size=None,
+        description="OpenAI CLIP RN50 (image and text towers), the backbone of CLIP-IQA",
+        license_note="MIT (https://github.com/openai/CLIP/blob/main/LICENSE)",
+    ),
+    # FID's InceptionV3: pytorch-fid's port of TensorFlow's 2015-12-05 Inception graph;
+    # only the first 8 hex digits of its sha256 are published (in the name).
+    WeightFile(
+        name="pt_inception-2015-12-05-6726825d.pth",
+        url=(
+            "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+            "pt_inception-2015-12-05-6726825d.pth"
+        ),
+        sha256=None,
+        size=None,
+        description="FID's InceptionV3 (TensorFlow's 2015-12-05 graph, ported by pytorch-fid)",
+        license_note="Apache-2.0 (https://github.com/mseitzer/pytorch-fid/blob/master/LICENSE)",
+    ),
     # MUSIQ (KonIQ-10k): Google Research's official checkpoint as pyiqa converted it to its
     # PyTorch layout (pyiqa's changelog, 2022-02-02), at pyiqa's GitHub release (the same
     # file is on its Hugging Face mirror); no checksum or exact size published.
