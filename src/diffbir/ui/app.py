@@ -29,6 +29,7 @@ from diffbir.ui.core import (
     restore_uploads,
     uncertainty_overlay,
 )
+from diffbir.ui.video import DEFAULT_MAX_VIDEO_FRAMES, restore_video_upload, video_upload
 
 # Imports inside functions here keep `import diffbir` and `diffbir --help` free of torch
 # and of the models' libraries: they load with the command that needs them.
@@ -98,7 +99,9 @@ def build_app(
             "Upload degraded photos (blurred, noisy, compressed, low resolution, old "
             "scans, faces), pick a task and press **Restore**. The first run loads the "
             f"models. Limits: {max_upload_mb:g} MB per file, "
-            f"{max_pixels / 1e6:.1f} megapixels per image, {max_files} images per run."
+            f"{max_pixels / 1e6:.1f} megapixels per image, {max_files} images per run; "
+            f"or one video of at most {DEFAULT_MAX_VIDEO_FRAMES} frames, restored frame "
+            "by frame with temporal consistency (longer clips: `diffbir restore clip.mp4`)."
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -141,7 +144,10 @@ def _input_controls(gr, defaults: FormValues) -> dict[str, Any]:
 
     c: dict[str, Any] = {}
     c["files"] = gr.File(
-        label="Images", file_count="multiple", file_types=["image"], elem_id="inputs"
+        label="Images, or one short video",
+        file_count="multiple",
+        file_types=["image", "video"],
+        elem_id="inputs",
     )
     with gr.Row():
         c["version"] = gr.Dropdown(
@@ -330,8 +336,9 @@ def _result_panel(gr) -> dict[str, Any]:
         elem_id="uncertainty_map",
         height=260,
     )
+    c["video"] = gr.Video(label="Restored video", interactive=False, elem_id="video")
     c["download"] = gr.File(
-        label="Download (full-size PNG)",
+        label="Download (full-size PNG, or the restored MP4)",
         file_count="multiple",
         interactive=False,
         elem_id="download",
@@ -392,9 +399,21 @@ def _wire_runs(gr, form, shown, cache: PipelineCache, out_root: Path, limits: di
     )  # fmt: skip
 
     def on_run(data: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        uploads = [_upload_path(u) for u in data[files] or []]
         try:
+            clip = video_upload(uploads)
+            if clip is not None:  # one short video: the clip loop of diffbir restore
+                restored = restore_video_upload(
+                    clip,
+                    values(data),
+                    cache,
+                    out_root,
+                    max_pixels=limits["max_pixels"],
+                    report=lambda fraction, text: progress(fraction, desc=text),
+                )
+                return _shown_video(restored, shown)
             run = restore_uploads(
-                [_upload_path(u) for u in data[files] or []],
+                uploads,
                 values(data),
                 cache,
                 out_root,
@@ -412,7 +431,8 @@ def _wire_runs(gr, form, shown, cache: PipelineCache, out_root: Path, limits: di
             gr.Warning(failure)
         return _shown_results(run, shown)
 
-    names = ("compare", "stage1", "gallery", "uncertainty", "download", "status", "results")
+    names = ("compare", "stage1", "gallery", "uncertainty", "video", "download", "status")
+    names += ("results",)
     outputs = [shown[n] for n in (*names, "current")]
     form["run_button"].click(
         on_run, {files, *fields}, outputs, concurrency_limit=1, concurrency_id="gpu"
@@ -462,9 +482,28 @@ def _shown_results(run, shown: dict[str, Any]) -> dict:
         shown["stage1"]: str(first.stage1),
         shown["gallery"]: [(str(i.result), i.name) for i in run.images],
         shown["uncertainty"]: table[0]["uncertainty"],
+        shown["video"]: None,
         shown["download"]: [p for row in table for p in row["downloads"]],
         shown["status"]: "\n".join(lines),
         shown["results"]: table,
+        shown["current"]: 0,
+    }
+
+
+def _shown_video(video, shown: dict[str, Any]) -> dict:
+    """What the result panel shows of a restored clip (the photo views emptied)."""
+    lines = [f"**{video.summary()}**; frames {video.size[1]}x{video.size[0]} px."]
+    if video.caption:
+        lines.append(f"- caption *{video.caption}*")
+    return {
+        shown["compare"]: None,
+        shown["stage1"]: None,
+        shown["gallery"]: [],
+        shown["uncertainty"]: None,
+        shown["video"]: str(video.result),
+        shown["download"]: [str(video.result)],
+        shown["status"]: "\n".join(lines),
+        shown["results"]: [],
         shown["current"]: 0,
     }
 
