@@ -97,6 +97,14 @@ METRICS = _table(
         "MUSIQ (KonIQ-10k): a multi-scale transformer's predicted opinion score, about 0..100",
         ("musiq_koniq_ckpt-e95806b9.pth",),
     ),
+    MetricInfo(
+        "maniqa",
+        "maniqa",
+        False,
+        False,
+        "MANIQA (KonIQ-10k): patch-weighted score over 20 fixed 224x224 crops, about 0..1",
+        ("ckpt_koniq10k.pt",),
+    ),
 )
 
 

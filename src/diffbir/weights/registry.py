@@ -315,6 +315,18 @@ REGISTRY: Mapping[str, WeightFile] = _registry(
         description="DISTS alpha/beta weights of its texture and structure terms",
         license_note="MIT (https://github.com/dingkeyan93/DISTS/blob/master/LICENSE)",
     ),
+    WeightFile(
+        name="ckpt_koniq10k.pt",
+        url=f"{_IQA_WEIGHTS}/ckpt_koniq10k.pt",
+        sha256=None,
+        size=None,
+        description="MANIQA trained on KonIQ-10k (pyiqa's default maniqa; ViT-B/8 backbone)",
+        license_note=(
+            "no licence stated: the MANIQA authors' repository "
+            "(https://github.com/IIGROUP/MANIQA) has no licence file; this copy is pyiqa's "
+            "(chaofengc/IQA-PyTorch-Weights); trained on KonIQ-10k, whose terms apply to the data"
+        ),
+    ),
     # CLIP-IQA's backbone: OpenAI's CLIP RN50, a TorchScript archive whose URL's folder is
     # its sha256 (OpenAI's own loader checks the file against it); size not published.
     WeightFile(
