@@ -300,6 +300,6 @@ def _check_set_sizes(
     if restored < 2 or refs < 2:
         names = ", ".join(m.name for m in metrics)
         raise DiffBIRError(
-            f"{names} compare two sets and need at least 2 images on each side: "
+            f"{names}: compares two sets and needs at least 2 images on each side: "
             f"got {restored} restored and {refs} reference image(s)"
         )
