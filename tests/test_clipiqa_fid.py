@@ -283,7 +283,10 @@ def test_fid_refuses_sets_of_one_before_loading_weights(tmp_path):
     pairs = [evaluate.Pair("a", FIXTURES / "hq_a.png")]
     refs = [FIXTURES / "hq_a.png", FIXTURES / "hq_b.png"]
     options = evaluate.EvalOptions(weights_dir=tmp_path, download=False)
-    with pytest.raises(DiffBIRError, match="fid: compares two sets and needs at least 2 images on each side: got 1 restored"):
+    with pytest.raises(
+        DiffBIRError,
+        match="fid: compares two sets and needs at least 2 images on each side: got 1 restored",
+    ):
         evaluate.evaluate(pairs, parse_metrics("fid"), options, progress=False, references=refs)
 
 
