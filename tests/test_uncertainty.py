@@ -242,6 +242,27 @@ def test_one_sample_detail_map_and_resume(tmp_path):
     assert summary.skipped == 1 and not heat.exists()
 
 
+def test_resuming_makes_the_spread_from_samples_already_written(tmp_path, capsys):
+    src = _photo(tmp_path / "cat.png")
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    plain = resolve(
+        get_preset("v2.1", "sr"), RestoreOptions(upscale=2, n_samples=2, captioner="none")
+    )
+    restorer = SameEveryTime(differ=True)
+    _job([src], out, plain).run({}, pipeline=restorer)  # a run without --uncertainty
+    assert not map_paths(out / "cat.png")[0].exists()
+    again = _job([src], out, _config(n_samples=2), skip_existing=True, verbose=True)
+    summary = again.run({}, pipeline=restorer)
+    assert summary.ok and summary.skipped == 1 and restorer.calls == 1  # no model run
+    assert "1 uncertainty map(s) made from the samples already written" in capsys.readouterr().err
+    _job([src], fresh, _config(n_samples=2)).run({}, pipeline=restorer)
+    assert torch.equal(
+        read_raw(out / "cat.uncertainty-raw.png"), read_raw(fresh / "cat.uncertainty-raw.png")
+    )
+    with Image.open(out / "cat.uncertainty.png") as heat:
+        assert heat.info["uncertainty_from"] == "the written samples"
+
+
 def test_a_map_over_another_inputs_output_is_refused(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

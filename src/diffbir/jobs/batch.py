@@ -40,8 +40,8 @@ from diffbir.imaging.paths import collect_inputs, output_paths_for
 from diffbir.imaging.profiles import output_profile
 from diffbir.jobs.loop import RunLoop, Work, output_metadata, size_problem
 from diffbir.jobs.sharding import Shard
-from diffbir.restore.plan import MAX_OUTPUT_PIXELS
 from diffbir.restore.factory import load_restorer
+from diffbir.restore.plan import MAX_OUTPUT_PIXELS
 from diffbir.restore.prompts import prompt_for_file
 from diffbir.restore.uncertainty import map_paths, uncertainty_map, write_maps
 from diffbir.video import run as video_run
@@ -336,7 +336,7 @@ class RestoreJob:
                 continue
             made += 1
         summary.skipped += made
-        if made and self.progress:
+        if made and (self.progress or self.verbose):
             print(
                 f"diffbir: {made} uncertainty map(s) made from the samples already written",
                 file=sys.stderr,
