@@ -252,7 +252,7 @@ def test_fid_rises_with_noise(inception, features):
         noisy = []
         for seed, name in enumerate(("hq_a", "hq_b")):
             x = _image(name)
-            noise = np.random.default_rng(seed).standard_normal(x.shape)
+            noise = torch.from_numpy(np.random.default_rng(seed).standard_normal(x.shape))
             noisy.append(inception_features(inception, (x + sigma * noise).clamp(0, 1).float()))
         values.append(frechet_distance(np.concatenate(noisy), ref))
     assert abs(values[0]) < 1e-9 < values[1] < values[2]
