@@ -318,3 +318,46 @@ def test_output_names(tmp_path):
     frames = vrun.ClipSource(tmp_path / "reel", frames_folder=True)
     assert vrun.output_for(frames, tmp_path, VideoOptions(codec="png")).name == "reel"
     assert fractions.Fraction(1, 25) == 1 / fractions.Fraction(25)
+
+
+class _CaptionsEachScene:
+    """A restorer that returns its input and captions a frame by its mean level."""
+
+    device = torch.device("cpu")
+
+    def image_prompts(self, lq, config, given=None):
+        from diffbir.restore.prompts import ImagePrompt
+
+        if given and given[0] is not None:
+            return [given[0]]
+        caption = f"level {round(float(lq.mean()) * 100)}"
+        return [ImagePrompt(caption, "", caption)]
+
+    def prepare_image_prompts(self, prompts):
+        pass
+
+    def restore(self, lq, config, prompts, latent_hook=None):
+        from diffbir.restore.base import RestoreResult
+
+        self.seen = [*getattr(self, "seen", []), prompts[0].caption]
+        return RestoreResult(image=lq, stage1=lq, config=config, prompts=prompts)
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_captions_per_scene_follow_the_cuts(pipe, tmp_path, temporal):
+    src, _ = _clip(tmp_path, n=5, cut_at=3, audio=False)
+    config = pipe.resolve(RestoreOptions(**FAST))
+    restorer = _CaptionsEachScene()
+    runs = {}
+    for captions in ("clip", "scene"):
+        video = VideoOptions(temporal=temporal, codec="ffv1", captions=captions)
+        out = tmp_path / captions / "clip.mkv"
+        runs[captions] = vrun.restore_clip(
+            restorer, config, video, vrun.ClipSource(src), out, progress=False
+        )
+    scene = runs["scene"]
+    assert scene.cuts == [0, 3] and len(scene.prompts) == 2
+    assert scene.prompts[0].caption != scene.prompts[1].caption
+    assert restorer.seen[5:] == [scene.prompts[0].caption] * 3 + [scene.prompts[1].caption] * 2
+    assert len(runs["clip"].prompts) == 1  # one caption for the clip
+    assert restorer.seen[:5] == [runs["clip"].prompts[0].caption] * 5

@@ -279,13 +279,15 @@ def restore_clip(
         disable=not progress,
         leave=False,
     )
+    # Cuts are found where the flow is followed, and for captions per scene.
+    scenes = video.temporal or video.captions == "scene"
     previous_gray = None
     count, restored, number = 0, 0, 0
     chunk: list[tuple[int, np.ndarray]] = []
     with bar:
         frames = _frames(source, video, header)
         for frame in frames:
-            gray = vflow.flow_gray(frame.rgb) if propagation is not None else None
+            gray = vflow.flow_gray(frame.rgb) if scenes else None
             if number < done_chunks:  # a finished chunk: its frames are only decoded
                 count += 1
                 if count % video.chunk_frames == 0:
@@ -298,7 +300,7 @@ def restore_clip(
                 motion = vflow.motion(previous_gray, gray)
                 if vflow.is_cut(motion, video.scene_threshold):
                     motion = None
-            if count == 0 or (propagation is not None and motion is None):
+            if count == 0 or (scenes and motion is None):
                 cuts.append(count)
                 if video.captions == "scene" or scene_prompt is None:
                     scene_prompt = None
