@@ -312,6 +312,7 @@ def test_the_web_ui_lays_the_map_over_the_result(tmp_path):
     assert again.name.endswith("_overlay_000.png")
     assert torch.equal(read_image(again).rgb, result)
     assert FormValues(uncertainty=False, uncertainty_samples=4).to_options().n_samples == 1
+    assert item.uncertainty_note.startswith("spread of 2 samples: mean ")
 
 
 # ------------------------------------------------------------------ the tiny release

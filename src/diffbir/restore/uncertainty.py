@@ -89,6 +89,15 @@ class UncertaintyMap:
     kind: str
     samples: int
 
+    def describe(self) -> str:
+        """One line for people: the measure and its mean, 99th percentile and maximum."""
+        values = self.levels.flatten()
+        what = f"spread of {self.samples} samples" if self.kind == "spread" else "detail vs stage 1"
+        return (
+            f"{what}: mean {float(values.mean()):.1f}, 99th percentile "
+            f"{_quantile(values, 0.99):.1f}, max {float(values.max()):.1f} levels"
+        )
+
     def metadata(self) -> dict[str, str]:
         """What the map's files record of it."""
         values = self.levels.flatten()

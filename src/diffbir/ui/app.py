@@ -475,6 +475,9 @@ def _shown_results(run, shown: dict[str, Any]) -> dict:
     first = run.images[0]
     lines = [f"**{run.summary()}**; result {first.size[1]}x{first.size[0]} px."]
     lines += [f"- {i.name}: caption *{i.caption}*" for i in run.images if i.caption]
+    lines += [
+        f"- {i.name}: uncertainty, {i.uncertainty_note}" for i in run.images if i.uncertainty_note
+    ]
     lines += [f"- {failure}" for failure in run.failures]
     table = [results_row(i) for i in run.images]
     return {

@@ -279,6 +279,7 @@ class RestoredImage:
     uncertainty: Path | None = None
     uncertainty_raw: Path | None = None
     overlay: Path | None = None
+    uncertainty_note: str = ""  # the map's measure and figures, for the page
 
 
 @dataclass
@@ -431,6 +432,7 @@ class UploadSink:
             umap = uncertainty_map(rows, result.stage1[first])
             shown.uncertainty, shown.uncertainty_raw = write_maps(shown.result, umap, metadata)
             shown.overlay = uncertainty_overlay(shown.result, shown.uncertainty_raw, self.opacity)
+            shown.uncertainty_note = umap.describe()
         self.images.append(shown)
 
 
