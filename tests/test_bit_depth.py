@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from diffbir.imaging.icc_build import make_profile
 
 from diffbir.cli import main
+from diffbir.imaging.icc_build import make_profile
 from diffbir.imaging.io import read_image, write_image
 
 

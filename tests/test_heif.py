@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diffbir.imaging.icc_build import make_profile
 from PIL import Image, features
 
 from diffbir.cli import main
 from diffbir.errors import ImageReadError
 from diffbir.imaging import heif, profiles
+from diffbir.imaging.icc_build import make_profile
 from diffbir.imaging.io import read_image, read_image_size
 
 RED_SRGB = np.array([[[200, 40, 40]]], dtype=np.uint8)

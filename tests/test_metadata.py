@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffbir.imaging.icc_build import make_profile
 from PIL import Image, JpegImagePlugin
 
 from diffbir.cli import main
+from diffbir.imaging.icc_build import make_profile
 from diffbir.imaging.io import read_image, write_image
 from diffbir.imaging.metadata import SourceMetadata, exif_for_output, xmp_for_output
 

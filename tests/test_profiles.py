@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from diffbir.imaging.icc_build import SPACES, make_profile
 from PIL import Image, ImageCms
 
 from diffbir.errors import DiffBIRWarning
 from diffbir.imaging import profiles
+from diffbir.imaging.icc_build import SPACES, make_profile
 from diffbir.imaging.io import read_image, write_image
 
 # A known colour (sRGB 8-bit) well inside every gamut: a foliage green and a skin tone.
