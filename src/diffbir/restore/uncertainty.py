@@ -1,8 +1,8 @@
 """Where the model invented: a per-pixel map of how much a restoration depends on chance.
 
 ``diffbir restore --uncertainty`` (and the web UI's toggle) writes one map per input,
-at the output's size and orientation, in 8-bit levels (0..255 of the written sRGB
-values). Two measures, picked by the number of samples:
+at the output's size and orientation, in 8-bit levels (0..255 of the restored sRGB
+values, before any conversion to an output profile). Two measures, picked by the number of samples:
 
 * **spread** (``--n-samples N``, N >= 2): the restorations of one input with N
   different noise draws differ where the model chose freely. Per pixel,
@@ -105,7 +105,7 @@ class UncertaintyMap:
             "uncertainty": self.kind,
             "uncertainty_samples": str(self.samples),
             "uncertainty_formula": FORMULAS[self.kind],
-            "uncertainty_units": "8-bit levels of the written sRGB values",
+            "uncertainty_units": "8-bit levels of the restored image in sRGB",
             "uncertainty_scale": f"heat map 0..{SCALE_LEVELS:g} levels, black to pale yellow",
             "uncertainty_raw": f"{RAW_SUFFIX}: 16-bit grey, levels = value / {RAW_PER_LEVEL}",
             "uncertainty_mean": f"{float(values.mean()):.3f}",
