@@ -42,15 +42,15 @@ def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
 
 def ycbcr_y(x: torch.Tensor) -> torch.Tensor:
     """The Y of BT.601 YCbCr of an RGB batch in [0, 1], on the [0, 1] scale (16/255..235/255)."""
-    w = torch.tensor(YCBCR_Y_WEIGHTS, dtype=x.dtype, device=x.device)
-    y = torch.matmul(x.permute(0, 2, 3, 1), w[:, None]).permute(0, 3, 1, 2)
+    a, b, c = YCBCR_Y_WEIGHTS
+    y = (x[:, 0:1] * a + x[:, 1:2] * b) + x[:, 2:3] * c
     return (y + YCBCR_Y_OFFSET) / 255.0
 
 
 def yiq_y(x: torch.Tensor) -> torch.Tensor:
     """The Y of YIQ (0.299 R + 0.587 G + 0.114 B) of an RGB batch, on ``x``'s scale."""
-    w = torch.tensor(YIQ_Y_WEIGHTS, dtype=x.dtype, device=x.device)
-    return torch.matmul(x.permute(0, 2, 3, 1), w[:, None]).permute(0, 3, 1, 2)
+    a, b, c = YIQ_Y_WEIGHTS
+    return (x[:, 0:1] * a + x[:, 1:2] * b) + x[:, 2:3] * c
 
 
 def psnr(
