@@ -31,18 +31,27 @@ def ref():
     return load_file(Path(__file__).parent / "fixtures" / "diffusion" / "io.safetensors")
 
 
+def _same_to_the_ulp(ours: torch.Tensor, golden: torch.Tensor) -> None:
+    """Equal but for float64 rounding: the zero-terminal-SNR rescale (square roots, a
+    shift, squares, ratios) lands one ulp apart at a few timesteps depending on the
+    CPU's vector kernels (seen on an AVX-512/AMX Xeon against the values recorded on
+    AVX2); relative 1e-12 is a thousand times finer than float32, the models' precision."""
+    assert ours.dtype == golden.dtype == torch.float64
+    torch.testing.assert_close(ours, golden, rtol=1e-12, atol=0.0)
+
+
 @pytest.mark.parametrize("name", ["sd", "zsnr"])
-def test_schedules_match_reference_exactly(ref, name):
+def test_schedules_match_reference(ref, name):
     sched = NoiseSchedule.from_name(name)
     assert sched.betas.dtype == torch.float64
-    assert torch.equal(sched.betas, ref[f"{name}_betas"])
-    assert torch.equal(sched.alphas_cumprod, ref[f"{name}_alphas_cumprod"])
+    _same_to_the_ulp(sched.betas, ref[f"{name}_betas"])
+    _same_to_the_ulp(sched.alphas_cumprod, ref[f"{name}_alphas_cumprod"])
 
 
 def test_building_blocks_match_reference(ref):
     betas = scaled_linear_betas(1000, 0.00085, 0.012)
     assert torch.equal(betas, ref["sd_betas"])
-    assert torch.equal(rescale_zero_terminal_snr(betas), ref["zsnr_betas"])
+    _same_to_the_ulp(rescale_zero_terminal_snr(betas), ref["zsnr_betas"])
 
 
 @pytest.mark.parametrize("steps", [10, 20, 50])
