@@ -321,6 +321,41 @@ def test_restore_uploads_writes_full_size_png_stage1_and_before(tmp_path):
     assert "1 restored" in run.summary() and "failed" not in run.summary()
 
 
+def test_restore_uploads_shows_srgb_of_a_wide_gamut_photo_with_its_exif(tmp_path):
+    """The page works in sRGB (what browsers show): an Adobe RGB upload is converted, its
+    result is tagged sRGB, and its date and camera are carried, its GPS position not."""
+    from diffbir.imaging import profiles
+    from diffbir.imaging.icc_build import make_profile
+
+    adobe = make_profile("Adobe RGB (1998)")
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[:, :8] = (150, 120, 90)
+    pixels[:, 8:] = (40, 160, 200)
+    exif = Image.Exif()
+    exif[0x0110] = "Rolleiflex"
+    exif.get_ifd(0x8769)[0x9003] = "1961:07:14 10:00:00"
+    exif.get_ifd(0x8825)[2] = (52.0, 31.0, 0.0)
+    src = tmp_path / "scan.jpg"
+    Image.fromarray(pixels).save(src, icc_profile=adobe, exif=exif, quality=100, subsampling=0)
+    run = restore_uploads(
+        [src], FormValues(upscale=1), PipelineCache(CountingFactory()), tmp_path / "out"
+    )
+    item = run.images[0]
+    expected = np.asarray(profiles.to_srgb_image(Image.fromarray(pixels), adobe))
+    for path, flip in ((item.before, False), (item.result, True)):
+        with Image.open(path) as png:
+            assert profiles.is_srgb(png.info["icc_profile"])
+            shown = np.asarray(png.convert("RGB")).astype(int)
+        want = 255 - expected.astype(int) if flip else expected.astype(int)
+        assert np.abs(shown - want).max() <= 2, path.name  # JPEG at q100, a level of rounding
+    assert np.abs(expected.astype(int) - pixels).max() > 10  # the conversion did something
+    with Image.open(item.result) as png:
+        carried = png.getexif()
+        assert carried[0x0110] == "Rolleiflex"
+        assert carried.get_ifd(0x8769)[0x9003] == "1961:07:14 10:00:00"
+        assert not carried.get_ifd(0x8825)
+
+
 def test_restore_uploads_keeps_transparency(tmp_path):
     src = _image(tmp_path / "logo.png", size=(16, 16), mode="RGBA")
     run = restore_uploads(

@@ -415,10 +415,16 @@ class UploadSink:
         size = (int(restored.shape[-2]), int(restored.shape[-1]))
         metadata = output_metadata(result, work.source, index)
         folder = self.folder
+        # sRGB, what the browser shows; the photo's EXIF/XMP carried, its GPS position not.
+        carry = None if image.metadata.empty else image.metadata.without_gps()
         shown = RestoredImage(
             name=name,
             result=write_image(
-                folder / f"{stem}_diffbir.png", restored, alpha=image.alpha, metadata=metadata
+                folder / f"{stem}_diffbir.png",
+                restored,
+                alpha=image.alpha,
+                metadata=metadata,
+                carry=carry,
             ),
             stage1=write_image(folder / f"{stem}_stage1.png", result.stage1[first].float().cpu()),
             before=write_image(folder / f"{stem}_input.png", resized_like(image.rgb, size)),
