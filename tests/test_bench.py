@@ -183,3 +183,27 @@ def test_ctrl_c_leaves_nothing_half_written(release, single_thread, tmp_path, mo
     monkeypatch.undo()
     assert main(_args(release, hq, out, "--configs", "v2.1:steps=1", "--no-plots")) == 0
     assert (folder / "result.json").is_file() and (folder / "images" / "img0.png").is_file()
+
+
+def test_the_report_reads_set_metrics_like_fid():
+    """FID is one value per configuration (``eval.set``), not a per-image mean: the table
+    and the time plot's axis find it there."""
+    from types import SimpleNamespace
+
+    from diffbir.bench.report import table
+    from diffbir.metrics.names import parse_metrics
+
+    metrics = parse_metrics("psnr,fid")
+    data = {
+        "eval": {
+            "metrics": {"psnr": {}, "fid": {}},
+            "mean": {"psnr": 24.5},
+            "set": {"fid": 61.25, "restored": 2, "reference": 2},
+            "count": 2,
+        },
+        "seconds_per_image": 1.5,
+        "peak_memory_bytes": None,
+    }
+    outcome = SimpleNamespace(config=SimpleNamespace(name="v2.1"), data=data, failed=None)
+    row = table([outcome], metrics).splitlines()[-1]
+    assert "24.5" in row and "61.25" in row

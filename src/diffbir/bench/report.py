@@ -42,7 +42,7 @@ def table(outcomes, metrics) -> str:
             cells = [name, *["-"] * len(metrics), "-", "-", f"failed: {outcome.failed}"]
         else:
             data = outcome.data
-            mean = data["eval"]["mean"]
+            mean = _values(data)
             cells = [name, *[_cell(mean.get(m.name)) for m in metrics]]
             cells += [
                 _cell(data["seconds_per_image"], 3),
@@ -51,6 +51,14 @@ def table(outcomes, metrics) -> str:
             ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _values(data: dict) -> dict:
+    """A configuration's metric values: the per-image means and the set metrics (FID)."""
+    evaluated = data["eval"]
+    sets = evaluated.get("set", {})
+    known = evaluated.get("metrics", {})
+    return {**evaluated["mean"], **{k: v for k, v in sets.items() if k in known}}
 
 
 def _axes(metrics):
@@ -94,7 +102,7 @@ def fidelity_plot(outcomes, metrics, path: Path) -> bool:
     for outcome in done:
         values = {k: v for k, v in outcome.data["values"].items() if k != "guidance"}
         key = " ".join([outcome.data["version"], *[f"{k}={v}" for k, v in values.items()]])
-        mean = outcome.data["eval"]["mean"]
+        mean = _values(outcome.data)
         curves.setdefault(key, []).append(
             (outcome.data.get("guidance_scale"), mean[realness.name], mean[fidelity.name])
         )
@@ -127,7 +135,7 @@ def time_plot(outcomes, metrics, path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for outcome in done:
         x = outcome.data["seconds_per_image"]
-        y = outcome.data["eval"]["mean"][quality.name]
+        y = _values(outcome.data)[quality.name]
         axes.scatter([x], [y])
         axes.annotate(outcome.config.name, (x, y), textcoords="offset points", xytext=(4, 4))
     axes.set_xlabel("seconds per image")
