@@ -30,12 +30,8 @@ from tqdm.auto import tqdm
 from diffbir.config.settings import RunConfig
 from diffbir.errors import DiffBIRError, printable
 from diffbir.faces import image_to_tensor
-from diffbir.imaging.io import (
-    check_writable_folder,
-    read_image,
-    remove_stale_temp_files,
-    write_image,
-)
+from diffbir.imaging.atomic import check_writable_folder, remove_stale_temp_files
+from diffbir.imaging.io import read_image, write_image
 from diffbir.imaging.paths import collect_inputs, output_paths_for
 from diffbir.imaging.profiles import output_profile
 from diffbir.jobs.loop import RunLoop, Work, output_metadata, size_problem

@@ -237,7 +237,8 @@ def write_maps(
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from diffbir.imaging.io import ImageWriteError, _atomic_write, write_image
+    from diffbir.imaging.atomic import ImageWriteError, atomic_write
+    from diffbir.imaging.io import write_image
 
     heat, raw = map_paths(out)
     text = {**(metadata or {}), **umap.metadata()}
@@ -249,7 +250,7 @@ def write_maps(
     grey.save(buffer, format="PNG", pnginfo=info)
     try:
         raw.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(raw, lambda f: f.write(buffer.getvalue()))
+        atomic_write(raw, lambda f: f.write(buffer.getvalue()))
     except OSError as err:
         reason = printable(err.strerror or err)
         raise ImageWriteError(f"{printable(raw.name)}: cannot write ({reason})") from None

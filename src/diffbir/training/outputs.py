@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from diffbir.errors import ConfigError
-from diffbir.imaging.io import fsync_dir
+from diffbir.imaging.atomic import fsync_dir
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
