@@ -26,12 +26,13 @@ Without full-size weights it runs on the tests' tiny random-weight release
 (``tests/tiny_release.py``), or with ``--full-size-random`` on the released
 architectures with random weights (``benchmarks/bench_pipeline.py``'s v2.1 ``sr``
 pipeline, ``benchmarks/bench_hypir.py``'s HYPIR; on a CPU keep the clip small:
-``--size 128 --seconds 1``): the figures then say how much the temporal methods remove of
+``--size 64 --fps 12 --seconds 1 --min-side 64 --hypir-tile 64``): the figures then say how much the temporal methods remove of
 what random weights make flicker, not what a trained model does. Run from the
 repository root::
 
     python benchmarks/bench_video.py --threads 2 --steps 4
-    python benchmarks/bench_video.py --threads 2 --steps 4 --full-size-random --seconds 1
+    python benchmarks/bench_video.py --threads 2 --steps 2 --full-size-random \
+        --size 64 --fps 12 --seconds 1 --min-side 64 --hypir-tile 64
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ def main() -> int:
     parser.add_argument("--min-side", type=int, default=128, help="DiffBIR's diffusion side")
     parser.add_argument("--steps", type=int, default=None, help="DiffBIR steps (release's)")
     parser.add_argument("--strength", type=float, default=None, help="--temporal-strength")
+    parser.add_argument(
+        "--hypir-tile", type=int, default=256, help="HYPIR's patch (its diffusion side)"
+    )
     parser.add_argument("--output", type=float, default=None, help="--temporal-output")
     parser.add_argument(
         "--full-size-random",
@@ -227,7 +231,7 @@ def main() -> int:
             if args.steps:
                 options.update(steps=args.steps)
         else:
-            options.update(latent_tile=256)  # the tiny clip fits one 256 patch
+            options.update(latent_tile=args.hypir_tile)  # the clip fits one patch
         config = restorer.resolve(RestoreOptions(**options))
         for temporal in (False, True):
             knobs = {}
