@@ -57,7 +57,38 @@ def describe_seconds(seconds: float) -> str:
     return f"about {seconds / 3600:.1f} h"
 
 
-def warn_if_long(device_type: str, seconds: float, out_hw: tuple[int, int], threads: int) -> None:
+def say_if_long(
+    device_type: str,
+    out_hw: tuple[int, int],
+    *,
+    sampled_pixels: float,
+    vae_pixels: float,
+    unet_calls: int,
+    controlnet: bool,
+    threads: int,
+) -> None:
+    """A restorer's note before a long CPU run: :func:`cpu_seconds` of its work (what
+    each restorer counts of its own tiles), then :func:`warn_if_long`."""
+    if device_type != "cpu":
+        return
+    seconds = cpu_seconds(
+        sampled_pixels=sampled_pixels,
+        vae_pixels=vae_pixels,
+        unet_calls=unet_calls,
+        controlnet=controlnet,
+        threads=threads,
+    )
+    warn_if_long(device_type, seconds, out_hw, threads, stacklevel=4)
+
+
+def warn_if_long(
+    device_type: str,
+    seconds: float,
+    out_hw: tuple[int, int],
+    threads: int,
+    *,
+    stacklevel: int = 3,
+) -> None:
     """One note (a :class:`DiffBIRWarning`, printed once as a line by the CLI) when a CPU
     run of an ``out_hw`` output is expected to take more than :data:`LONG_RUN_SECONDS`."""
     if device_type != "cpu" or seconds <= LONG_RUN_SECONDS:
@@ -68,5 +99,5 @@ def warn_if_long(device_type: str, seconds: float, out_hw: tuple[int, int], thre
         f"CPU with {threads} threads (from stored 2-core fp32 figures, benchmarks/RESULTS.md); "
         "a lower --upscale or --steps, or a GPU (--device cuda), shortens it",
         DiffBIRWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )

@@ -59,7 +59,7 @@ from diffbir.models.tokenizer import load_tokenizer
 from diffbir.models.vae import VAE_SCALE
 from diffbir.restore import stages
 from diffbir.restore.base import LatentHook, RestoreResult
-from diffbir.restore.estimate import cpu_seconds, warn_if_long
+from diffbir.restore.estimate import say_if_long
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import dtype_name, load_model_config, load_stage1, parse_dtype
 from diffbir.restore.plan import (
@@ -371,15 +371,15 @@ class HypirRestorer:
         ]
         sampled = min(tiles.patch, h) * min(tiles.patch, w) * spans[0] * spans[1]
         images = config.n_samples if config.n_samples > 1 else rows
-        threads = torch.get_num_threads()
-        seconds = cpu_seconds(
+        say_if_long(
+            self.device.type,
+            target_hw,
             sampled_pixels=sampled,
             vae_pixels=h * w * images,
             unet_calls=images,
             controlnet=False,
-            threads=threads,
+            threads=torch.get_num_threads(),
         )
-        warn_if_long(self.device.type, seconds, target_hw, threads)
 
     # ---------------------------------------------------------------- stages
     def tiles(self, target_hw: tuple[int, int], config: RunConfig) -> HypirTiles:

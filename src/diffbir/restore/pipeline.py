@@ -50,7 +50,7 @@ from diffbir.models.stage2 import load_stage2
 from diffbir.models.tokenizer import load_tokenizer
 from diffbir.restore import stages
 from diffbir.restore.base import LatentHook, RestoreResult, hooked_guidance
-from diffbir.restore.estimate import cpu_seconds, warn_if_long
+from diffbir.restore.estimate import say_if_long
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import (
     dtype_name,
@@ -458,15 +458,15 @@ class DiffBIRPipeline:
         sampled = sum((b - t) * (r - left) for t, b, left, r in boxes) * LATENT_FACTOR**2
         images = config.n_samples if config.n_samples > 1 else rows
         calls = config.steps * (1 if config.cfg_scale == 1 else 2) * images
-        threads = torch.get_num_threads()
-        seconds = cpu_seconds(
+        say_if_long(
+            self.device.type,
+            plan.target_hw,
             sampled_pixels=sampled,
             vae_pixels=cond_h * cond_w * images,
             unet_calls=calls,
             controlnet=True,
-            threads=threads,
+            threads=torch.get_num_threads(),
         )
-        warn_if_long(self.device.type, seconds, plan.target_hw, threads)
 
     def _start(self, cond_latent: torch.Tensor, noise, config: RunConfig):
         """The sampler's start ``x_T``, the ControlNet's condition (noise-augmented when
