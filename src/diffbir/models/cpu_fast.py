@@ -18,6 +18,14 @@ Every fast path is taken only for float32 CPU tensors with autograd off
 PyTorch/diffusers computation otherwise, so training and other devices and
 dtypes are untouched. Results equal the stock path up to float32 rounding
 (relative differences around 1e-7..1e-6, from a different summation order).
+
+bfloat16 takes the same paths where oneDNN computes bf16 natively
+(:func:`bf16_supported`: AVX512-BF16 or AMX), all tensors bf16: oneDNN's
+bf16 GEMMs and convolutions accumulate in float32 and round once; the larger
+convolutions run channels-last (oneDNN's bf16 kernels want it, and the
+activations then stay channels-last from block to block); attention is
+PyTorch's fused kernel, which keeps the scores and softmax in float32. The
+float32 path is the same code as before, bit for bit.
 """
 
 from __future__ import annotations
@@ -43,16 +51,26 @@ def _has_onednn_linear() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+@functools.cache
+def bf16_supported() -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    return _has_onednn_linear() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def onednn_eligible(*tensors: torch.Tensor) -> bool:
-    """True when the oneDNN fast path applies: autograd off, all tensors float32 on CPU,
-    and not while ``torch.compile`` traces (the compiler picks its own kernels)."""
+    """True when the oneDNN fast path applies: autograd off, all tensors on CPU and
+    float32 (or all bfloat16 where :func:`bf16_supported`), and not while
+    ``torch.compile`` traces (the compiler picks its own kernels)."""
     if torch.compiler.is_compiling():
         return False
     if torch.is_grad_enabled() or not torch.backends.mkldnn.enabled:
         return False
     if not _has_onednn_linear():
         return False
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    dtype = tensors[0].dtype if tensors else torch.float32
+    if dtype != torch.float32 and not (dtype == torch.bfloat16 and bf16_supported()):
+        return False
+    return all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
 
 
 def _matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,7 +107,10 @@ def _small_conv_as_matmul(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | No
         return None
     out_ch = conv.out_channels
     weight = conv.weight.reshape(out_ch, -1)
-    if (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and (ph, pw) == (0, 0):
+    pointwise = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and (ph, pw) == (0, 0)
+    if x.dtype == torch.bfloat16:
+        return _small_conv_bf16(conv, x, weight, pointwise, b * oh * ow)
+    if pointwise:
         # out[b] = W @ x[b]: give oneDNN x[b] transposed (a view) as the "weight".
         if not x.is_contiguous():
             return None
@@ -105,6 +126,25 @@ def _small_conv_as_matmul(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | No
     return out.transpose(1, 2).reshape(b, out_ch, oh, ow)
 
 
+def _small_conv_bf16(
+    conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, pointwise: bool, pixels: int
+) -> torch.Tensor | None:
+    """The bf16 side of :func:`_small_conv_as_matmul`: a 1x1 convolution as one matmul
+    of the channels-last rows (channels-last out), a small output as unfold + matmul."""
+    b, _, h, w = x.shape
+    if pointwise:
+        rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        out = _matmul_t(rows.reshape(b, h * w, -1), weight, conv.bias)
+        return out.view(b, h, w, -1).permute(0, 3, 1, 2)
+    if pixels > _SMALL_CONV_PIXELS * (2 if conv.in_channels >= _WIDE_CONV_CHANNELS else 1):
+        return None
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    out = _matmul_t(cols.transpose(1, 2), weight, conv.bias)  # b, L, out
+    oh = h + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1
+    oh = oh // conv.stride[0] + 1
+    return out.transpose(1, 2).reshape(b, conv.out_channels, oh, -1)
+
+
 class FastConv2d(nn.Conv2d):
     """``nn.Conv2d`` that, in no-grad float32 CPU inference, runs 1x1 convolutions
     and convolutions with a small output as oneDNN matmuls (the other cases are
@@ -115,6 +155,8 @@ class FastConv2d(nn.Conv2d):
             out = _small_conv_as_matmul(self, x)
             if out is not None:
                 return out
+            if x.dtype == torch.bfloat16 and x.dim() == 4:
+                return super().forward(x.contiguous(memory_format=torch.channels_last))
         return super().forward(x)
 
 
@@ -132,6 +174,13 @@ def attention(
     m = k.shape[1]
     dim = inner // heads
     scale = dim**-0.5 if scale is None else scale
+    if q.dtype != torch.float32:  # bf16: the fused kernel, scores and softmax in float32
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, t.shape[1], heads, t.shape[-1] // heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
+        return out.transpose(1, 2).reshape(batch, n, -1)
     out = torch.empty(batch, n, v.shape[-1], dtype=q.dtype, device=q.device)
     vdim = v.shape[-1] // heads
     block = max(1, min(n, _SCORE_BLOCK // max(m, 1)))

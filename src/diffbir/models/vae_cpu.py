@@ -25,6 +25,11 @@ up to ~1e-4 relative at 512x512 (the NCHW kernel is exact to rounding). Ours
 takes per-channel sums (cascade summation) and then centred squares, so it
 matches the NCHW kernel to float32 rounding.
 
+bfloat16 models take the same path where oneDNN computes bf16 natively
+(:func:`diffbir.models.cpu_fast.bf16_supported`): bf16 activations and
+convolutions, GroupNorm statistics, scale and shift in float32 (each value
+normalised in float32 and rounded once to bf16).
+
 The modules' parameters are read as they are; nothing is copied or
 converted. :func:`encode_moments` / :func:`decode` return None when the
 model has a part this path does not know (then the caller runs the stock
@@ -96,21 +101,26 @@ def group_norm(
     blocks = range(0, h * w, _STATS_ROWS)
     # Block sums added in float64: a long float32 running sum would lose digits.
     total = torch.zeros(n, c, dtype=torch.float64, device=x.device)
+    # The statistics, scale and shift in float32 also for bf16 activations.
+    stats = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+    wide = {"dtype": stats} if stats != x.dtype else {}
     for start in blocks:
-        total += rows[:, start : start + _STATS_ROWS].sum(1)
-    mean = (total.view(n, groups, -1).sum(-1, keepdim=True) / count).to(x.dtype)  # n, G, 1
+        total += rows[:, start : start + _STATS_ROWS].sum(1, **wide)
+    mean = (total.view(n, groups, -1).sum(-1, keepdim=True) / count).to(stats)  # n, G, 1
     mean_c = mean.expand(n, groups, c // groups).reshape(n, 1, c)
     total.zero_()
     for start in blocks:
         total += (rows[:, start : start + _STATS_ROWS] - mean_c).square_().sum(1)
-    var = (total.view(n, groups, -1).sum(-1, keepdim=True) / count).to(x.dtype)
+    var = (total.view(n, groups, -1).sum(-1, keepdim=True) / count).to(stats)
     rstd = torch.rsqrt(var + norm.eps)  # n, G, 1
     scale = rstd.expand(n, groups, c // groups).reshape(n, 1, c)
     if norm.affine:
-        scale = scale * norm.weight.view(1, 1, c)
-        shift = norm.bias.view(1, 1, c) - mean_c * scale
+        scale = scale * norm.weight.view(1, 1, c).to(stats)
+        shift = norm.bias.view(1, 1, c).to(stats) - mean_c * scale
     else:
         shift = -mean_c * scale
+    if out is None and stats != x.dtype:
+        out = torch.empty_like(x, memory_format=torch.channels_last)
     if out is None:
         result = torch.addcmul(shift, rows, scale)
     else:
