@@ -7,6 +7,7 @@ import json
 import pytest
 
 from diffbir.errors import ConfigError
+from diffbir.training.batches import ResumableBatchSampler
 from diffbir.training.config import (
     Stage1ModelConfig,
     Stage2ModelConfig,
@@ -16,7 +17,7 @@ from diffbir.training.config import (
     preset_names,
     read_preset,
 )
-from diffbir.training.loop import ResumableBatchSampler, build_optimizer, lr_at
+from diffbir.training.loop import build_optimizer, lr_at
 
 
 def test_shipped_presets_validate_with_released_defaults():
