@@ -72,6 +72,22 @@ METRICS = _table(
     MetricInfo("niqe", "niqe", False, True, "NIQE on the YIQ luma (pyiqa's default)"),
     MetricInfo("niqe-y", "niqe", False, True, "NIQE on the Y of YCbCr (BasicSR's default)"),
     MetricInfo(
+        "musiq",
+        "musiq",
+        False,
+        False,
+        "MUSIQ (KonIQ-10k): a multi-scale transformer's predicted opinion score, about 0..100",
+        ("musiq_koniq_ckpt-e95806b9.pth",),
+    ),
+    MetricInfo(
+        "maniqa",
+        "maniqa",
+        False,
+        False,
+        "MANIQA (KonIQ-10k): patch-weighted score over 20 fixed 224x224 crops, about 0..1",
+        ("ckpt_koniq10k.pt",),
+    ),
+    MetricInfo(
         "clipiqa",
         "clipiqa",
         False,
@@ -88,22 +104,6 @@ METRICS = _table(
         "one value per run, at least 2 images a side",
         ("pt_inception-2015-12-05-6726825d.pth",),
         scope="set",
-    ),
-    MetricInfo(
-        "musiq",
-        "musiq",
-        False,
-        False,
-        "MUSIQ (KonIQ-10k): a multi-scale transformer's predicted opinion score, about 0..100",
-        ("musiq_koniq_ckpt-e95806b9.pth",),
-    ),
-    MetricInfo(
-        "maniqa",
-        "maniqa",
-        False,
-        False,
-        "MANIQA (KonIQ-10k): patch-weighted score over 20 fixed 224x224 crops, about 0..1",
-        ("ckpt_koniq10k.pt",),
     ),
 )
 

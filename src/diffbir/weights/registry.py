@@ -315,16 +315,23 @@ REGISTRY: Mapping[str, WeightFile] = _registry(
         description="DISTS alpha/beta weights of its texture and structure terms",
         license_note="MIT (https://github.com/dingkeyan93/DISTS/blob/master/LICENSE)",
     ),
+    # MUSIQ (KonIQ-10k): Google Research's official checkpoint as pyiqa converted it to its
+    # PyTorch layout (pyiqa's changelog, 2022-02-02), at pyiqa's GitHub release (the same
+    # file is on its Hugging Face mirror); no checksum or exact size published.
     WeightFile(
-        name="ckpt_koniq10k.pt",
-        url=f"{_IQA_WEIGHTS}/ckpt_koniq10k.pt",
+        name="musiq_koniq_ckpt-e95806b9.pth",
+        url=(
+            "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/"
+            "musiq_koniq_ckpt-e95806b9.pth"
+        ),
         sha256=None,
         size=None,
-        description="MANIQA trained on KonIQ-10k (pyiqa's default maniqa; ViT-B/8 backbone)",
+        description="MUSIQ trained on KonIQ-10k (pyiqa's default musiq)",
         license_note=(
-            "no licence stated: the MANIQA authors' repository "
-            "(https://github.com/IIGROUP/MANIQA) has no licence file; this copy is pyiqa's "
-            "(chaofengc/IQA-PyTorch-Weights); trained on KonIQ-10k, whose terms apply to the data"
+            "pyiqa states no licence for its weights files; this one converts the official "
+            "MUSIQ release (https://github.com/google-research/google-research/tree/master/musiq, "
+            "Apache-2.0); pyiqa's own code is PolyForm Noncommercial 1.0.0; trained on "
+            "KonIQ-10k, whose terms apply to the data"
         ),
     ),
     # CLIP-IQA's backbone: OpenAI's CLIP RN50, a TorchScript archive whose URL's folder is
@@ -353,23 +360,16 @@ REGISTRY: Mapping[str, WeightFile] = _registry(
         description="FID's InceptionV3 (TensorFlow's 2015-12-05 graph, ported by pytorch-fid)",
         license_note="Apache-2.0 (https://github.com/mseitzer/pytorch-fid/blob/master/LICENSE)",
     ),
-    # MUSIQ (KonIQ-10k): Google Research's official checkpoint as pyiqa converted it to its
-    # PyTorch layout (pyiqa's changelog, 2022-02-02), at pyiqa's GitHub release (the same
-    # file is on its Hugging Face mirror); no checksum or exact size published.
     WeightFile(
-        name="musiq_koniq_ckpt-e95806b9.pth",
-        url=(
-            "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/"
-            "musiq_koniq_ckpt-e95806b9.pth"
-        ),
+        name="ckpt_koniq10k.pt",
+        url=f"{_IQA_WEIGHTS}/ckpt_koniq10k.pt",
         sha256=None,
         size=None,
-        description="MUSIQ trained on KonIQ-10k (pyiqa's default musiq)",
+        description="MANIQA trained on KonIQ-10k (pyiqa's default maniqa; ViT-B/8 backbone)",
         license_note=(
-            "pyiqa states no licence for its weights files; this one converts the official "
-            "MUSIQ release (https://github.com/google-research/google-research/tree/master/musiq, "
-            "Apache-2.0); pyiqa's own code is PolyForm Noncommercial 1.0.0; trained on "
-            "KonIQ-10k, whose terms apply to the data"
+            "no licence stated: the MANIQA authors' repository "
+            "(https://github.com/IIGROUP/MANIQA) has no licence file; this copy is pyiqa's "
+            "(chaofengc/IQA-PyTorch-Weights); trained on KonIQ-10k, whose terms apply to the data"
         ),
     ),
 )
