@@ -31,15 +31,7 @@ def _image(name: str) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def state(threads):
+def state(single_thread):
     """The stand-in weights under the names :class:`maniqa.MANIQA` loads."""
     shell = maniqa.MANIQA().state_dict()
     keep = {k: v for k, v in shell.items() if k.endswith(_BUFFERS)}

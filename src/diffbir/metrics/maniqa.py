@@ -44,6 +44,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffbir.errors import DiffBIRError
+from diffbir.models.swinir import (
+    SWIN_MASK_VALUE,
+    relative_position_index,
+    shifted_window_mask,
+    window_merge,
+    window_partition,
+)
 from diffbir.weights.checkpoint import load_into, load_state_dict
 
 CROP = 224
@@ -172,37 +179,10 @@ class TABlock(nn.Module):
         return (attn @ self.c_v(x)).transpose(1, 2).reshape(b, c, n) + x
 
 
-def _relative_index(window: int) -> torch.Tensor:
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
-    ).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
-
-
-def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
-    """``[B, H, W, C]`` -> ``[B * windows, window * window, C]``, windows row by row."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, window * window, c)
-
-
-def _unwindows(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    c = x.shape[-1]
-    x = x.view(-1, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
-
-
 def _shift_mask(size: int, window: int, shift: int) -> torch.Tensor:
     """-100 between tokens of a shifted window that came from different regions, else 0."""
-    region = torch.zeros(1, size, size, 1)
-    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    for i, rows in enumerate(bounds):
-        for j, cols in enumerate(bounds):
-            region[:, rows, cols, :] = 3 * i + j
-    labels = _windows(region, window)[..., 0]
-    diff = labels[:, None, :] - labels[:, :, None]
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+    apart = shifted_window_mask(size, size, window, shift)
+    return torch.where(apart, torch.tensor(SWIN_MASK_VALUE), torch.tensor(0.0))
 
 
 class _WindowAttention(nn.Module):
@@ -211,7 +191,7 @@ class _WindowAttention(nn.Module):
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
-        self.register_buffer("relative_position_index", _relative_index(window))
+        self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = _Linear(dim, 3 * dim)
         self.proj = _Linear(dim, dim)
 
@@ -249,8 +229,8 @@ class SwinBlock(nn.Module):
         y = self.norm1(x).view(b, GRID, GRID, c)
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(_windows(y, WINDOW), self.attn_mask)
-        y = _unwindows(y, WINDOW, GRID, GRID)
+        y = self.attn(window_partition(y, WINDOW), self.attn_mask)
+        y = window_merge(y, WINDOW, GRID, GRID)
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x + y.reshape(b, n, c)
