@@ -34,12 +34,11 @@ error to about a fifth of frame by frame's, with a higher PSNR (benchmarks/RESUL
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffbir.video.flow import Motion, resize_motion
+from diffbir.video.flow import Motion, resize_motion, warp_image
 
 
 def warp_latent(x: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
@@ -120,19 +119,6 @@ class LatentPropagation:
         self._previous, self._motion = {}, None
 
 
-def warp_frame(frame: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """``frame`` ([H, W, C] float32) sampled at ``p + flow(p)`` (bilinear, edges kept)."""
-    h, w = flow.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(
-        frame,
-        grid_x + flow[..., 0],
-        grid_y + flow[..., 1],
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-
-
 class OutputFusion:
     """The decoded frames fused along the flow (see the module's description): call
     :meth:`__call__` on each restored frame (uint8 ``[H, W, 3]``) with its
@@ -153,7 +139,7 @@ class OutputFusion:
         ):
             flow, mask = resize_motion(motion, frame.shape[:2])
             current = frame.astype(np.float32)
-            warped = warp_frame(previous.astype(np.float32), flow)
+            warped = warp_image(previous.astype(np.float32), flow)
             weight = (mask * self.strength)[..., None]
             frame = np.clip(current + weight * (warped - current) + 0.5, 0, 255)
             frame = frame.astype(np.uint8)
