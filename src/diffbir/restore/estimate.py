@@ -21,7 +21,7 @@ import warnings
 
 from diffbir.errors import DiffBIRWarning
 
-__all__ = ["LONG_RUN_SECONDS", "cpu_seconds", "describe_seconds", "warn_if_long"]
+__all__ = ["LONG_RUN_SECONDS", "cpu_seconds", "describe_seconds", "say_if_long", "warn_if_long"]
 
 _MEASURED_THREADS = 2
 _PIECE = 512 * 512  # pixels of the measured run's diffusion stage
