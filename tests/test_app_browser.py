@@ -15,43 +15,26 @@ download is never used.
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _browser import (
+    ARTIFACTS,
+    MARKS,
+    RUN_TIMEOUT_MS,
+    browser_page,
+    close_toasts,
+    fewest_steps,
+    progress_seen,
+    tiny_ui,
+    watch_progress,
+)
 from PIL import Image, ImageDraw
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "artifacts" / "ui" / "after_run.png"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# Generous: on 2 shared CPU cores one tiny restoration takes seconds to a minute.
-RUN_TIMEOUT_MS = 240_000
+SCREENSHOT = ARTIFACTS / "after_run.png"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (see .ci/run)"
-    ),
-]
-pytest.importorskip("gradio", reason="needs the ui extra (gradio); see .ci/run")
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright; see .ci/run")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = MARKS
 
 
 def _photo(path: Path, size: int = 64) -> Path:
@@ -74,24 +57,8 @@ def _photo(path: Path, size: int = 64) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The UI on a free loopback port, loading the tiny release on first use."""
-    from tiny_release import make_tiny_release
-
-    from diffbir.ui.app import build_app, launch
-
-    folder = tmp_path_factory.mktemp("tiny_release")
-    model_config = make_tiny_release(folder)
-    demo = build_app(
-        weights_dir=folder,
-        model_config=model_config,
-        device="cpu",
-        dtype="fp32",
-        download=False,
-        output_dir=tmp_path_factory.mktemp("ui_out"),
-    )
-    url = launch(demo, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
-    assert url.startswith("http://127.0.0.1:")
-    yield url
-    demo.close()
+    with tiny_ui(tmp_path_factory) as url:
+        yield url
 
 
 def test_restore_in_the_browser(server, tmp_path):
@@ -99,75 +66,45 @@ def test_restore_in_the_browser(server, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a picture at all")
 
-    with sync_api.sync_playwright() as playwright:
-        # A persistent context gives the browser its own new, empty profile folder.
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1400, "height": 1000},
-        )
-        try:
-            page = context.new_page()
-            page.goto(server)
-            page.locator("#inputs input[type=file]").set_input_files([str(broken), str(photo)])
-            page.locator("#inputs [aria-label='holiday.png']").wait_for()
-            # Two steps, no CFG: enough to exercise every stage quickly on a CPU.
-            page.get_by_text("Sampling", exact=True).click()
-            for elem_id, value in (("steps", "2"), ("cfg", "1")):
-                box = page.locator(f"#{elem_id} input[type=number]")
-                box.fill(value)
-                box.press("Enter")
-            # Record every progress message the page shows (they come and go quickly).
-            page.evaluate(
-                """() => {
-                    window.seenText = new Set();
-                    new MutationObserver(() => {
-                        for (const el of document.querySelectorAll('[data-testid=status-tracker]')) {
-                            window.seenText.add(el.textContent.trim());
-                        }
-                    }).observe(document.body, {subtree: true, childList: true, characterData: true});
-                }"""
+    with browser_page(tmp_path / "profile", server) as page:
+        page.locator("#inputs input[type=file]").set_input_files([str(broken), str(photo)])
+        page.locator("#inputs [aria-label='holiday.png']").wait_for()
+        fewest_steps(page)
+        watch_progress(page)
+        page.locator("#run").click()
+
+        # The broken upload is reported in the page (a toast and the status)...
+        warning = page.locator(".toast-body", has_text="broken.png")
+        warning.first.wait_for(timeout=RUN_TIMEOUT_MS)
+        # ... and the photo is restored: before/after images and the stage-1 view.
+        status = page.locator("#status")
+        status.get_by_text("1 restored").wait_for(timeout=RUN_TIMEOUT_MS)
+        assert "1 failed" in status.inner_text()
+        assert "broken.png: not a recognised image file" in status.inner_text()
+        assert "result 256x256 px" in status.inner_text()
+        for selector in ("#compare img", "#stage1 img"):
+            image = page.locator(selector).first
+            image.wait_for(state="visible")
+            page.wait_for_function(
+                "(el) => el.complete && el.naturalWidth > 0", arg=image.element_handle()
             )
-            page.locator("#run").click()
+        assert page.locator("#compare img").count() == 2  # before and after
+        seen = progress_seen(page)
+        assert "loading the v2.1 sr models: Stable Diffusion + ControlNet" in seen, seen
+        assert "restoring holiday.png (1/1)" in seen, seen
 
-            # The broken upload is reported in the page (a toast and the status)...
-            warning = page.locator(".toast-body", has_text="broken.png")
-            warning.first.wait_for(timeout=RUN_TIMEOUT_MS)
-            # ... and the photo is restored: before/after images and the stage-1 view.
-            status = page.locator("#status")
-            status.get_by_text("1 restored").wait_for(timeout=RUN_TIMEOUT_MS)
-            assert "1 failed" in status.inner_text()
-            assert "broken.png: not a recognised image file" in status.inner_text()
-            assert "result 256x256 px" in status.inner_text()
-            for selector in ("#compare img", "#stage1 img"):
-                image = page.locator(selector).first
-                image.wait_for(state="visible")
-                page.wait_for_function(
-                    "(el) => el.complete && el.naturalWidth > 0", arg=image.element_handle()
-                )
-            assert page.locator("#compare img").count() == 2  # before and after
-            seen = " | ".join(page.evaluate("() => [...window.seenText]"))
-            assert "loading the v2.1 sr models: Stable Diffusion + ControlNet" in seen, seen
-            assert "restoring holiday.png (1/1)" in seen, seen
+        link = page.locator("#download a[download]").first
+        assert link.get_attribute("download") == "01_holiday_diffbir.png"
+        response = page.request.get(link.get_attribute("href"))
+        assert response.ok
+        with Image.open(io.BytesIO(response.body())) as png:
+            assert png.format == "PNG"
+            assert png.size == (256, 256)  # x4, full size
+            pixels = np.asarray(png.convert("RGB"), dtype=np.float32)
+        assert pixels.std() > 1.0  # a picture, not a blank
 
-            link = page.locator("#download a[download]").first
-            assert link.get_attribute("download") == "01_holiday_diffbir.png"
-            response = page.request.get(link.get_attribute("href"))
-            assert response.ok
-            with Image.open(io.BytesIO(response.body())) as png:
-                assert png.format == "PNG"
-                assert png.size == (256, 256)  # x4, full size
-                pixels = np.asarray(png.convert("RGB"), dtype=np.float32)
-            assert pixels.std() > 1.0  # a picture, not a blank
-
-            # The status line keeps the failure; dismiss the toasts so they cover nothing.
-            for button in page.locator("button.toast-close").all():
-                button.click()
-            page.locator(".toast-body").first.wait_for(state="detached")
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            context.close()
+        # The status line keeps the failure; dismiss the toasts so they cover nothing.
+        close_toasts(page)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
