@@ -74,14 +74,14 @@ def test_bf16_conv_is_close_to_float32(cin, cout, size, kernel, stride, padding)
 
 
 @needs_bf16
-def test_bf16_attention_keeps_float32_softmax():
+def test_bf16_attention_keeps_float32_scores_and_softmax():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, n, 32).to(BF16) for n in (50, 70, 70))
     with torch.no_grad():
         out = cpu_fast.attention(q, k, v, heads=2)
         exact = cpu_fast.attention(q.float(), k.float(), v.float(), heads=2)
     assert out.dtype == BF16
-    assert rel(out, exact) < 8e-3  # measured 3e-3
+    assert rel(out, exact) < 8e-3  # measured 2.3e-3 (PyTorch's fused kernel: 2.1e-3)
 
 
 @needs_bf16
@@ -127,6 +127,9 @@ def test_bf16_unet_controlnet_run_onednn_bf16_close_to_float32(monkeypatch):
         out = stage2.denoise(x, t, cond, text)
     for part in (stage2.unet, stage2.controlnet):
         assert {p.dtype for p in part.parameters()} == {BF16}
-    assert seen and set(seen) == {BF16}  # oneDNN's bf16 GEMMs ran
+    # oneDNN's bf16 GEMMs ran; the only float32 ones are attention's scores (from the
+    # bf16 queries and keys), each followed by its bf16 product with V.
+    assert BF16 in seen and set(seen) == {BF16, torch.float32}
+    assert all(seen[i + 1] == BF16 for i, d in enumerate(seen) if d == torch.float32)
     assert out.dtype == BF16
     assert rel(out, want) < 0.03  # measured 0.012

@@ -23,8 +23,9 @@ bfloat16 takes the same paths where oneDNN computes bf16 natively
 (:func:`bf16_supported`: AVX512-BF16 or AMX), all tensors bf16: oneDNN's
 bf16 GEMMs and convolutions accumulate in float32 and round once; the larger
 convolutions run channels-last (oneDNN's bf16 kernels want it, and the
-activations then stay channels-last from block to block); attention is
-PyTorch's fused kernel, which keeps the scores and softmax in float32. The
+activations then stay channels-last from block to block); attention takes
+its scores in float32 from the bf16 queries and keys (exact products), the
+softmax in float32, and the product with V in bf16 (:func:`attention`). The
 float32 path is the same code as before, bit for bit.
 """
 
@@ -174,25 +175,23 @@ def attention(
     m = k.shape[1]
     dim = inner // heads
     scale = dim**-0.5 if scale is None else scale
-    if q.dtype != torch.float32:  # bf16: the fused kernel, scores and softmax in float32
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, t.shape[1], heads, t.shape[-1] // heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
-        return out.transpose(1, 2).reshape(batch, n, -1)
+    # bf16: the scores from the bf16 values in float32 (exact products, float32 sums),
+    # the softmax in float32, the probabilities rounded to bf16 for the bf16 product
+    # with V. Twice as fast here as PyTorch's fused bf16 kernel, with exact scores.
+    wide = torch.float32
     out = torch.empty(batch, n, v.shape[-1], dtype=q.dtype, device=q.device)
     vdim = v.shape[-1] // heads
     block = max(1, min(n, _SCORE_BLOCK // max(m, 1)))
     for b in range(batch):
         # oneDNN wants its "weight" operand dense: one copy of K and V^T per head.
-        keys = k[b].view(m, heads, dim).transpose(0, 1).contiguous()  # heads, M, D
+        keys = k[b].view(m, heads, dim).transpose(0, 1)  # heads, M, D
+        keys = keys.to(wide, memory_format=torch.contiguous_format)
         values_t = v[b].view(m, heads, vdim).permute(1, 2, 0).contiguous()  # heads, Dv, M
         for h in range(heads):
             for start in range(0, n, block):
                 stop = min(n, start + block)
-                scores = _matmul_t(q[b, start:stop, h * dim : (h + 1) * dim] * scale, keys[h])
-                probs = torch.softmax(scores, dim=-1)
+                query = q[b, start:stop, h * dim : (h + 1) * dim].to(wide) * scale
+                probs = torch.softmax(_matmul_t(query, keys[h]), dim=-1).to(q.dtype)
                 out[b, start:stop, h * vdim : (h + 1) * vdim] = _matmul_t(probs, values_t[h])
     return out
 

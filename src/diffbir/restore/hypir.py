@@ -61,7 +61,13 @@ from diffbir.restore import stages
 from diffbir.restore.base import LatentHook, RestoreResult
 from diffbir.restore.estimate import say_if_long
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
-from diffbir.restore.loading import dtype_name, load_model_config, load_stage1, parse_dtype
+from diffbir.restore.loading import (
+    cleaner_dtype,
+    dtype_name,
+    load_model_config,
+    load_stage1,
+    parse_dtype,
+)
 from diffbir.restore.plan import (
     MAX_DIFFUSION_SIDE,
     TilePlan,
@@ -144,7 +150,9 @@ class HypirRestorer:
         self.dtype = dtype
         self.preset = preset
         self.stage2 = move(models.eval(), self.device, dtype)
-        self.cleaner = None if cleaner is None else cleaner.eval().to(self.device)
+        if cleaner is not None:
+            cleaner = cleaner.eval().to(self.device, cleaner_dtype(self.device, dtype))
+        self.cleaner = cleaner
         if self.device.type == "cuda":
             for part in (self.stage2.unet, self.stage2.vae):
                 part.to(memory_format=torch.channels_last)

@@ -64,6 +64,15 @@ def parse_dtype(
     return _DTYPES[resolve_dtype(dtype, device.type, model)[0]]
 
 
+def cleaner_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The stage-1 cleaner's dtype in a run of ``dtype`` on ``device``: bf16 in a CPU bf16
+    run (the cleaner then uses the same bf16 units as the rest, 0.6 of its float32
+    time), float32 everywhere else, as the release keeps it (also under fp16 on GPUs)."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16 -> "bf16"``: how ``--dtype`` and the run's settings spell it."""
     for name, value in _DTYPES.items():

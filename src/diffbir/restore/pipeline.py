@@ -53,6 +53,7 @@ from diffbir.restore.base import LatentHook, RestoreResult, hooked_guidance
 from diffbir.restore.estimate import say_if_long
 from diffbir.restore.hub import CaptionerSlot, Offload, PromptEmbeddings
 from diffbir.restore.loading import (
+    cleaner_dtype,
     dtype_name,
     load_model_config,
     load_stage1,
@@ -105,7 +106,7 @@ class DiffBIRPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self.preset = preset
-        self.cleaner = cleaner.eval().to(self.device)
+        self.cleaner = cleaner.eval().to(self.device, cleaner_dtype(self.device, dtype))
         self.stage2 = stage2.eval().to(self.device, dtype)
         if self.device.type == "cuda":
             # Convolutions run faster on NHWC tensors on recent GPUs.
