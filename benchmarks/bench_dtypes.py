@@ -10,14 +10,20 @@ rounds (the best round is kept), so a load that comes and goes hits both alike.
 - ``vae_decode``: VAE decode of a 64x64 latent to 512x512 (``decode_from_latent``);
 - ``vae_encode``: VAE encode of a 512x512 image;
 - ``whole`` (``--whole``): a whole v2.1 default restoration 128 -> 512 (SwinIR, 10
-  steps of edm_dpm++_3m_sde with CFG), with each process's peak RSS.
+  steps of edm_dpm++_3m_sde with CFG 6, no captioner) of the top-left 128x128 of
+  ``../shared/samples/bid/Flowers.png``, through the real loader from full-size random
+  weights files under the released names (``--weights DIR``; ``--make-weights`` writes
+  them first, 6.8 GB), exactly as ``bench_release_whole.py`` runs our side: the time
+  of the restoration, and the peak RSS of the process (loading included; a bf16 model
+  is cast tensor by tensor as it loads, never held in float32).
 
 Quality: the bf16 output against the fp32 output of the same inputs (the UNet's
 prediction: relative L2 difference; images: mean and max difference in 8-bit levels
 and PSNR). bf16 needs a CPU with native bf16 units (``amx_bf16``/``avx512_bf16``).
 
     python benchmarks/bench_dtypes.py --threads 2 --rounds 2 --repeats 2
-    python benchmarks/bench_dtypes.py --parts vae_decode --rounds 3 --whole
+    python benchmarks/bench_dtypes.py --parts vae_decode --rounds 3 --whole \
+        --weights /tmp/w --make-weights
 """
 
 from __future__ import annotations
@@ -40,10 +46,13 @@ LABELS = {
     "unet_cn": "UNet+ControlNet call, 64x64 latent, batch 1",
     "vae_decode": "VAE decode 64x64 -> 512x512",
     "vae_encode": "VAE encode 512x512",
-    "whole": "whole v2.1 run 128 -> 512, 10 steps, CFG",
+    "whole": "whole v2.1 run 128 -> 512 (Flowers), 10 steps, CFG 6",
 }
 TARGETS = {"unet_cn": 0.4, "vae_decode": 0.5, "whole": 0.45}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# The release's fp32 restoration of the same photo with the same weights files, 2
+# threads on a 2-core AMD EPYC Zen 5 (bench_release_whole.py, RESULTS.md, 2026-11-30).
+RELEASE_WHOLE_RUN_S = 99.68
 
 
 def peak_rss_gb() -> float:
@@ -104,23 +113,29 @@ def run_part(part: str, dtype: torch.dtype, repeats: int, save: Path) -> dict:
     return {"s": seconds, "peak_rss_gb": peak_rss_gb()}
 
 
-def run_whole(dtype: torch.dtype, repeats: int, save: Path) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_pipeline import build_pipeline
+PHOTO = Path(__file__).resolve().parents[2] / "shared" / "samples" / "bid" / "Flowers.png"
 
-    from diffbir.restore.pipeline import RestoreOptions
 
-    pipe = build_pipeline("v2.1", "sr", torch.device("cpu"), dtype)
-    lq = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    fields = getattr(RestoreOptions, "__dataclass_fields__", {})
-    options = RestoreOptions(**({"captioner": "none"} if "captioner" in fields else {}))
-    best, image = float("inf"), None
-    for _ in range(repeats):
-        result = pipe(lq, options)
-        if result.timings["total"] < best:
-            best, image = result.timings["total"], result.image
-    torch.save(image.float(), save)
-    return {"s": best, "peak_rss_gb": peak_rss_gb()}
+def whole_input(folder: Path) -> Path:
+    """The whole run's photo: the top-left 128x128 of the Flowers sample (as in
+    ``bench_release_whole.py``'s table), written into ``folder``."""
+    from PIL import Image
+
+    path = folder / "flowers128.png"
+    if not path.exists():
+        with Image.open(PHOTO) as image:
+            image.convert("RGB").crop((0, 0, 128, 128)).save(path)
+    return path
+
+
+def run_whole(dtype: torch.dtype, weights: Path, save: Path) -> dict:
+    from bench_release_whole import ours
+
+    from diffbir.restore.loading import dtype_name
+
+    photo = whole_input(save.parent)
+    result = ours(photo, weights, torch.get_num_threads(), dtype_name(dtype), save=save)
+    return {"s": result["run"], "peak_rss_gb": result["peak_rss_gib"], "stages": result["stages"]}
 
 
 def compare(part: str, fp32: torch.Tensor, bf16: torch.Tensor) -> str:
@@ -140,15 +155,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="fp32/bf16 process pairs")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many per process")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", type=Path, help="full-size weights folder (--whole)")
+    parser.add_argument("--make-weights", action="store_true", help="write them first")
     parser.add_argument("--one", nargs=3, metavar=("PART", "DTYPE", "SAVE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     if args.one:
         part, name, save = args.one
-        run = run_whole if part == "whole" else (lambda *a: run_part(part, *a))
-        print(json.dumps(run(DTYPES[name], args.repeats, Path(save))))
+        if part == "whole":
+            result = run_whole(DTYPES[name], args.weights, Path(save))
+        else:
+            result = run_part(part, DTYPES[name], args.repeats, Path(save))
+        print(json.dumps(result))
         return 0
+    if args.whole and args.weights is None:
+        parser.error("--whole needs --weights DIR (with --make-weights to write them)")
+    if args.make_weights:
+        from bench_release_whole import make_weights
+
+        make_weights(args.weights)
 
     from diffbir.config.precision import cpu_bf16_units
     from diffbir.models.cpu_fast import bf16_supported
@@ -166,12 +192,16 @@ def main(argv: list[str] | None = None) -> int:
                     save = Path(tmp) / f"{part}-{name}.pt"
                     cmd = [sys.executable, __file__, "--one", part, name, str(save)]
                     cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+                    if part == "whole":
+                        cmd += ["--weights", str(args.weights.resolve())]
                     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                     best[name] = min(best[name], result["s"])
                     rss[name] = result["peak_rss_gb"]
-                    print(f"#   {part} {name}: {result['s']:.2f} s, load "
-                          f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                    stages = f", stages {result['stages']}" if "stages" in result else ""
+                    print(f"#   {part} {name}: {result['s']:.2f} s, peak RSS "
+                          f"{result['peak_rss_gb']:.2f} GiB, load {os.getloadavg()[0]:.1f}"
+                          f"{stages}", flush=True)  # fmt: skip
             outputs = {n: torch.load(Path(tmp) / f"{part}-{n}.pt") for n in DTYPES}
             rows.append((part, best, rss, compare(part, outputs["fp32"], outputs["bf16"])))
     print(
@@ -185,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {best['bf16'] / best['fp32']:.2f} | {target} "
             f"| {rss['fp32']:.1f} / {rss['bf16']:.1f} | {quality} |"
         )
+    for part, best, rss, _ in rows:
+        if part == "whole":
+            print(f"# whole run: peak RSS bf16 / fp32 {rss['bf16'] / rss['fp32']:.2f} "
+                  f"(target <= 0.6); bf16 / the release's fp32 restoration "
+                  f"({RELEASE_WHOLE_RUN_S} s, RESULTS.md 2026-11-30, same CPU model) "
+                  f"{best['bf16'] / RELEASE_WHOLE_RUN_S:.2f} (target <= 0.3)")  # fmt: skip
     return 0
 
 

@@ -216,8 +216,12 @@ def run_json(cmd: list[str], *, cwd: Path, env: dict) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def ours(photo: Path, weights: Path, threads: int) -> dict:
-    """Our whole path in this process (it is a fresh subprocess of the main script)."""
+def ours(
+    photo: Path, weights: Path, threads: int, dtype: str = "fp32", save: Path | None = None
+) -> dict:
+    """Our whole path in this process (it is a fresh subprocess of the main script), in
+    ``dtype`` (loaded as ``diffbir restore --dtype`` loads: each tensor cast as it is
+    assigned, never a float32 copy of a bf16 model); the image saved to ``save``."""
     import resource
     import time
 
@@ -233,7 +237,7 @@ def ours(photo: Path, weights: Path, threads: int) -> dict:
         "sr",
         weights_dir=weights,
         device="cpu",
-        dtype="fp32",
+        dtype=dtype,
         download=False,
         progress=False,
     )
@@ -243,6 +247,8 @@ def ours(photo: Path, weights: Path, threads: int) -> dict:
     pipe.prepare_prompts(options, drop_text_encoder=True)
     result = pipe(to_batch(read_image(photo)), options)
     t2 = time.perf_counter()
+    if save is not None:
+        torch.save(result.image.float(), save)
     return {
         "stages": {k: round(v, 3) for k, v in result.timings.items() if k != "total"},
         "load": t1 - t0,

@@ -13,7 +13,13 @@ one level apart, PSNR. Prints a Markdown table (per case, and the summary line) 
     python benchmarks/bf16_quality.py --hypir             # the recorded HYPIR runs
 
 ``--hypir`` does the same for the single-image runs of the published HYPIR code in
-``tests/fixtures/hypir`` (tiny SD 2.1-base and LoRA).
+``tests/fixtures/hypir`` (tiny SD 2.1-base and LoRA). ``--photos`` does it for photos of
+``../shared/samples`` with full-size random weights (the files of
+``bench_release_whole.py --make-weights`` in ``--weights``): the v2.1 default (x4, 10
+steps, CFG 6, no captioner) of each photo's central 128x128.
+
+    python benchmarks/bf16_quality.py --weights /tmp/w --photos \
+        ../shared/samples/bid/Flowers.png ../shared/samples/bid/palace.png
 """
 
 from __future__ import annotations
@@ -136,6 +142,33 @@ def hypir_rows() -> list[tuple[str, dict]]:
     return rows
 
 
+def photo_rows(photos: list[Path], weights: Path) -> list[tuple[str, dict]]:
+    """Sample photos restored with full-size random weights, bf16 against fp32."""
+    import numpy as np
+    from PIL import Image
+
+    from diffbir.config.settings import RestoreOptions
+    from diffbir.restore.pipeline import DiffBIRPipeline
+
+    crops = {}
+    for photo in photos:
+        with Image.open(photo) as image:
+            rgb = image.convert("RGB")
+            left, top = (rgb.width - 128) // 2, (rgb.height - 128) // 2
+            pixels = np.asarray(rgb.crop((left, top, left + 128, top + 128)))
+        crops[photo] = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255
+    images: dict[Path, dict] = {photo: {} for photo in photos}
+    for dtype in ("fp32", "bf16"):  # one model in memory at a time
+        pipe = DiffBIRPipeline.from_preset(
+            "v2.1", "sr", weights_dir=weights, dtype=dtype, download=False, progress=False
+        )
+        for photo, lq in crops.items():
+            image = pipe(lq, RestoreOptions(captioner="none")).image
+            images[photo][dtype] = (image.float() * 255).round().clamp(0, 255)
+        del pipe
+    return [(p.name, compare(images[p]["bf16"], images[p]["fp32"])) for p in photos]
+
+
 def print_row(name: str, row: dict) -> None:
     print(
         f"| {name} | {row['mean']:.3f} | {row['max']} | {100 * row['over1']:.2f} "
@@ -150,12 +183,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", help="case names (default: all)")
     parser.add_argument("--hypir", action="store_true", help="the recorded HYPIR runs instead")
+    parser.add_argument("--photos", nargs="+", type=Path, help="sample photos instead")
+    parser.add_argument("--weights", type=Path, help="full-size weights folder (--photos)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.photos and args.weights is None:
+        parser.error("--photos needs --weights DIR (bench_release_whole.py --make-weights)")
     torch.set_num_threads(args.threads)
     print("| case | mean level diff | max | % > 1 level | PSNR dB |\n|---|---|---|---|---|")
-    if args.hypir:
-        rows = hypir_rows()
+    if args.hypir or args.photos:
+        rows = hypir_rows() if args.hypir else photo_rows(args.photos, args.weights)
         for name, row in rows:
             print_row(name, row)
         summary(rows)

@@ -203,6 +203,9 @@ def test_half_precision_holds_one_copy_and_stays_close(release, reference, name)
         module = getattr(pipe.stage2, part)
         tensors = [*module.parameters(), *module.buffers()]
         assert {t.dtype for t in tensors if t.is_floating_point()} == {dtype}, part
+    # The cleaner: bf16 in a CPU bf16 run, float32 as in the release otherwise.
+    cleaner = {p.dtype for p in pipe.cleaner.parameters()}
+    assert cleaner == {torch.bfloat16 if name == "bf16" else torch.float32}
     assert _leftover_copies(pipe, before) == []
     # The scan does see a float32 copy when there is one.
     copy = [p.float() for p in pipe.stage2.unet.parameters() if p.numel() >= 64]

@@ -87,6 +87,22 @@ def test_attention_matches_sdpa(n, m, heads):
     assert rel(out.double(), exact) < max(3 * rel(sdpa(q, k, v).double(), exact), 1e-6)
 
 
+@needs_onednn
+def test_attention_hands_onednn_dense_keys_and_values(monkeypatch):
+    """oneDNN reorders a strided "weight" operand on every call (a fp32 run once took
+    minutes per step so): K and V^T are made dense once per head, in every dtype."""
+    dtypes = [torch.float32] + ([torch.bfloat16] if cpu_fast.bf16_supported() else [])
+    seen = []
+    matmul = cpu_fast._matmul_t
+    monkeypatch.setattr(cpu_fast, "_matmul_t", lambda x, w, *a: seen.append(w) or matmul(x, w, *a))
+    for dtype in dtypes:
+        q, k, v = (torch.randn(1, n, 2 * 8).to(dtype) for n in (20, 30, 30))
+        with torch.no_grad():
+            cpu_fast.attention(q, k, v, heads=2)
+    assert len(seen) == 2 * 2 * len(dtypes)  # scores and values, per head
+    assert all(w.is_contiguous() for w in seen)
+
+
 TINY_VAE = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 4}
 
 
@@ -202,6 +218,17 @@ def test_buffers_reuse_memory_and_keep_the_running_activation():
     # An activation outside the buffers (a fresh tensor) gets the first one.
     fresh = torch.empty(2, 4, 8, 8)
     assert buffers.spare(fresh, 4, 8, 8).data_ptr() == held.data_ptr()
+
+
+def test_reserved_buffers_are_allocated_once_at_the_reserved_size():
+    """A decoder's blocks grow their activations; with a reserve every role's first
+    buffer already holds the largest, so growing blocks reuse its memory."""
+    buffers = vae_cpu._Buffers(reserve=4 * 16 * 16)
+    like = torch.empty(1, 1, 1, 1)
+    small = buffers.get("hidden", like, 2, 4, 4)
+    large = buffers.get("hidden", like, 4, 16, 16)
+    assert small.data_ptr() == large.data_ptr()
+    assert buffers.get("hidden", like, 8, 16, 16).numel() == 8 * 16 * 16  # beyond: grows
 
 
 @needs_onednn

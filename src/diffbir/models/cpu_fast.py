@@ -184,8 +184,7 @@ def attention(
     block = max(1, min(n, _SCORE_BLOCK // max(m, 1)))
     for b in range(batch):
         # oneDNN wants its "weight" operand dense: one copy of K and V^T per head.
-        keys = k[b].view(m, heads, dim).transpose(0, 1)  # heads, M, D
-        keys = keys.to(wide, memory_format=torch.contiguous_format)
+        keys = k[b].view(m, heads, dim).transpose(0, 1).contiguous().to(wide)  # heads, M, D
         values_t = v[b].view(m, heads, vdim).permute(1, 2, 0).contiguous()  # heads, Dv, M
         for h in range(heads):
             for start in range(0, n, block):
