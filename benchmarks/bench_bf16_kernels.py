@@ -2,7 +2,8 @@
 
 Prints what :func:`diffbir.config.precision.cpu_bf16_units` finds, whether oneDNN
 offers bf16 primitives here, and the throughput (best of ``--repeats``) of a
-2048x2048 matmul, a linear layer through ``F.linear`` and a 3x3 convolution at
+2048x2048 matmul, a linear layer through ``F.linear`` and through oneDNN as our fast
+paths call it (the UNet's feed-forward shape), and a 3x3 convolution at
 64x64 with 256 channels (contiguous and channels-last), in float32 and bfloat16,
 with ``--threads`` threads. Without native bf16 units PyTorch converts every
 bfloat16 value and bf16 runs far below fp32: what ``--dtype auto`` avoids.
@@ -51,6 +52,13 @@ def main(argv=None) -> int:
             2 * 512 * 1024 * 1024,
             lambda dt: (torch.randn(512, 1024, dtype=dt), torch.randn(1024, 1024, dtype=dt)),
             F.linear,
+        ),
+        # The product our fast paths run (diffbir.models.cpu_fast): oneDNN's own GEMM
+        # in both dtypes, so the ratio is the hardware's, not BLAS against oneDNN.
+        "oneDNN linear 4096x320 -> 2560 (ours)": (
+            2 * 4096 * 320 * 2560,
+            lambda dt: (torch.randn(4096, 320, dtype=dt), torch.randn(2560, 320, dtype=dt)),
+            lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""),
         ),
         "conv 3x3 256ch 64x64": (
             conv_flops,

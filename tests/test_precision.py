@@ -67,6 +67,7 @@ def test_unknown_dtype_is_one_line():
 def test_hint_only_for_fp32_cpu_runs_on_bf16_cpus():
     line = bf16_hint("fp32", "cpu", cpu_units="avx512_bf16")
     assert line and "--dtype bf16" in line and "avx512_bf16" in line and "\n" not in line
+    assert "AMX" in bf16_hint("fp32", "cpu", cpu_units="amx_bf16") and "AMX" not in line
     assert bf16_hint("fp32", "cpu", cpu_units=None) is None
     assert bf16_hint("bf16", "cpu", cpu_units="avx512_bf16") is None
     assert bf16_hint("fp32", "cuda", cpu_units="avx512_bf16") is None
