@@ -32,62 +32,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
-REF = HERE.parent.parent / "shared" / "reference" / "pipeline"
 HYPIR = HERE.parent / "tests" / "fixtures" / "hypir"
-CLEANER_FILES = {"swinir": "swinir", "bsrnet": "rrdbnet", "rrdbnet": "rrdbnet", "scunet": "scunet"}
-
-
-def model_config(folder: Path) -> Path:
-    """The reference's tiny architectures as a ``--model-config`` file."""
-    config = json.loads((REF / "config.json").read_text())
-    ldm = config["ControlLDM"]
-    sections = {
-        "unet": ldm["unet_cfg"],
-        "vae": ldm["vae_cfg"],
-        "text": ldm["clip_cfg"],
-        "controlnet": ldm["controlnet_cfg"],
-        "cleaner": {k: v["params"] for k, v in config["cleaners"].items()},
-    }
-    path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump(sections), encoding="utf-8")
-    return path
-
-
-def options(case: dict):
-    from diffbir.config.settings import RestoreOptions
-
-    return RestoreOptions(
-        upscale=case["upscale"],
-        steps=case["steps"],
-        sampler=case["sampler"],
-        cfg_scale=case["cfg_scale"],
-        cfg_rescale=case["rescale_cfg"],
-        prompt=case["pos_prompt"],
-        negative_prompt=case["neg_prompt"],
-        captioner="none",
-        control_strength=case["strength"],
-        start_point=case["start_point_type"],
-        noise_aug=case["noise_aug"],
-        n_samples=case["n_samples"],
-        samples_per_run=case["batch_size"],
-        s_churn=case["s_churn"],
-        s_tmin=case["s_tmin"],
-        s_tmax=case["s_tmax"],
-        s_noise=case["s_noise"],
-        eta=case["eta"],
-        order=case["order"],
-        seed=case["seed"],
-    )
-
-
-def lq_of(case: dict) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    name = "lq_uint8"
-    return load_file(REF / case["tensors"][name])[name].permute(2, 0, 1)[None].float() / 255
+sys.path.insert(0, str(HERE.parent / "tests"))
+from reference_cases import CASES, REF, lq_of, restore_options, weights, write_model_config  # noqa: E402
 
 
 def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -197,14 +146,14 @@ def main(argv=None) -> int:
             print_row(name, row)
         summary(rows)
         return 0
-    if not (REF / "cases.json").exists():
+    if not CASES:
         print(f"no end-to-end reference at {REF}", file=sys.stderr)
         return 1
-    cases = json.loads((REF / "cases.json").read_text())
+    cases = CASES
     names = args.cases or sorted(cases)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = model_config(Path(tmp))
+        config = write_model_config(Path(tmp))
         pipes: dict = {}
         for name in names:
             case = cases[name]
@@ -215,16 +164,14 @@ def main(argv=None) -> int:
                     pipes[key] = DiffBIRPipeline.from_preset(
                         case["version"],
                         case["task"],
-                        sd=REF / "sd_ldm.safetensors",
-                        controlnet=REF / "controlnet.safetensors",
-                        cleaner=REF / f"{CLEANER_FILES[case['cleaner']]}.safetensors",
+                        **weights(case),
                         model_config=config,
                         device="cpu",
                         dtype=dtype,
                         download=False,
                         progress=False,
                     )
-                image = pipes[key](lq_of(case), options(case)).image
+                image = pipes[key](lq_of(case), restore_options(case)).image
                 images[dtype] = (image.float() * 255).round().clamp(0, 255)
             row = compare(images["bf16"], images["fp32"])
             rows.append((name, row))

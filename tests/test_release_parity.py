@@ -13,18 +13,15 @@ start.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
+from reference_cases import CASES, REF, lq_of, restore_options, tensor, write_model_config
+from reference_cases import weights as case_weights
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "pipeline"
-CASES = json.loads((REF / "cases.json").read_text()) if (REF / "cases.json").exists() else {}
-CLEANER_FILES = {"swinir": "swinir", "bsrnet": "rrdbnet", "rrdbnet": "rrdbnet", "scunet": "scunet"}
 LOOSE_Z = {"edm_heun", "edm_dpm_2", "edm_dpm_2_a"}
 # Cases whose release run fed the VAE a channels-last tensor (the cleaner returns one
 # for a batch of 2 on CPU), where CPU GroupNorm is off by ~3% at this size: we keep
@@ -38,12 +35,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CASES, reason=f"no end-to-end reference at {REF}"),
 ]
-
-
-def _tensor(case: dict, name: str) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    return load_file(REF / case["tensors"][name])[name]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,56 +52,10 @@ def _check_output(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
     )
 
 
-def _options(case: dict):
-    from diffbir.config.settings import RestoreOptions
-
-    return RestoreOptions(
-        upscale=case["upscale"],
-        steps=case["steps"],
-        sampler=case["sampler"],
-        cfg_scale=case["cfg_scale"],
-        cfg_rescale=case["rescale_cfg"],
-        prompt=case["pos_prompt"],
-        negative_prompt=case["neg_prompt"],
-        captioner="none",  # the reference runs were recorded with --captioner none
-        control_strength=case["strength"],
-        start_point=case["start_point_type"],
-        noise_aug=case["noise_aug"],
-        n_samples=case["n_samples"],
-        samples_per_run=case["batch_size"],
-        s_churn=case["s_churn"],
-        s_tmin=case["s_tmin"],
-        s_tmax=case["s_tmax"],
-        s_noise=case["s_noise"],
-        eta=case["eta"],
-        order=case["order"],
-        seed=case["seed"],
-    )
-
-
 @pytest.fixture(scope="module")
 def model_config(tmp_path_factory) -> Path:
     """The tiny architectures of the reference in the published constructor names."""
-    config = json.loads((REF / "config.json").read_text())
-    ldm = config["ControlLDM"]
-    sections = {
-        "unet": ldm["unet_cfg"],
-        "vae": ldm["vae_cfg"],
-        "text": ldm["clip_cfg"],
-        "controlnet": ldm["controlnet_cfg"],
-        "cleaner": {k: v["params"] for k, v in config["cleaners"].items()},
-    }
-    path = tmp_path_factory.mktemp("parity") / "models.yaml"
-    path.write_text(yaml.safe_dump(sections), encoding="utf-8")
-    return path
-
-
-def _weights(case: dict) -> dict[str, Path]:
-    return {
-        "sd": REF / "sd_ldm.safetensors",
-        "controlnet": REF / "controlnet.safetensors",
-        "cleaner": REF / f"{CLEANER_FILES[case['cleaner']]}.safetensors",
-    }
+    return write_model_config(tmp_path_factory.mktemp("parity"))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +70,7 @@ def pipelines(model_config):
             cache[key] = DiffBIRPipeline.from_preset(
                 case["version"],
                 case["task"],
-                **_weights(case),
+                **case_weights(case),
                 model_config=model_config,
                 device="cpu",
                 download=False,
@@ -136,12 +81,8 @@ def pipelines(model_config):
     return get
 
 
-def _lq(case: dict) -> torch.Tensor:
-    return _tensor(case, "lq_uint8").permute(2, 0, 1)[None].float() / 255.0
-
-
 def _expanded(case: dict, name: str, rows: int) -> torch.Tensor:
-    value = _tensor(case, name)
+    value = tensor(case, name)
     if value.shape[0] != rows and value.shape[0] == 1:
         value = value.expand(rows, *value.shape[1:])
     return value
@@ -168,12 +109,12 @@ def test_api_gives_the_release_image(name, pipelines, single_thread):
     pipe = pipelines(case)
     rows = case["output_shape"][0]
     if name in CHANNELS_LAST_CASES:
-        ours = pipe(_lq(case), _options(case))
+        ours = pipe(lq_of(case), restore_options(case))
         twin = CASES[CHANNELS_LAST_CASES[name]]
         err = _rel(ours.intermediates["cond_latent"], _expanded(twin, "cond_latent", rows))
         assert err <= 1e-4, f"{name}: cond_latent {err:.2e} from the batch-1 run's"
         pipe = _release_layout(pipe)
-    result = pipe(_lq(case), _options(case))
+    result = pipe(lq_of(case), restore_options(case))
     assert result.image.shape[0] == rows
     for key, got in (
         ("stage1", result.stage1),
@@ -199,7 +140,7 @@ def test_api_gives_the_release_image(name, pipelines, single_thread):
 
 
 def _cli_args(case: dict, inp: Path, out: Path, model_config: Path) -> list[str]:
-    weights = _weights(case)
+    weights = case_weights(case)
     args = [
         "restore", str(inp), "-o", str(out), "-q",
         "--version", case["version"], "--task", case["task"],
@@ -230,14 +171,14 @@ def test_cli_gives_the_release_image(name, model_config, tmp_path, pipelines, si
     case = CASES[name]
     inp = tmp_path / "in" / "photo.png"
     inp.parent.mkdir()
-    Image.fromarray(_tensor(case, "lq_uint8").numpy()).save(inp)
+    Image.fromarray(tensor(case, "lq_uint8").numpy()).save(inp)
     out = tmp_path / "out"
     assert main(_cli_args(case, inp, out, model_config)) == 0
     n = case["n_samples"]
     files = [out / "photo.png"] if n == 1 else [out / f"photo_{i}.png" for i in range(n)]
     written = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files])
     if name in CHANNELS_LAST_CASES:  # see test_api_gives_the_release_image
-        expected = pipelines(case)(_lq(case), _options(case)).image
+        expected = pipelines(case)(lq_of(case), restore_options(case)).image
         expected = (expected * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
         assert torch.equal(written, expected), f"{name}: the command and the API differ"
     else:
@@ -251,7 +192,7 @@ def test_cli_gives_the_release_image(name, model_config, tmp_path, pipelines, si
 
 
 def _common_args(model_config: Path) -> list[str]:
-    weights = _weights({"cleaner": "swinir"})
+    weights = case_weights({"cleaner": "swinir"})
     return [
         "-q", "--version", "v2.1", "--task", "sr", "--steps", "2",
         "--sampler", "edm_dpm++_3m_sde", "--seed", "5",
@@ -267,7 +208,7 @@ def three_photos(tmp_path_factory, model_config, single_thread):
     from diffbir.cli import main
 
     root = tmp_path_factory.mktemp("alone")
-    base = _tensor(CASES["v21_sr_edm_dpmpp_3m_sde"], "lq_uint8").numpy()
+    base = tensor(CASES["v21_sr_edm_dpmpp_3m_sde"], "lq_uint8").numpy()
     folder = root / "in"
     folder.mkdir()
     for name, pixels in {"a": base, "b": base[::-1], "c": base[:, ::-1]}.items():
@@ -309,8 +250,8 @@ def test_batched_images_draw_what_they_draw_alone(pipelines, single_thread):
 
     case = CASES["v21_sr_edm_dpmpp_3m_sde"]
     pipe = pipelines(case)
-    options = replace(_options(case), steps=1)
-    lq = _lq(case)
+    options = replace(restore_options(case), steps=1)
+    lq = lq_of(case)
     pair = pipe(torch.cat([lq.flip(-1), lq]), options)
     alone = pipe(lq, options)
     # the second image of the batch starts from exactly the noise it gets alone
