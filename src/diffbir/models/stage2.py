@@ -51,6 +51,7 @@ from diffbir.models.vae import (
     encode_to_latent,
     vae_config_from_ldm,
 )
+from diffbir.weights import mapped
 from diffbir.weights.checkpoint import load_into, load_state_dict
 from diffbir.weights.convert import (
     STAGE2_MARKER,
@@ -362,13 +363,20 @@ def _load_part(
 
 
 def _cast(weights: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict:
-    """``weights`` with float tensors in ``dtype`` (the others, and ``None``, as they are)."""
+    """``weights`` with float tensors in ``dtype`` (the others, and ``None``, as they are).
+    The file pages under each tensor cast from a mapped checkpoint are handed back as it
+    is copied (:mod:`diffbir.weights.mapped`), so they do not add up in resident memory."""
     if dtype is None:
         return dict(weights)
-    return {
-        k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
-        for k, v in weights.items()
-    }
+    ranges = mapped.file_ranges()
+    cast = {}
+    for k, v in weights.items():
+        if v.is_floating_point() and v.dtype != dtype:
+            cast[k] = v.to(dtype)
+            mapped.release(v, ranges)
+        else:
+            cast[k] = v
+    return cast
 
 
 def _maps(dtype: torch.dtype | None) -> bool:
