@@ -114,8 +114,10 @@ class Stage2Model(nn.Module):
         return self.encode_text(self.tokenizer(list(prompts)))
 
     def drop_text_encoder(self) -> None:
-        """Free the text encoder (about 1.3 GB at fp32) once the prompts are encoded."""
+        """Free the text encoder (about 1.3 GB at fp32) once the prompts are encoded, and
+        hand its memory back to the system (:func:`diffbir.weights.mapped.trim_heap`)."""
         self.text_encoder = None
+        mapped.trim_heap()
 
     # ---------------------------------------------------------------- image
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,7 @@ from diffbir.restore.plan import (
 from diffbir.restore.prompts import ImagePrompt, describe_images
 from diffbir.restore.stages import timed
 from diffbir.weights.checkpoint import load_state_dict
+from diffbir.weights.mapped import trim_heap
 from diffbir.weights.registry import resolve_many
 
 #: The VAE's downsampling.
@@ -100,8 +101,10 @@ class HypirModels(nn.Module):
         return encode_tokens(self.text_encoder, self.tokenizer(list(prompts)))
 
     def drop_text_encoder(self) -> None:
-        """Free the text encoder once the run's prompts are encoded."""
+        """Free the text encoder once the run's prompts are encoded, and hand its memory
+        back to the system (:func:`diffbir.weights.mapped.trim_heap`)."""
         self.text_encoder = None
+        trim_heap()
 
 
 def load_hypir_models(

@@ -1,4 +1,5 @@
-"""Handing back the pages of a mapped checkpoint once its tensors are cast.
+"""Handing memory back to the kernel: a mapped checkpoint's pages once its tensors are
+cast, and the C heap's free memory once a model is dropped.
 
 A half-precision load maps a float32 checkpoint (``load_state_dict(mmap=True)``) and
 casts each tensor. The file pages it reads stay mapped, and so counted in the
@@ -11,6 +12,10 @@ file again, unchanged (the mapping is private and never written). Only whole pag
 inside the tensor's bytes and inside a file mapping of this process
 (:func:`file_ranges`) are released, never anonymous memory. Elsewhere than Linux
 both are no-ops.
+
+A model's tensors of a few MB each come from malloc's heap, which glibc keeps when
+they are freed: dropping the bf16 text encoder (0.63 GiB) lowered the process's
+memory by 0.09 GiB until :func:`trim_heap` handed the rest back.
 """
 
 from __future__ import annotations
@@ -67,3 +72,18 @@ def release(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(size), _MADV_DONTNEED) == 0
+
+
+def trim_heap() -> bool:
+    """Collect garbage, then return the C heap's free memory to the kernel (glibc's
+    ``malloc_trim(0)``) after a model is dropped; False where there is no glibc."""
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return False
